@@ -1,0 +1,601 @@
+"""The append-only chain writer: one stream, its segments, recovery and rotation.
+
+A :class:`ChainWriter` owns one *stream* (``<root>/<tenant>/<host>.<slot>``), guarded by an
+``flock`` on the stream's lock file, so several processes logging into one directory each
+get their own stream. Entries are appended as canonical lines (``docs/FORMAT.md``) and
+chained with SHA-256, across segment rotation.
+
+Durability modes (``durability=``):
+
+``none``
+    buffered; bytes reach the OS when the buffer fills, on :meth:`flush` or :meth:`close`.
+``flush``
+    every entry is written to the OS before ``append`` returns (like ``FileHandler``).
+``group``
+    entries are buffered and ``fdatasync``'ed at most every ``group_interval_ms`` by the
+    appending thread; an idle-time flusher thread bounds the lag when no entries arrive.
+``always``
+    every entry is written and ``fdatasync``'ed before ``append`` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import logging
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
+from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
+from .layout import (
+    LOCK_FILE,
+    STREAM_META,
+    TORN_DIR,
+    Segment,
+    list_segments,
+    segment_name,
+    tenant_dir,
+    validate_stream_name,
+)
+
+_log = logging.getLogger("immutable_logging.chain")
+
+DURABILITY_MODES = ("none", "flush", "group", "always")
+MAX_STREAM_SLOTS = 4096
+_HOST_SLUG = re.sub(r"[^A-Za-z0-9_-]", "-", HOSTNAME)[:64] or "host"
+
+#: A hook that may replace a payload just before it is chained (encryption). It receives
+#: ``(payload, seq, prev_hash, segment_number)`` and returns the payload to store.
+PayloadTransform = Callable[[dict[str, Any], int, str, int], dict[str, Any]]
+
+
+@dataclass
+class TornTail:
+    """Bytes found after the last complete entry of a segment, moved aside on open."""
+
+    segment: str
+    offset: int
+    length: int
+    moved_to: str
+    sha256: str
+
+
+@dataclass
+class WriterStats:
+    """Counters of a writer's life, for ``stats()`` and benchmarks."""
+
+    entries: int = 0
+    bytes: int = 0
+    writes: int = 0
+    syncs: int = 0
+    rotations: int = 0
+    max_sync_lag_ms: float = 0.0
+    torn_tails: list[TornTail] = field(default_factory=list)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def compress_segment(plain: Path) -> Path:
+    """gzip a sealed plain segment to ``N.log.gz`` atomically, make it read-only, and
+    remove the plain file. Safe to repeat after a crash at any point."""
+    target = plain.with_name(plain.name + ".gz")
+    tmp = plain.with_name(f".{plain.name}.gz.tmp")
+    with open(plain, "rb") as src, open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+            shutil.copyfileobj(src, gz, 1 << 20)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, target)
+    _fsync_dir(plain.parent)
+    os.unlink(plain)
+    return target
+
+
+class _Compressor:
+    """One background thread that gzips sealed segments off the logging thread."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Path | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def submit(self, plain: Path) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="immutable-logging-compress", daemon=True
+            )
+            self._thread.start()
+        self._jobs.put(plain)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                compress_segment(job)
+            except OSError as exc:  # the plain sealed file stays valid and readable
+                self.errors.append(f"{job}: {exc}")
+                _log.warning("could not compress sealed segment %s: %s", job, exc)
+            finally:
+                self._jobs.task_done()
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every submitted segment is compressed, then stop the thread."""
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+
+_LIVE_WRITERS: weakref.WeakSet[ChainWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_LIVE_WRITERS):
+        writer._abandon_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ChainWriter:
+    """Append entries to one hash-chained stream of a tenant.
+
+    Args:
+        root: the log directory (tenants are sub-directories).
+        tenant: tenant id (validated).
+        stream: a fixed stream name; by default the first free ``<host>.<slot>``.
+        durability: ``none``, ``flush``, ``group`` or ``always`` (see module doc).
+        group_interval_ms: for ``group``, the longest time between ``fdatasync`` calls.
+        max_bytes: rotate the active segment once it reaches this size (0 = never).
+        max_age: rotate the active segment once it is this many seconds old (None = never).
+        buffer_bytes: size of the write buffer for ``none`` and ``group``.
+        compress: gzip sealed segments (in a background thread).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        tenant: str = "default",
+        *,
+        stream: str | None = None,
+        durability: str = "flush",
+        group_interval_ms: float = 10.0,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_age: float | None = None,
+        buffer_bytes: int = 256 * 1024,
+        compress: bool = True,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ConfigurationError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}"
+            )
+        if group_interval_ms <= 0:
+            raise ConfigurationError("group_interval_ms must be > 0")
+        if max_bytes < 0:
+            raise ConfigurationError("max_bytes must be >= 0 (0 disables size rotation)")
+        if max_age is not None and max_age <= 0:
+            raise ConfigurationError("max_age must be > 0 seconds or None")
+        if buffer_bytes < 1:
+            raise ConfigurationError("buffer_bytes must be >= 1")
+        self.tenant = tenant
+        self.durability = durability
+        self.group_interval = group_interval_ms / 1000.0
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.buffer_bytes = buffer_bytes
+        self.compress = compress
+        self.payload_transform: PayloadTransform | None = None
+        self.stats = WriterStats()
+        self._lock = threading.RLock()
+        self._buf = bytearray()
+        self._first_unsynced: float | None = None
+        self._last_sync = time.monotonic()
+        self._fd: int | None = None
+        self._closed = False
+        self._compressor = _Compressor()
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
+        self._commit_listeners: list[Callable[[int], None]] = []
+
+        tdir = tenant_dir(root, tenant)
+        tdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = Path(root)
+        self.stream_dir, self._lock_fd = self._acquire_stream(tdir, stream)
+        self.stream = self.stream_dir.name
+        self.seq = 0
+        self.head = GENESIS_HASH
+        self.written_seq = 0
+        self.segment_number = 1
+        self._segment_size = 0
+        self._segment_deadline: float | None = None
+        self._recover()
+        _LIVE_WRITERS.add(self)
+        if durability == "group":
+            self._start_flusher()
+
+    # ------------------------------------------------------------------ opening
+    def _acquire_stream(self, tdir: Path, requested: str | None) -> tuple[Path, int]:
+        if requested is not None:
+            names: list[str] | range = [validate_stream_name(requested)]
+        else:
+            names = range(MAX_STREAM_SLOTS)
+        for item in names:
+            name = item if isinstance(item, str) else f"{_HOST_SLUG}.{item}"
+            sdir = tdir / name
+            sdir.mkdir(exist_ok=True, mode=0o700)
+            fd = os.open(sdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % os.getpid())
+            meta = sdir / STREAM_META
+            if not meta.exists():
+                atomic_write(
+                    meta,
+                    orjson.dumps(
+                        {"format": 1, "tenant": self.tenant, "stream": name, "created": time.time()}
+                    ),
+                    0o644,
+                )
+            return sdir, fd
+        where = f"stream {requested!r}" if requested else f"all {MAX_STREAM_SLOTS} stream slots"
+        raise StreamLockedError(f"{where} of {tdir} are locked by other processes")
+
+    def _recover(self) -> None:
+        """Find the chain head, finish interrupted sealing, move a torn tail aside."""
+        for leftover in self.stream_dir.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        segments = list_segments(self.stream_dir)
+        for seg in segments:
+            plain = self.stream_dir / segment_name(seg.number)
+            if seg.compressed and plain.exists():
+                plain.unlink()  # the .gz is complete (it only appears after fsync+rename)
+        if not segments:
+            return
+        *sealed, last = segments
+        for seg in sealed:
+            if not seg.compressed:
+                if self.compress:
+                    compress_segment(seg.path)
+                else:
+                    os.chmod(seg.path, 0o444)
+        if last.compressed:
+            self._head_from_sealed(segments)
+            self.segment_number = last.number + 1
+            return
+        self.segment_number = last.number
+        torn_events = self._repair_active(last)
+        if self.seq == 0 and sealed:
+            self._head_from_sealed(sealed)
+        self.written_seq = self.seq
+        size = os.path.getsize(last.path)
+        if size:
+            self._open_active(size)
+        for event in torn_events:
+            self.append(
+                {
+                    "kind": "recovery",
+                    "event": "torn_tail",
+                    "segment": event.segment,
+                    "offset": event.offset,
+                    "length": event.length,
+                    "moved_to": event.moved_to,
+                    "sha256": event.sha256,
+                    "tenant": self.tenant,
+                    "ts": time.time(),
+                }
+            )
+
+    def _head_from_sealed(self, segments: list[Segment]) -> None:
+        for seg in reversed(segments):
+            last_line = None
+            with seg.open() as handle:
+                for line in handle:
+                    last_line = line
+            if last_line is None:
+                continue
+            parsed = split_line(last_line.rstrip(b"\n"))
+            if parsed is None:
+                raise ImmutableLogError(
+                    f"cannot continue the chain: last entry of sealed segment {seg.path} is "
+                    "malformed; run `immutable-log verify` on this directory"
+                )
+            self.seq, self.head = parsed[0], parsed[2]
+            self.written_seq = self.seq
+            return
+
+    def _repair_active(self, seg: Segment) -> list[TornTail]:
+        """Truncate the active segment to its last parseable entry, keeping the rest."""
+        events: list[TornTail] = []
+        while True:
+            size = os.path.getsize(seg.path)
+            if size == 0:
+                return events
+            good_end, last_line = _read_tail(seg.path, size)
+            parsed = split_line(last_line) if last_line is not None else None
+            if good_end == size and parsed is not None:
+                self.seq, self.head = parsed[0], parsed[2]
+                return events
+            if good_end == size and last_line is not None:
+                good_end = size - len(last_line) - 1  # a complete but unparseable last line
+            events.append(self._move_aside(seg, good_end, size))
+
+    def _move_aside(self, seg: Segment, start: int, end: int) -> TornTail:
+        with open(seg.path, "rb") as handle:
+            handle.seek(start)
+            data = handle.read(end - start)
+        torn_dir = self.stream_dir / TORN_DIR
+        torn_dir.mkdir(exist_ok=True, mode=0o700)
+        target = torn_dir / f"{seg.path.name}.{start}.torn"
+        atomic_write(target, data, 0o400)
+        os.chmod(seg.path, 0o600)
+        os.truncate(seg.path, start)
+        fd = os.open(seg.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        event = TornTail(
+            segment=seg.path.name,
+            offset=start,
+            length=len(data),
+            moved_to=str(target.relative_to(self.stream_dir)),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        self.stats.torn_tails.append(event)
+        _log.warning(
+            "torn tail in %s at byte %d (%d bytes) moved to %s; the chain continues",
+            seg.path,
+            start,
+            len(data),
+            target,
+        )
+        return event
+
+    def _open_active(self, size: int) -> None:
+        path = self.stream_dir / segment_name(self.segment_number)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._segment_size = size
+        self._segment_deadline = (
+            time.monotonic() + self.max_age if self.max_age is not None else None
+        )
+
+    # ------------------------------------------------------------------ appending
+    def add_commit_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(last_seq_written)`` whenever buffered entries reach the OS."""
+        self._commit_listeners.append(listener)
+
+    def append(self, payload: dict[str, Any]) -> tuple[int, str]:
+        """Chain one payload; return its ``(seq, hash)``."""
+        with self._lock:
+            if self._closed:
+                raise ImmutableLogError(f"writer for {self.stream_dir} is closed")
+            if self._fd is not None and (
+                (self.max_bytes and self._segment_size >= self.max_bytes)
+                or (
+                    self._segment_deadline is not None
+                    and time.monotonic() >= self._segment_deadline
+                )
+            ):
+                self._rotate()
+            if self._fd is None:
+                self._open_active(0)
+            seq = self.seq + 1
+            if self.payload_transform is not None:
+                payload = self.payload_transform(payload, seq, self.head, self.segment_number)
+            line, digest = make_line(seq, self.head, canonical_payload(payload))
+            self.seq = seq
+            self.head = digest
+            self._segment_size += len(line)
+            self.stats.entries += 1
+            mode = self.durability
+            if mode == "flush":
+                self._write(line)
+            elif mode == "always":
+                self._write(line)
+                self._sync()
+            else:
+                if not self._buf:
+                    self._first_unsynced = time.monotonic()
+                self._buf += line
+                if len(self._buf) >= self.buffer_bytes:
+                    self._write_buffer()
+                    if mode == "group":
+                        self._sync()
+                elif mode == "group" and time.monotonic() - self._last_sync >= self.group_interval:
+                    self._write_buffer()
+                    self._sync()
+            return seq, digest
+
+    def _write(self, data: bytes | bytearray) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.stats.writes += 1
+        self.stats.bytes += len(data)
+        self.written_seq = self.seq
+        for listener in self._commit_listeners:
+            listener(self.seq)
+
+    def _write_buffer(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._write(data)
+
+    def _sync(self) -> None:
+        if self._fd is None:
+            return
+        os.fdatasync(self._fd)
+        now = time.monotonic()
+        if self._first_unsynced is not None:
+            lag = (now - self._first_unsynced) * 1000.0
+            if lag > self.stats.max_sync_lag_ms:
+                self.stats.max_sync_lag_ms = lag
+            self._first_unsynced = None
+        self._last_sync = now
+        self.stats.syncs += 1
+
+    def _rotate(self) -> None:
+        self._write_buffer()
+        assert self._fd is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        plain = self.stream_dir / segment_name(self.segment_number)
+        os.chmod(plain, 0o444)
+        _fsync_dir(self.stream_dir)
+        if self.compress:
+            self._compressor.submit(plain)
+        self.segment_number += 1
+        self.stats.rotations += 1
+
+    def rotate(self) -> None:
+        """Seal the active segment now (if it holds entries)."""
+        with self._lock:
+            if self._fd is not None and self._segment_size:
+                self._rotate()
+
+    # ------------------------------------------------------------------ durability
+    def flush(self) -> None:
+        """Hand buffered entries to the OS (and ``fdatasync`` them in ``group``/``always``)."""
+        with self._lock:
+            if self._fd is None:
+                return
+            self._write_buffer()
+            if self.durability in ("group", "always"):
+                self._sync()
+
+    def sync(self) -> None:
+        """Make every appended entry durable on disk, whatever the durability mode."""
+        with self._lock:
+            if self._fd is None:
+                return
+            self._write_buffer()
+            self._sync()
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(
+            target=self._flush_idle, name="immutable-logging-group-commit", daemon=True
+        )
+        self._flusher.start()
+
+    def _flush_idle(self) -> None:
+        interval = self.group_interval
+        while not self._flusher_stop.wait(interval):
+            if self._buf and time.monotonic() - self._last_sync >= interval:
+                with self._lock:
+                    if not self._closed and self._buf:
+                        self._write_buffer()
+                        self._sync()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write and sync everything, finish compressing sealed segments, release the lock.
+
+        Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._flusher_stop.set()
+            if self._fd is not None:
+                self._write_buffer()
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+        if self._flusher is not None:
+            self._flusher.join(timeout)
+        self._compressor.drain(timeout)
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+        _LIVE_WRITERS.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (or the writer was abandoned after ``fork``)."""
+        return self._closed
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: drop the parent's buffer and descriptors without writing.
+
+        The parent still owns the stream; the child must open a new writer (stream).
+        Closing the inherited lock descriptor does not release the parent's ``flock``.
+        """
+        self._closed = True
+        self._buf = bytearray()
+        self._lock = threading.RLock()
+        self._flusher = None
+        self._compressor = _Compressor()
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = None
+
+
+def _read_tail(path: Path, size: int) -> tuple[int, bytes | None]:
+    """Return ``(end_of_last_complete_line, last_complete_line)`` of a file.
+
+    Reads backwards in growing chunks, so a large segment costs only its tail.
+    """
+    chunk = 1 << 16
+    pos = size
+    buf = b""
+    with open(path, "rb") as handle:
+        while True:
+            start = max(0, pos - chunk)
+            handle.seek(start)
+            buf = handle.read(pos - start) + buf
+            pos = start
+            nl_last = buf.rfind(b"\n")
+            if nl_last >= 0:
+                nl_prev = buf.rfind(b"\n", 0, nl_last)
+                if nl_prev >= 0 or pos == 0:
+                    return pos + nl_last + 1, buf[nl_prev + 1 : nl_last]
+            elif pos == 0:
+                return 0, None
+            chunk *= 2
+

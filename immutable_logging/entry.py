@@ -1,0 +1,219 @@
+"""Turn a :class:`logging.LogRecord` into a canonical chain entry, and entry lines back.
+
+The line format is described in ``docs/FORMAT.md``::
+
+    {"seq":<int>,"prev":"<hex>",<payload members sorted by key>,"hash":"<hex>"}
+
+``hash`` is the SHA-256 of the line with the ``hash`` member removed (the *hashed bytes*).
+The payload is encoded by orjson with sorted keys, so the bytes are canonical.
+
+Metadata that JSON cannot represent is converted, never rejected (see :func:`json_fallback`):
+
+=====================  ===========================================
+value                  stored as
+=====================  ===========================================
+``Decimal``            ``str(value)``
+``set``/``frozenset``  list, sorted by ``repr`` of the items
+``bytes``/bytearray    ``{"$bytes": "<base64>"}``
+``Enum``               its ``.value`` (converted again if needed)
+``os.PathLike``        ``os.fspath(value)``
+integers > 64 bit      ``str(value)``
+anything else          ``repr(value)`` (or ``<unrepresentable T>``)
+=====================  ===========================================
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+GENESIS_HASH = "0" * 64
+HASH_SUFFIX_LEN = 75  # len(',"hash":"') + 64 + len('"}')
+_HASH_MEMBER = b',"hash":"'
+_DUMPS_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+_sha256 = hashlib.sha256
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+STANDARD_RECORD_ATTRS = frozenset(
+    logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__
+) | {"message", "asctime", "taskName"}
+
+#: Private attribute the facade uses to pass a metadata dict through ``extra=``.
+METADATA_ATTR = "_immutable_metadata"
+#: Attribute that integrations may set to a dict of structured fields (structlog).
+FIELDS_ATTR = "_immutable_fields"
+
+HOSTNAME = socket.gethostname()
+
+
+def json_fallback(value: Any) -> Any:
+    """Convert a value orjson cannot serialise into a JSON-safe one (documented above)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__qualname__}>"
+
+
+def _sanitise(value: Any, depth: int = 0) -> Any:
+    """Slow path: rebuild a value so that orjson accepts it (big ints, odd keys, cycles)."""
+    if depth > 64:
+        return "<nested too deep>"
+    if value is None or isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _sanitise(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitise(v, depth + 1) for v in value]
+    try:
+        converted = orjson.loads(orjson.dumps(value, default=json_fallback))
+    except (TypeError, orjson.JSONEncodeError):
+        converted = json_fallback(value)
+    if converted is value:
+        return repr(value)
+    return _sanitise(converted, depth + 1)
+
+
+def canonical_payload(payload: Mapping[str, Any]) -> bytes:
+    """Encode a payload dict canonically (sorted keys); never raises for odd values."""
+    try:
+        return orjson.dumps(payload, default=json_fallback, option=_DUMPS_OPTS)
+    except (TypeError, orjson.JSONEncodeError):
+        return orjson.dumps(_sanitise(payload), option=_DUMPS_OPTS)
+
+
+def hashed_bytes(seq: int, prev: str, payload: bytes) -> bytes:
+    """The bytes an entry's hash is computed over (the line without its hash member)."""
+    return b'{"seq":%d,"prev":"%s",%s' % (seq, prev.encode("ascii"), payload[1:])
+
+
+def make_line(seq: int, prev: str, payload: bytes) -> tuple[bytes, str]:
+    """Build a complete entry line (with trailing newline) and return it with its hash."""
+    body = b'{"seq":%d,"prev":"%s",%s' % (seq, prev.encode("ascii"), payload[1:])
+    digest = _sha256(body).hexdigest()
+    return b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode("ascii")), digest
+
+
+def split_line(line: bytes) -> tuple[int, str, str, bytes] | None:
+    """Parse the chain fields of a line without decoding the payload.
+
+    Returns ``(seq, prev, hash, hashed_bytes)`` or ``None`` when the line does not have the
+    entry shape. ``line`` must not include the trailing newline.
+    """
+    if (
+        len(line) < 160
+        or not line.startswith(b'{"seq":')
+        or line[-HASH_SUFFIX_LEN : -HASH_SUFFIX_LEN + 9] != _HASH_MEMBER
+        or not line.endswith(b'"}')
+    ):
+        return None
+    comma = line.find(b",", 7)
+    if comma < 0 or line[comma : comma + 9] != b',"prev":"':
+        return None
+    digits = line[7:comma]
+    if not digits.isdigit():
+        return None
+    prev = line[comma + 9 : comma + 73]
+    if line[comma + 73 : comma + 75] != b'",':
+        return None
+    return (
+        int(digits),
+        prev.decode("ascii", "replace"),
+        line[-66:-2].decode("ascii", "replace"),
+        line[:-HASH_SUFFIX_LEN] + b"}",
+    )
+
+
+def entry_hash(hashed: bytes) -> str:
+    """SHA-256 hex digest of an entry's hashed bytes."""
+    return _sha256(hashed).hexdigest()
+
+
+def format_exception(record: logging.LogRecord) -> str | None:
+    """The formatted traceback of a record, cached on the record like ``Formatter`` does."""
+    if record.exc_info:
+        if not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        return record.exc_text
+    return record.exc_text or None
+
+
+def render_message(record: logging.LogRecord) -> tuple[str, dict[str, Any] | None]:
+    """``record.getMessage()``, or a lossless fallback when the arguments do not fit."""
+    try:
+        return record.getMessage(), None
+    except Exception as exc:  # a bad format string must not lose the record
+        return str(record.msg), {
+            "_format_error": f"{type(exc).__name__}: {exc}",
+            "_args": repr(record.args),
+        }
+
+
+def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
+    """Everything the caller attached to the record: ``extra=`` keys and facade metadata."""
+    attrs = record.__dict__
+    extra_keys = attrs.keys() - STANDARD_RECORD_ATTRS
+    if not extra_keys:
+        return {}
+    meta: dict[str, Any] = {}
+    for key in extra_keys:
+        if key in (METADATA_ATTR, FIELDS_ATTR):
+            continue
+        meta[key] = attrs[key]
+    facade_meta = attrs.get(METADATA_ATTR)
+    if isinstance(facade_meta, Mapping):
+        meta.update(facade_meta)
+    fields = attrs.get(FIELDS_ATTR)
+    if isinstance(fields, Mapping):
+        meta.update(fields)
+    return meta
+
+
+def record_payload(record: logging.LogRecord, tenant: str) -> dict[str, Any]:
+    """Build the payload dict of a log entry from a record (see ``docs/FORMAT.md``)."""
+    message, format_problem = render_message(record)
+    meta = record_metadata(record)
+    if format_problem:
+        meta.update(format_problem)
+    payload: dict[str, Any] = {
+        "ts": record.created,
+        "level": record.levelname,
+        "levelno": record.levelno,
+        "logger": record.name,
+        "message": message,
+        "tenant": tenant,
+        "host": HOSTNAME,
+        "pid": record.process,
+        "thread": record.threadName,
+        "module": record.module,
+        "func": record.funcName,
+        "line": record.lineno,
+    }
+    if meta:
+        payload["metadata"] = meta
+    if record.exc_info or record.exc_text:
+        payload["exc"] = format_exception(record)
+    if record.stack_info:
+        payload["stack"] = record.stack_info
+    return payload

@@ -1,0 +1,195 @@
+"""``ImmutableLogger``: a small facade over a stdlib logger and an :class:`ImmutableHandler`.
+
+::
+
+    log = ImmutableLogger("./logs", tenantId="acme")
+    log.revenue("Order paid", {"amount": 1250, "currency": "EUR"})
+    log.query({"level": "REVENUE", "metadata.amount": {"$gte": 1000}})
+    assert log.verify().ok
+    log.shutdown()
+
+Every call goes through :mod:`logging` (a private, non-propagating logger), so records are
+exactly what a ``logging.getLogger(...).info(...)`` call would produce.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from .entry import METADATA_ATTR
+from .handler import ImmutableHandler
+from .layout import DEFAULT_TENANT
+from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
+from .query import (
+    Entry,
+    disk_usage,
+    iter_entries,
+    query_entries,
+    read_entries,
+    search_entries,
+    summarise,
+)
+from .verify import VerificationReport, verify_tenant
+
+_instances = itertools.count(1)
+
+
+class ImmutableLogger:
+    """Tamper-evident logger for one tenant.
+
+    Args:
+        directory: the log directory (default ``./logs``).
+        tenantId: tenant id (``tenant_id`` and ``tenant`` are accepted too).
+        level: the lowest level written (default DEBUG).
+        **handler_options: passed to :class:`ImmutableHandler` (``durability``,
+            ``max_bytes``, ``max_age``, ...).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] = "./logs",
+        tenantId: str | None = None,  # the seed API's spelling
+        *,
+        tenant_id: str | None = None,
+        tenant: str | None = None,
+        level: int | str = logging.DEBUG,
+        **handler_options: Any,
+    ) -> None:
+        install()
+        self.tenant = tenantId or tenant_id or tenant or DEFAULT_TENANT
+        self.directory = os.fspath(directory)
+        self.handler = ImmutableHandler(self.directory, self.tenant, **handler_options)
+        name = f"immutable_log.{self.tenant}.{next(_instances)}"
+        self.logger = logging.getLogger(name)
+        self.logger.propagate = False
+        self.logger.setLevel(level)
+        self.logger.addHandler(self.handler)
+        self._closed = False
+
+    # ------------------------------------------------------------------ writing
+    def log(self, level: int, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log ``message`` at ``level`` with a metadata dict (a non-mapping is wrapped as
+        ``{"value": metadata}`` rather than rejected, so nothing is lost)."""
+        if metadata is None:
+            extra: dict[str, Any] = {}
+        elif isinstance(metadata, Mapping):
+            extra = {METADATA_ATTR: dict(metadata)}
+        else:
+            extra = {METADATA_ATTR: {"value": metadata}}
+        self.logger.log(level, message, extra=extra, stacklevel=3)
+
+    def debug(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at DEBUG."""
+        self.log(logging.DEBUG, message, metadata)
+
+    def info(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at INFO."""
+        self.log(logging.INFO, message, metadata)
+
+    def warn(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at WARNING."""
+        self.log(logging.WARNING, message, metadata)
+
+    warning = warn
+
+    def error(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at ERROR."""
+        self.log(logging.ERROR, message, metadata)
+
+    def critical(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at CRITICAL."""
+        self.log(logging.CRITICAL, message, metadata)
+
+    def audit(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at AUDIT."""
+        self.log(AUDIT, message, metadata)
+
+    def security(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at SECURITY."""
+        self.log(SECURITY, message, metadata)
+
+    def revenue(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at REVENUE."""
+        self.log(REVENUE, message, metadata)
+
+    def system(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at SYSTEM."""
+        self.log(SYSTEM, message, metadata)
+
+    # ------------------------------------------------------------------ reading
+    def _entries(self) -> Any:
+        if not self._closed:
+            self.handler.flush()
+        return iter_entries(self.directory, self.tenant)
+
+    def read(
+        self,
+        limit: int | None = 100,
+        level: str | int | None = None,
+        *,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[Entry]:
+        """Up to ``limit`` entries (oldest first from ``offset``, or newest first)."""
+        return read_entries(
+            self._entries(), limit=limit, level=level, offset=offset, newest_first=newest_first
+        )
+
+    def search(
+        self, text: str, *, case_sensitive: bool = False, limit: int | None = None
+    ) -> list[Entry]:
+        """Entries whose message, metadata or exception contains ``text``."""
+        return search_entries(self._entries(), text, case_sensitive=case_sensitive, limit=limit)
+
+    def query(self, document: Mapping[str, Any], *, limit: int | None = None) -> list[Entry]:
+        """Entries matching a MongoDB-style query document (see :mod:`.query`)."""
+        return query_entries(self._entries(), document, limit=limit)
+
+    def stats(self) -> dict[str, Any]:
+        """Entry counts by level/logger/stream, time span, disk usage and handler health."""
+        result = summarise(self._entries())
+        result.update(disk_usage(self.directory, self.tenant))
+        writer = self.handler.writer
+        result.update(
+            {
+                "tenant": self.tenant,
+                "stream": writer.stream,
+                "last_seq": writer.seq,
+                "chain_head": writer.head,
+                "handler_errors": self.handler.error_count,
+            }
+        )
+        return result
+
+    def verify(self, *, parse: bool = False) -> VerificationReport:
+        """Verify every stream of this tenant; see :class:`VerificationReport`."""
+        if not self._closed:
+            self.handler.flush()
+        return verify_tenant(self.directory, self.tenant, parse=parse)
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """Flush, sync and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+    close = shutdown
+
+    def __enter__(self) -> ImmutableLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()

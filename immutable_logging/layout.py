@@ -1,0 +1,129 @@
+"""Where things live on disk: tenant and stream directories, segment files.
+
+See ``docs/FORMAT.md``. This module only names and lists files; it never writes entries.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, cast
+
+from .errors import ConfigurationError, InvalidTenantError
+
+DEFAULT_TENANT = "default"
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_SEGMENT_RE = re.compile(r"^(\d{8,})\.log(\.gz)?$")
+STREAM_META = "stream.json"
+LOCK_FILE = ".lock"
+TORN_DIR = "torn"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def validate_tenant(tenant: object) -> str:
+    """Return ``tenant`` if it is a safe directory name, else raise InvalidTenantError.
+
+    Allowed: 1-128 characters from ``A-Z a-z 0-9 _ . -``, starting with a letter or digit,
+    and never containing ``..``.
+    """
+    if not isinstance(tenant, str) or not tenant:
+        raise InvalidTenantError(f"tenant id must be a non-empty string, got {tenant!r}")
+    if ".." in tenant or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidTenantError(
+            f"invalid tenant id {tenant!r}: use 1-128 of A-Z a-z 0-9 _ . - "
+            "(starting with a letter or digit, no '..', no path separators)"
+        )
+    return tenant
+
+
+def validate_stream_name(name: object) -> str:
+    """Stream names follow the tenant rules (they are directory names too)."""
+    try:
+        return validate_tenant(name)
+    except InvalidTenantError as exc:
+        raise ConfigurationError(str(exc).replace("tenant id", "stream name")) from None
+
+
+def tenant_dir(root: str | os.PathLike[str], tenant: str) -> Path:
+    """The directory holding every stream of ``tenant`` under ``root``."""
+    return Path(root) / validate_tenant(tenant)
+
+
+def segment_name(number: int, compressed: bool = False) -> str:
+    """File name of segment ``number`` (``00000001.log`` / ``00000001.log.gz``)."""
+    return f"{number:08d}.log" + (".gz" if compressed else "")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment file of a stream."""
+
+    number: int
+    path: Path
+    compressed: bool
+
+    def open(self) -> IO[bytes]:
+        """Open the segment for reading, decompressing if needed."""
+        if self.compressed:
+            return cast(IO[bytes], gzip.open(self.path, "rb"))
+        return open(self.path, "rb")
+
+
+def list_segments(stream_dir: Path) -> list[Segment]:
+    """Segments of a stream in order. When both ``N.log`` and ``N.log.gz`` exist (a crash
+    while sealing) the compressed file wins: it only appears once complete."""
+    found: dict[int, Segment] = {}
+    try:
+        names = os.listdir(stream_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        match = _SEGMENT_RE.match(name)
+        if not match:
+            continue
+        number = int(match.group(1))
+        compressed = match.group(2) is not None
+        if number in found and found[number].compressed:
+            continue
+        found[number] = Segment(number, stream_dir / name, compressed)
+    return [found[n] for n in sorted(found)]
+
+
+def list_streams(tdir: Path) -> list[Path]:
+    """Stream directories of a tenant, sorted by name."""
+    try:
+        entries = sorted(os.scandir(tdir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if e.is_dir() and (Path(e.path) / STREAM_META).exists()
+    ]
+
+
+def list_tenants(root: Path) -> list[str]:
+    """Tenant ids that have a directory under ``root``."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [e.name for e in entries if e.is_dir() and _TENANT_RE.fullmatch(e.name)]
+
+
+def iter_segment_lines(segment: Segment) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line_without_newline, complete)`` for every line of a segment.
+
+    Only the very last line can be incomplete (no trailing newline): a torn tail, or an
+    entry still being written.
+    """
+    with segment.open() as handle:
+        for line in handle:
+            if line.endswith(b"\n"):
+                yield line[:-1], True
+            else:
+                yield line, False

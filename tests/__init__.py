@@ -1,0 +1,1 @@
+"""Test suite of immutable_logging (a package so that ``tests.servers`` is importable)."""

@@ -1,0 +1,57 @@
+"""Small helpers shared by tests: write a log through the real handler, edit files."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from immutable_logging.handler import ImmutableHandler
+from immutable_logging.layout import list_segments, list_streams
+
+
+def write_log(
+    directory: Path, name: str, count: int, tenant: str = "default", **options: Any
+) -> ImmutableHandler:
+    """Log ``count`` INFO records through a real handler; return the (closed) handler."""
+    handler = ImmutableHandler(directory, tenant, **options)
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        for i in range(count):
+            logger.info("event %d", i, extra={"index": i, "user": f"u{i % 7}"})
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    return handler
+
+
+def only_stream(directory: Path, tenant: str = "default") -> Path:
+    streams = list_streams(directory / tenant)
+    assert len(streams) == 1, streams
+    return streams[0]
+
+
+def read_lines(path: Path) -> list[bytes]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        return handle.read().splitlines(keepends=True)
+
+
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    """Rewrite a (possibly read-only, possibly gzip) segment: what an attacker would do."""
+    os.chmod(path, 0o600)
+    data = b"".join(lines)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def active_segment(stream: Path) -> Path:
+    return list_segments(stream)[-1].path

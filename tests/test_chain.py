@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from immutable_logging.chain import ChainWriter, compress_segment
+from immutable_logging.entry import GENESIS_HASH, split_line
+from immutable_logging.errors import ConfigurationError, InvalidTenantError, StreamLockedError
+from immutable_logging.layout import list_segments, list_streams, segment_name
+from immutable_logging.query import iter_entries
+from immutable_logging.verify import verify_tenant
+
+from .helpers import read_lines
+
+
+def _payload(i: int) -> dict[str, object]:
+    return {"ts": time.time(), "level": "INFO", "message": f"m{i}", "tenant": "default"}
+
+
+def _append(writer: ChainWriter, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        writer.append(_payload(i))
+
+
+def test_chain_links_across_rotation_and_sealed_segments_are_gzip_readonly(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, max_bytes=5_000)
+    _append(writer, 200)
+    writer.close()
+    segments = list_segments(writer.stream_dir)
+    assert len(segments) > 3
+    prev_hash = GENESIS_HASH
+    expected = 1
+    for seg in segments:
+        lines = read_lines(seg.path)
+        first = split_line(lines[0].rstrip(b"\n"))
+        assert first is not None
+        assert first[1] == prev_hash, "a segment's first entry commits to the previous segment"
+        for line in lines:
+            parsed = split_line(line.rstrip(b"\n"))
+            assert parsed is not None and parsed[0] == expected
+            expected += 1
+            prev_hash = parsed[2]
+    for seg in segments[:-1]:
+        assert seg.compressed
+        assert stat.S_IMODE(seg.path.stat().st_mode) == 0o444
+        with gzip.open(seg.path) as handle:
+            assert handle.read().endswith(b"\n")
+    assert stat.S_IMODE(segments[-1].path.stat().st_mode) == 0o600
+    assert verify_tenant(tmp_path).ok
+
+
+def test_restart_continues_the_same_chain(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, max_bytes=3_000)
+    _append(writer, 50)
+    head = writer.head
+    writer.close()
+    again = ChainWriter(tmp_path, max_bytes=3_000)
+    assert again.stream == writer.stream
+    assert (again.seq, again.head) == (50, head)
+    _append(again, 50, 50)
+    again.close()
+    report = verify_tenant(tmp_path)
+    assert report.ok and report.entries == 100
+
+
+def test_restart_after_rotation_boundary(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 5)
+    writer.rotate()
+    writer.close()
+    segments = list_segments(writer.stream_dir)
+    assert [s.compressed for s in segments] == [True]
+    again = ChainWriter(tmp_path)
+    assert again.seq == 5 and again.segment_number == 2
+    _append(again, 1)
+    again.close()
+    assert verify_tenant(tmp_path).ok
+
+
+def test_time_rotation(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, max_age=0.05)
+    _append(writer, 3)
+    time.sleep(0.1)
+    _append(writer, 3, 3)
+    writer.close()
+    assert len(list_segments(writer.stream_dir)) == 2
+    assert verify_tenant(tmp_path).ok
+
+
+def test_torn_tail_is_moved_aside_recorded_and_chain_continues(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 10)
+    writer.close()
+    active = list_segments(writer.stream_dir)[-1].path
+    torn = b'{"seq":11,"prev":"deadbeef'
+    with open(active, "ab") as handle:
+        handle.write(torn)
+    assert not verify_tenant(tmp_path).ok
+
+    again = ChainWriter(tmp_path)
+    assert again.seq == 11  # 10 entries + the recovery entry
+    _append(again, 2)
+    again.close()
+    kept = list((writer.stream_dir / "torn").iterdir())
+    assert len(kept) == 1 and kept[0].read_bytes() == torn
+    report = verify_tenant(tmp_path, parse=True)
+    assert report.ok, report.problems
+    assert any("torn tail recovered" in w for w in report.warnings)
+    recovery = [e for e in iter_entries(tmp_path, include_system=True) if e.get("kind")]
+    assert recovery[0]["event"] == "torn_tail" and recovery[0]["length"] == len(torn)
+    assert [e["message"] for e in iter_entries(tmp_path)][-2:] == ["m0", "m1"]
+
+
+def test_unparseable_last_line_is_moved_aside_not_deleted(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 4)
+    writer.close()
+    active = list_segments(writer.stream_dir)[-1].path
+    with open(active, "ab") as handle:
+        handle.write(b"garbage line\n")
+    again = ChainWriter(tmp_path)
+    assert again.seq == 5
+    again.close()
+    kept = list((writer.stream_dir / "torn").iterdir())
+    assert kept[0].read_bytes() == b"garbage line\n"
+    assert verify_tenant(tmp_path).ok
+
+
+def test_interrupted_compression_is_finished_on_open(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, compress=False)
+    _append(writer, 5)
+    writer.rotate()
+    _append(writer, 5, 5)
+    writer.close()
+    sealed = writer.stream_dir / segment_name(1)
+    assert sealed.exists()
+    (writer.stream_dir / ".00000001.log.gz.tmp").write_bytes(b"partial")
+    again = ChainWriter(tmp_path)
+    again.close()
+    segments = list_segments(writer.stream_dir)
+    assert segments[0].compressed and not sealed.exists()
+    assert not list(writer.stream_dir.glob(".*.tmp"))
+    assert verify_tenant(tmp_path).ok and verify_tenant(tmp_path).entries == 10
+
+
+def test_compress_segment_is_repeatable(tmp_path: Path) -> None:
+    plain = tmp_path / "00000001.log"
+    plain.write_bytes(b"x\n" * 100)
+    target = compress_segment(plain)
+    assert gzip.decompress(target.read_bytes()) == b"x\n" * 100
+    assert not plain.exists()
+
+
+def test_second_process_slot_and_fixed_stream_lock(tmp_path: Path) -> None:
+    first = ChainWriter(tmp_path)
+    second = ChainWriter(tmp_path)
+    assert first.stream != second.stream
+    assert first.stream.endswith(".0") and second.stream.endswith(".1")
+    fixed = ChainWriter(tmp_path, stream="api")
+    with pytest.raises(StreamLockedError):
+        ChainWriter(tmp_path, stream="api")
+    for w in (first, second, fixed):
+        _append(w, 3)
+        w.close()
+    assert len(list_streams(tmp_path / "default")) == 3
+    report = verify_tenant(tmp_path)
+    assert report.ok and report.entries == 9
+
+
+@pytest.mark.parametrize("mode", ["flush", "always"])
+def test_flush_modes_reach_the_os_before_append_returns(tmp_path: Path, mode: str) -> None:
+    writer = ChainWriter(tmp_path, durability=mode)
+    _append(writer, 3)
+    active = list_segments(writer.stream_dir)[-1].path
+    assert len(read_lines(active)) == 3
+    assert writer.written_seq == 3
+    if mode == "always":
+        assert writer.stats.syncs == 3
+    writer.close()
+
+
+def test_buffered_mode_writes_on_flush(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, durability="none")
+    _append(writer, 3)
+    active = writer.stream_dir / segment_name(1)
+    assert active.stat().st_size == 0
+    writer.flush()
+    assert len(read_lines(active)) == 3
+    writer.close()
+
+
+def test_group_commit_syncs_idle_data_and_bounds_the_buffer(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, durability="group", group_interval_ms=5, buffer_bytes=4096)
+    _append(writer, 2)
+    active = writer.stream_dir / segment_name(1)
+    deadline = time.monotonic() + 5.0
+    while len(read_lines(active)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(read_lines(active)) == 2, "the idle flusher must write and sync pending entries"
+    assert writer.stats.syncs >= 1
+    _append(writer, 200)  # ~25 KB: the 4 KiB buffer must be flushed repeatedly
+    assert writer.stats.writes >= 5
+    writer.close()
+    assert verify_tenant(tmp_path).entries == 202
+
+
+def test_close_is_idempotent_and_append_after_close_fails(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 1)
+    writer.close()
+    writer.close()
+    with pytest.raises(Exception, match="closed"):
+        writer.append(_payload(9))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"durability": "sometimes"},
+        {"group_interval_ms": 0},
+        {"max_bytes": -1},
+        {"max_age": 0},
+        {"buffer_bytes": 0},
+        {"stream": "../x"},
+    ],
+)
+def test_bad_configuration_is_rejected(tmp_path: Path, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        ChainWriter(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tenant", ["", "..", "a/b", "../etc", "a\\b", ".hidden", "x" * 129, "a..b"])
+def test_tenant_ids_are_validated(tmp_path: Path, tenant: str) -> None:
+    with pytest.raises(InvalidTenantError):
+        ChainWriter(tmp_path, tenant)
+    assert not any(p.name != "default" for p in tmp_path.iterdir())
+
+
+def test_files_have_private_modes(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 1)
+    writer.close()
+    assert stat.S_IMODE(os.stat(writer.stream_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(writer.stream_dir / ".lock").st_mode) == 0o600

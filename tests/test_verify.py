@@ -1,0 +1,200 @@
+"""The tamper corpus: every kind of damage is detected at the right sequence number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from immutable_logging.entry import make_line, split_line
+from immutable_logging.errors import (
+    HashMismatchError,
+    SequenceGapError,
+    TornTailError,
+    VerificationError,
+)
+from immutable_logging.layout import list_segments
+from immutable_logging.verify import verify_directory, verify_tenant
+
+from .helpers import only_stream, read_lines, write_lines, write_log
+
+
+@pytest.fixture
+def rotated_log(tmp_path: Path, logger_name: str) -> Path:
+    """A log of 600 entries spread over several sealed (gzip) segments and an active one."""
+    write_log(tmp_path, logger_name, 600, max_bytes=40_000)
+    segments = list_segments(only_stream(tmp_path))
+    assert len(segments) >= 4
+    assert all(s.compressed for s in segments[:-1])
+    assert not segments[-1].compressed
+    return tmp_path
+
+
+def _seq_of(line: bytes) -> int:
+    parsed = split_line(line.rstrip(b"\n"))
+    assert parsed is not None
+    return parsed[0]
+
+
+def _segment_with(stream: Path, index: int = 1) -> tuple[Path, list[bytes]]:
+    seg = list_segments(stream)[index]
+    return seg.path, read_lines(seg.path)
+
+
+def _first_problem(directory: Path) -> tuple[str, int | None, str]:
+    report = verify_tenant(directory)
+    assert not report.ok
+    problem = report.problems[0]
+    return problem.reason, problem.seq, problem.file
+
+
+def test_untampered_rotated_log_verifies_clean(rotated_log: Path) -> None:
+    report = verify_tenant(rotated_log)
+    assert report.ok, report.problems
+    assert report.entries == 600
+    assert report.streams[0].last_seq == 600
+    assert verify_tenant(rotated_log, parse=True).ok
+    assert verify_directory(rotated_log).ok
+
+
+def test_edit_one_byte_in_sealed_segment(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log))
+    k = 5
+    seq = _seq_of(lines[k])
+    lines[k] = lines[k].replace(b'"event ', b'"Event ', 1)
+    write_lines(path, lines)
+    reason, bad_seq, file = _first_problem(rotated_log)
+    assert (reason, bad_seq, file) == ("hash_mismatch", seq, str(path))
+    with pytest.raises(HashMismatchError) as info:
+        verify_tenant(rotated_log).raise_for_problems()
+    assert info.value.seq == seq and info.value.file == str(path)
+    assert f"seq {seq}" in str(info.value)
+
+
+def test_edit_with_recomputed_entry_hash_breaks_next_link(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log))
+    k = 7
+    seq, prev, _, _ = split_line(lines[k].rstrip(b"\n"))  # type: ignore[misc]
+    obj = orjson.loads(lines[k])
+    payload = {key: v for key, v in obj.items() if key not in ("seq", "prev", "hash")}
+    payload["message"] = "forged"
+    lines[k] = make_line(seq, prev, orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))[0]
+    write_lines(path, lines)
+    reason, bad_seq, _ = _first_problem(rotated_log)
+    assert (reason, bad_seq) == ("prev_mismatch", seq + 1)
+
+
+def test_delete_an_entry(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log))
+    seq = _seq_of(lines[10])
+    del lines[10]
+    write_lines(path, lines)
+    with pytest.raises(SequenceGapError) as info:
+        verify_tenant(rotated_log).raise_for_problems()
+    assert info.value.seq == seq
+
+
+def test_insert_a_forged_entry(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log), 2)
+    seq, prev, _, _ = split_line(lines[3].rstrip(b"\n"))  # type: ignore[misc]
+    forged = make_line(seq, prev, b'{"message":"injected","ts":1.0}')[0]
+    lines.insert(3, forged)
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert not report.ok
+    assert report.problems[0].seq == seq
+    assert report.problems[0].reason in ("reorder", "prev_mismatch")
+
+
+def test_swap_two_entries(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log), 0)
+    seq = _seq_of(lines[20])
+    lines[20], lines[21] = lines[21], lines[20]
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert not report.ok
+    assert report.problems[0].seq == seq
+    assert {p.reason for p in report.problems} >= {"reorder"}
+
+
+def test_truncate_in_the_middle(rotated_log: Path) -> None:
+    stream = only_stream(rotated_log)
+    path, lines = _segment_with(stream, 1)
+    seq = _seq_of(lines[4])
+    data = b"".join(lines)
+    start = data.index(lines[4]) + 40
+    end = data.index(lines[9]) + 60
+    write_lines(path, [data[:start] + data[end:]])
+    reason, bad_seq, _ = _first_problem(rotated_log)
+    assert bad_seq == seq
+    assert reason in ("hash_mismatch", "malformed")
+
+
+def test_drop_a_whole_rotated_segment(rotated_log: Path) -> None:
+    stream = only_stream(rotated_log)
+    dropped = list_segments(stream)[1]
+    first_missing = _seq_of(read_lines(dropped.path)[0])
+    dropped.path.unlink()
+    report = verify_tenant(rotated_log)
+    assert not report.ok
+    reasons = {(p.reason, p.seq) for p in report.problems}
+    assert ("missing_segment", first_missing) in reasons
+    assert ("gap", first_missing) in reasons
+
+
+def test_drop_the_first_segment(rotated_log: Path) -> None:
+    list_segments(only_stream(rotated_log))[0].path.unlink()
+    reason, seq, _ = _first_problem(rotated_log)
+    assert (reason, seq) == ("missing_segment", 1)
+
+
+def test_torn_tail_is_reported_until_recovered(rotated_log: Path) -> None:
+    stream = only_stream(rotated_log)
+    active = list_segments(stream)[-1].path
+    with open(active, "ab") as handle:
+        handle.write(b'{"seq":601,"prev":"abc')
+    with pytest.raises(TornTailError) as info:
+        verify_tenant(rotated_log).raise_for_problems()
+    assert info.value.seq == 601
+    assert info.value.file == str(active)
+
+
+def test_independent_damages_are_all_reported(rotated_log: Path) -> None:
+    stream = only_stream(rotated_log)
+    path0, lines0 = _segment_with(stream, 0)
+    path2, lines2 = _segment_with(stream, 2)
+    seq_a, seq_b = _seq_of(lines0[3]), _seq_of(lines2[6])
+    lines0[3] = lines0[3].replace(b"event", b"EVENT", 1)
+    del lines2[6]
+    write_lines(path0, lines0)
+    write_lines(path2, lines2)
+    problems = verify_tenant(rotated_log).problems
+    assert [(p.reason, p.seq) for p in problems] == [("hash_mismatch", seq_a), ("gap", seq_b)]
+
+
+def test_non_canonical_payload_detected_by_parse_path(tmp_path: Path, logger_name: str) -> None:
+    write_log(tmp_path, logger_name, 3)
+    path = list_segments(only_stream(tmp_path))[-1].path
+    lines = read_lines(path)
+    # Same JSON value, different bytes, hash recomputed: only the parse path notices.
+    seq, prev, _, hashed = split_line(lines[2].rstrip(b"\n"))  # type: ignore[misc]
+    obj = orjson.loads(lines[2])
+    payload = {key: v for key, v in obj.items() if key not in ("seq", "prev", "hash")}
+    unsorted = orjson.dumps(dict(reversed(list(payload.items()))))
+    lines[2] = make_line(seq, prev, unsorted)[0]
+    write_lines(path, lines)
+    assert verify_tenant(tmp_path).ok
+    report = verify_tenant(tmp_path, parse=True)
+    assert [(p.reason, p.seq) for p in report.problems] == [("non_canonical", 3)]
+
+
+def test_problem_errors_are_verification_errors(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log))
+    lines[1] = b"not json at all\n"
+    write_lines(path, lines)
+    with pytest.raises(VerificationError) as info:
+        verify_tenant(rotated_log).raise_for_problems()
+    assert info.value.reason == "malformed"
+    assert info.value.file == str(path)
+    assert info.value.seq == _seq_of(lines[0]) + 1
