@@ -67,10 +67,20 @@ class Segment:
     compressed: bool
 
     def open(self) -> IO[bytes]:
-        """Open the segment for reading, decompressing if needed."""
+        """Open the segment for reading, decompressing if needed.
+
+        A plain sealed segment may be compressed (and removed) between listing and
+        opening; the compressed file, complete by then, is opened instead.
+        """
         if self.compressed:
             return cast(IO[bytes], gzip.open(self.path, "rb"))
-        return open(self.path, "rb")
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            gz = self.path.with_name(self.path.name + ".gz")
+            if not gz.exists():
+                raise
+            return cast(IO[bytes], gzip.open(gz, "rb"))
 
 
 def list_segments(stream_dir: Path) -> list[Segment]:

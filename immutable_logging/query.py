@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from .errors import QueryError
-from .layout import Segment, iter_segment_lines, list_segments, list_streams, tenant_dir
+from .layout import iter_segment_lines, list_segments, list_streams, tenant_dir
 
 Entry = dict[str, Any]
 Decryptor = Callable[[Entry, str, str], Entry]
@@ -40,12 +40,7 @@ _MISSING = object()
 def _iter_stream(stream_dir: Path, decrypt: Decryptor | None) -> Iterator[Entry]:
     stream = stream_dir.name
     for segment in list_segments(stream_dir):
-        try:
-            lines = list(iter_segment_lines(segment))
-        except FileNotFoundError:  # compressed concurrently: read the .gz instead
-            gz = Segment(segment.number, segment.path.with_name(segment.path.name + ".gz"), True)
-            lines = list(iter_segment_lines(gz))
-        for raw, complete in lines:
+        for raw, complete in iter_segment_lines(segment):
             if not complete:
                 continue  # an entry being written, or a torn tail
             try:

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+
+from immutable_logging.entry import (
+    GENESIS_HASH,
+    canonical_payload,
+    hashed_bytes,
+    json_fallback,
+    make_line,
+    record_payload,
+    split_line,
+)
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque 42>"
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _record(msg: str = "hello %s", args: tuple[object, ...] = ("x",), **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("app.mod", logging.INFO, __file__, 10, msg, args, None, "fn")
+    record.__dict__.update(extra)
+    return record
+
+
+def test_line_round_trip_and_hash_definition() -> None:
+    payload = canonical_payload({"b": 1, "a": "x"})
+    assert payload == b'{"a":"x","b":1}'
+    line, digest = make_line(7, GENESIS_HASH, payload)
+    assert line.endswith(b"\n")
+    seq, prev, stored, hashed = split_line(line[:-1])  # type: ignore[misc]
+    assert (seq, prev, stored) == (7, GENESIS_HASH, digest)
+    assert hashed == hashed_bytes(7, GENESIS_HASH, payload)
+    assert hashlib.sha256(hashed).hexdigest() == digest
+    obj = orjson.loads(line)
+    assert obj == {"seq": 7, "prev": GENESIS_HASH, "a": "x", "b": 1, "hash": digest}
+
+
+def test_split_line_rejects_non_entries() -> None:
+    line, _ = make_line(1, GENESIS_HASH, b'{"a":1}')
+    assert split_line(b"hello") is None
+    assert split_line(line[:-2]) is None
+    assert split_line(line[:-1].replace(b'"seq":1', b'"seq":x')) is None
+    assert split_line(line[:-1].replace(b',"prev":"', b',"prev"_"')) is None
+
+
+def test_record_payload_fields() -> None:
+    record = _record(user_id=5, roles=["a"])
+    payload = record_payload(record, "acme")
+    assert payload["message"] == "hello x"
+    assert payload["metadata"] == {"user_id": 5, "roles": ["a"]}
+    assert payload["tenant"] == "acme"
+    assert payload["level"] == "INFO" and payload["levelno"] == logging.INFO
+    assert payload["logger"] == "app.mod" and payload["func"] == "fn" and payload["line"] == 10
+    assert {"ts", "host", "pid", "thread", "module"} <= payload.keys()
+    assert "exc" not in payload
+
+
+def test_exception_text_is_recorded() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = _record()
+        record.exc_info = sys.exc_info()
+    payload = record_payload(record, "t")
+    assert "ValueError: boom" in payload["exc"]
+    assert "Traceback" in payload["exc"]
+
+
+def test_bad_format_arguments_keep_the_record() -> None:
+    payload = record_payload(_record("%d items", ("not-a-number",)), "t")
+    assert payload["message"] == "%d items"
+    assert "TypeError" in payload["metadata"]["_format_error"]
+    assert payload["metadata"]["_args"] == "('not-a-number',)"
+
+
+def test_non_json_metadata_uses_the_documented_fallback() -> None:
+    meta = {
+        "dec": Decimal("1.10"),
+        "set": {3, 1, 2},
+        "raw": b"\x00\xff",
+        "color": Color.RED,
+        "path": Path("/tmp/x"),
+        "obj": Opaque(),
+        "bad": BadRepr(),
+        "big": 2**80,
+        1: "int key",
+    }
+    data = canonical_payload({"metadata": meta})
+    decoded = orjson.loads(data)["metadata"]
+    assert decoded["dec"] == "1.10"
+    assert decoded["set"] == [1, 2, 3]
+    assert decoded["raw"] == {"$bytes": "AP8="}
+    assert decoded["color"] == "red"
+    assert decoded["path"] == "/tmp/x"
+    assert decoded["obj"] == "<Opaque 42>"
+    assert decoded["bad"] == "<unrepresentable BadRepr>"
+    assert decoded["big"] == str(2**80)
+    assert decoded["1"] == "int key"
+    assert canonical_payload({"metadata": meta}) == data  # deterministic
+
+
+def test_fallback_handles_cycles_without_raising() -> None:
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    data = canonical_payload({"metadata": {"c": cyclic}})
+    assert b"nested too deep" in data
+
+
+def test_json_fallback_direct() -> None:
+    assert json_fallback(frozenset({"b", "a"})) == ["a", "b"]

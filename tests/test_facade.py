@@ -1,0 +1,196 @@
+"""The seed's validation cases, through the ImmutableLogger facade."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from immutable_logging import ImmutableLogger
+from immutable_logging.errors import InvalidTenantError, QueryError
+from immutable_logging.layout import list_segments, list_streams
+
+from .helpers import read_lines, write_lines
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> ImmutableLogger:
+    logger = ImmutableLogger(tmp_path, tenantId="acme")
+    yield logger  # type: ignore[misc]
+    logger.shutdown()
+
+
+def test_basic_logging_all_levels(log: ImmutableLogger) -> None:
+    for method in ("info", "warn", "error", "critical", "audit", "security", "revenue", "system"):
+        getattr(log, method)(f"{method} message", {"kind": method})
+    entries = log.read()
+    assert [e["level"] for e in entries] == [
+        "INFO", "WARNING", "ERROR", "CRITICAL", "AUDIT", "SECURITY", "REVENUE", "SYSTEM",
+    ]
+    assert entries[0]["message"] == "info message"
+    assert entries[0]["metadata"] == {"kind": "info"}
+    assert entries[0]["tenant"] == "acme"
+    assert entries[0]["func"] == "test_basic_logging_all_levels"
+    assert [e["seq"] for e in entries] == list(range(1, 9))
+
+
+def test_chain_verifies(log: ImmutableLogger) -> None:
+    for i in range(50):
+        log.info(f"entry {i}")
+    report = log.verify()
+    assert report.ok and report.entries == 50
+    entries = log.read(limit=None)
+    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+
+
+def test_tamper_is_detected(log: ImmutableLogger, tmp_path: Path) -> None:
+    for i in range(10):
+        log.revenue("payment", {"amount": i})
+    log.handler.flush()
+    stream = list_streams(tmp_path / "acme")[0]
+    path = list_segments(stream)[-1].path
+    lines = read_lines(path)
+    lines[4] = lines[4].replace(b'"amount":4', b'"amount":9')
+    write_lines(path, lines)
+    report = log.verify()
+    assert not report.ok
+    assert [(p.reason, p.seq, p.file) for p in report.problems] == [
+        ("hash_mismatch", 5, str(path))
+    ]
+
+
+def test_search(log: ImmutableLogger) -> None:
+    log.info("User login", {"user": "Alice"})
+    log.info("User logout", {"user": "bob"})
+    log.error("Payment failed", {"reason": "card declined"})
+    assert [e["message"] for e in log.search("user")] == ["User login", "User logout"]
+    assert [e["message"] for e in log.search("DECLINED")] == ["Payment failed"]
+    assert [e["message"] for e in log.search("alice")] == ["User login"]
+    assert log.search("Alice", case_sensitive=True)[0]["metadata"]["user"] == "Alice"
+    assert log.search("nothing-like-this") == []
+    with pytest.raises(QueryError):
+        log.search("")
+
+
+def test_query_operators(log: ImmutableLogger) -> None:
+    for amount in (10, 500, 1000, 2500):
+        log.revenue("sale", {"amount": amount, "tags": ["web", f"t{amount}"], "sku": f"S-{amount}"})
+    log.info("not revenue", {"amount": 5000})
+
+    def amounts(doc: dict[str, object]) -> list[int]:
+        return [e["metadata"]["amount"] for e in log.query(doc)]
+
+    assert amounts({"level": "REVENUE", "metadata.amount": {"$gte": 1000}}) == [1000, 2500]
+    assert amounts({"level": "REVENUE", "metadata.amount": {"$gt": 10, "$lt": 2500}}) == [500, 1000]
+    assert amounts({"metadata.amount": {"$lte": 500}}) == [10, 500]
+    assert amounts({"metadata.amount": {"$eq": 2500}}) == [2500]
+    assert amounts({"level": {"$ne": "REVENUE"}}) == [5000]
+    assert amounts({"metadata.amount": {"$in": [10, 5000]}}) == [10, 5000]
+    assert amounts({"metadata.tags": {"$contains": "t500"}}) == [500]
+    assert amounts({"message": {"$contains": "not"}}) == [5000]
+    assert amounts({"metadata.sku": {"$regex": r"^S-\d{4}$"}}) == [1000, 2500]
+    assert amounts({"metadata.missing": {"$exists": False}, "level": "INFO"}) == [5000]
+    assert amounts({"$or": [{"metadata.amount": 10}, {"metadata.amount": 5000}]}) == [10, 5000]
+    for bad in ({"metadata.amount": {"$bogus": 1}}, {"x": {"$in": 5}}, {"x": {"$regex": "("}}):
+        with pytest.raises(QueryError):
+            log.query(bad)
+
+
+def test_rotation_keeps_everything_readable_and_verifiable(tmp_path: Path) -> None:
+    with ImmutableLogger(tmp_path, tenantId="rot", max_bytes=4_000) as log:
+        for i in range(300):
+            log.info(f"rotating {i}", {"i": i})
+        assert len(list_segments(list_streams(tmp_path / "rot")[0])) > 5
+        assert len(log.read(limit=None)) == 300
+        assert log.verify().ok
+
+
+def test_multi_tenant_isolation(tmp_path: Path) -> None:
+    a = ImmutableLogger(tmp_path, tenantId="tenant-a")
+    b = ImmutableLogger(tmp_path, tenantId="tenant-b")
+    a.info("secret of a", {"k": "a"})
+    b.info("secret of b", {"k": "b"})
+    assert [e["message"] for e in a.read()] == ["secret of a"]
+    assert [e["message"] for e in b.search("secret")] == ["secret of b"]
+    assert a.stats()["total_entries"] == 1
+    assert (tmp_path / "tenant-a").is_dir() and (tmp_path / "tenant-b").is_dir()
+    # Damage in tenant b does not make tenant a fail verification.
+    b.handler.flush()
+    path = list_segments(list_streams(tmp_path / "tenant-b")[0])[-1].path
+    write_lines(path, [read_lines(path)[0].replace(b"secret", b"public")])
+    assert a.verify().ok and not b.verify().ok
+    a.shutdown()
+    b.shutdown()
+    with pytest.raises(InvalidTenantError):
+        ImmutableLogger(tmp_path, tenantId="../tenant-a")
+
+
+def test_stats(log: ImmutableLogger) -> None:
+    log.info("a")
+    log.info("b")
+    log.audit("c")
+    stats = log.stats()
+    assert stats["total_entries"] == 3
+    assert stats["by_level"] == {"INFO": 2, "AUDIT": 1}
+    assert stats["last_seq"] == 3
+    assert stats["segments"] == 1 and stats["bytes_on_disk"] > 0
+    assert stats["handler_errors"] == 0
+    assert stats["first_timestamp"] <= stats["last_timestamp"]
+
+
+def test_concurrency_8_threads_x_5000(log: ImmutableLogger) -> None:
+    def work(t: int) -> None:
+        for i in range(5000):
+            log.info("concurrent", {"t": t, "i": i})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    report = log.verify()
+    assert report.ok and report.entries == 40_000
+    pairs = {(e["metadata"]["t"], e["metadata"]["i"]) for e in log.read(limit=None)}
+    assert len(pairs) == 40_000
+
+
+def test_read_filters(log: ImmutableLogger) -> None:
+    for i in range(10):
+        log.info(f"info {i}")
+        if i % 3 == 0:
+            log.audit(f"audit {i}")
+    assert [e["message"] for e in log.read(level="AUDIT")] == [
+        "audit 0", "audit 3", "audit 6", "audit 9",
+    ]
+    assert [e["message"] for e in log.read(limit=2, level="audit")] == ["audit 0", "audit 3"]
+    assert [e["message"] for e in log.read(limit=2, offset=1, level="AUDIT")] == [
+        "audit 3", "audit 6",
+    ]
+    assert [e["message"] for e in log.read(limit=3, newest_first=True)] == [
+        "audit 9", "info 9", "info 8",
+    ]
+    assert len(log.read(limit=None)) == 14
+    with pytest.raises(QueryError):
+        log.read(limit=-1)
+
+
+def test_performance_smoke_10k(log: ImmutableLogger) -> None:
+    """The seed's performance case; timing targets live in benchmarks/, not here."""
+    for i in range(10_000):
+        log.info("perf", {"i": i})
+    assert log.verify().entries == 10_000
+    assert len(log.search("perf", limit=5)) == 5
+
+
+def test_non_mapping_metadata_is_kept(log: ImmutableLogger) -> None:
+    log.info("odd", [1, 2])  # type: ignore[arg-type]
+    assert log.read()[0]["metadata"] == {"value": [1, 2]}
+
+
+def test_shutdown_is_idempotent(tmp_path: Path) -> None:
+    log = ImmutableLogger(tmp_path)
+    log.info("x")
+    log.shutdown()
+    log.shutdown()
+    assert [e["message"] for e in log.read()] == ["x"]

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import io
+import logging
+import logging.config
+import threading
+from pathlib import Path
+
+import pytest
+
+from immutable_logging import ImmutableHandler, install
+from immutable_logging.errors import InvalidTenantError
+from immutable_logging.query import iter_entries
+from immutable_logging.verify import verify_tenant
+
+
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return logger
+
+
+def test_dictconfig_with_custom_levels(tmp_path: Path, logger_name: str) -> None:
+    install()
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {
+                "chain": {
+                    "class": "immutable_logging.ImmutableHandler",
+                    "directory": str(tmp_path),
+                    "tenant": "acme",
+                    "level": "INFO",
+                    "durability": "flush",
+                }
+            },
+            "loggers": {logger_name: {"handlers": ["chain"], "level": "DEBUG", "propagate": False}},
+        }
+    )
+    logger = logging.getLogger(logger_name)
+    logger.debug("below the handler level")
+    logger.info("login %s", "alice", extra={"ip": "10.0.0.1"})
+    logger.audit("role changed", extra={"role": "admin"})  # type: ignore[attr-defined]
+    logger.handlers[0].flush()
+    entries = list(iter_entries(tmp_path, "acme"))
+    assert [(e["level"], e["message"]) for e in entries] == [
+        ("INFO", "login alice"),
+        ("AUDIT", "role changed"),
+    ]
+    assert entries[0]["metadata"] == {"ip": "10.0.0.1"}
+    assert entries[1]["func"] == "test_dictconfig_with_custom_levels"
+    assert verify_tenant(tmp_path, "acme").ok
+
+
+def test_handler_never_raises_and_counts_errors(
+    tmp_path: Path, logger_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = ImmutableHandler(tmp_path)
+    logger = _logger(logger_name, handler)
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+
+    def broken(payload: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(handler.writer, "append", broken)
+    logger.info("lost?")
+    assert handler.error_count == 1
+    assert "disk full" in stderr.getvalue(), "the failure must be reported, not swallowed"
+    monkeypatch.undo()
+    logger.info("after")
+    handler.close()
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["after"]
+
+
+def test_own_and_cloud_client_loggers_never_feed_back(tmp_path: Path, logger_name: str) -> None:
+    handler = ImmutableHandler(tmp_path)
+    root_child = _logger(logger_name, handler)
+    for name in ("immutable_logging.replication", "botocore.hooks", "urllib3.connectionpool",
+                 "google.auth", "boto3", "s3transfer.tasks"):
+        other = _logger(name, handler)
+        other.info("noise from %s", name)
+        other.removeHandler(handler)
+    root_child.info("kept")
+    _logger("googleapis_client_of_app", handler).info("app logger with similar prefix")
+    handler.close()
+    assert [e["message"] for e in iter_entries(tmp_path)] == [
+        "kept",
+        "app logger with similar prefix",
+    ]
+
+
+def test_eight_threads_times_5000_records(tmp_path: Path, logger_name: str) -> None:
+    handler = ImmutableHandler(tmp_path, durability="none")
+    logger = _logger(logger_name, handler)
+
+    def work(t: int) -> None:
+        for i in range(5000):
+            logger.info("t%d i%d", t, i, extra={"t": t, "i": i})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.close()
+    report = verify_tenant(tmp_path)
+    assert report.ok and report.entries == 40_000
+    seen = {(e["metadata"]["t"], e["metadata"]["i"]) for e in iter_entries(tmp_path)}
+    assert len(seen) == 40_000
+
+
+def test_invalid_tenant_rejected_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(InvalidTenantError):
+        ImmutableHandler(tmp_path, "../other")
+
+
+def test_emit_after_close_reopens_like_filehandler(tmp_path: Path, logger_name: str) -> None:
+    handler = ImmutableHandler(tmp_path)
+    logger = _logger(logger_name, handler)
+    logger.info("one")
+    handler.close()
+    logger.info("two")
+    handler.close()
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["one", "two"]
+    assert verify_tenant(tmp_path).ok
