@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from .encryption import EntryDecryptor, keyring_from_cli_env
 from .errors import ImmutableLogError
 from .layout import DEFAULT_TENANT, list_tenants
 from .query import (
@@ -25,7 +26,7 @@ from .query import (
     search_entries,
     summarise,
 )
-from .verify import VerificationReport, verify_directory
+from .verify import VerificationReport, verify_tenant
 
 EXIT_OK = 0
 EXIT_TAMPERED = 1
@@ -79,9 +80,16 @@ def _tenants(args: argparse.Namespace) -> list[str]:
     return list_tenants(Path(args.directory))
 
 
+def _decryptor(args: argparse.Namespace, tenant: str) -> EntryDecryptor:
+    keyring = keyring_from_cli_env(
+        Path(args.directory) / tenant, args.key_env, args.passphrase_env
+    )
+    return EntryDecryptor(keyring, tenant)
+
+
 def _entries(args: argparse.Namespace) -> Iterator[Entry]:
     for tenant in _tenants(args):
-        yield from iter_entries(args.directory, tenant)
+        yield from iter_entries(args.directory, tenant, decrypt=_decryptor(args, tenant))
 
 
 def _print_entries(args: argparse.Namespace, out: TextIO, entries: list[Entry]) -> None:
@@ -129,7 +137,12 @@ def _print_report(out: TextIO, report: VerificationReport) -> None:
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
     if not Path(args.directory).is_dir():
         raise _UsageError(f"no such log directory: {args.directory}")
-    report = verify_directory(args.directory, _tenants(args), parse=args.parse)
+    report = VerificationReport()
+    for tenant in _tenants(args):
+        decrypt = _decryptor(args, tenant) if (args.key_env or args.passphrase_env) else None
+        report.streams.extend(
+            verify_tenant(args.directory, tenant, parse=args.parse, decrypt=decrypt).streams
+        )
     if args.json:
         _json_out(out, report.to_dict())
     else:
@@ -197,10 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tenant", help=f"only this tenant (default: all; '{DEFAULT_TENANT}' "
                        "is the tenant of handlers configured without one)")
         p.add_argument("--json", action="store_true", help=json_help)
+        p.add_argument("--key-env", metavar="VAR",
+                       help="decrypt with the base64 AES-256 key in environment variable VAR")
+        p.add_argument("--passphrase-env", metavar="VAR",
+                       help="decrypt with a key derived from the passphrase in VAR")
 
     p = sub.add_parser("verify", help="verify every hash chain (exit 1 when tampered)")
     common(p, "print the verification report as JSON")
-    p.add_argument("--parse", action="store_true", help="also check every payload is canonical")
+    p.add_argument("--parse", action="store_true", help="also check every payload is canonical"
+                   " (and, with a key, that every encrypted entry authenticates)")
 
     p = sub.add_parser("read", help="print entries")
     common(p)

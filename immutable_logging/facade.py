@@ -125,7 +125,7 @@ class ImmutableLogger:
     def _entries(self) -> Any:
         if not self._closed:
             self.handler.flush()
-        return iter_entries(self.directory, self.tenant)
+        return iter_entries(self.directory, self.tenant, decrypt=self.handler.decryptor)
 
     def read(
         self,
@@ -167,10 +167,19 @@ class ImmutableLogger:
         return result
 
     def verify(self, *, parse: bool = False) -> VerificationReport:
-        """Verify every stream of this tenant; see :class:`VerificationReport`."""
+        """Verify every stream of this tenant; see :class:`VerificationReport`.
+
+        With an encryption key configured and ``parse=True``, every encrypted entry is
+        also authenticated (a ciphertext whose hash was recomputed after tampering is
+        reported as ``decryption_failed``)."""
         if not self._closed:
             self.handler.flush()
-        return verify_tenant(self.directory, self.tenant, parse=parse)
+        return verify_tenant(
+            self.directory,
+            self.tenant,
+            parse=parse,
+            decrypt=self.handler.decryptor if self.handler.keyring is not None else None,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:

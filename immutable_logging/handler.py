@@ -23,9 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from .chain import ChainWriter
+from .encryption import EntryDecryptor, EntryEncryptor, KeySpec, build_keyring
 from .entry import record_payload
 from .errors import ConfigurationError, StreamLockedError
 from .layout import validate_tenant
@@ -57,6 +59,11 @@ class ImmutableHandler(logging.Handler):
         max_age: rotate segments after this many seconds (default: never).
         compress: gzip sealed segments (default True).
         buffer_bytes: write buffer size for ``none``/``group``.
+        encryption_key: AES-256 key (base64 text, 32 bytes, a ``Key`` or ``Keyring``):
+            encrypt message, metadata and exception text of every entry.
+        encryption_key_env: name of an env var holding the base64 key instead.
+        encryption_passphrase: derive the key with scrypt (salt kept in the tenant dir).
+        previous_keys: retired keys, kept for reading older entries.
     """
 
     def __init__(
@@ -72,6 +79,10 @@ class ImmutableHandler(logging.Handler):
         max_age: float | None = None,
         compress: bool = True,
         buffer_bytes: int = 256 * 1024,
+        encryption_key: KeySpec | None = None,
+        encryption_key_env: str | None = None,
+        encryption_passphrase: str | None = None,
+        previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
     ) -> None:
         super().__init__(level)
         register_level_names()
@@ -88,6 +99,14 @@ class ImmutableHandler(logging.Handler):
             "compress": compress,
             "buffer_bytes": buffer_bytes,
         }
+        self.keyring = build_keyring(
+            Path(self.directory) / self.tenant,
+            encryption_key=encryption_key,
+            encryption_key_env=encryption_key_env,
+            encryption_passphrase=encryption_passphrase,
+            previous_keys=previous_keys,
+        )
+        self.decryptor = EntryDecryptor(self.keyring, self.tenant)
         self.error_count = 0
         self._open_lock = threading.Lock()
         self.writer = self._open_writer()
@@ -95,13 +114,22 @@ class ImmutableHandler(logging.Handler):
     def _open_writer(self, reopening: bool = False) -> ChainWriter:
         options = dict(self._writer_options)
         try:
-            return ChainWriter(self.directory, self.tenant, **options)
+            writer = ChainWriter(self.directory, self.tenant, **options)
         except StreamLockedError:
             if not reopening or options["stream"] is None:
                 raise
             # After fork the parent keeps the fixed stream: the child gets its own.
             options["stream"] = f"{options['stream']}-{os.getpid()}"
-            return ChainWriter(self.directory, self.tenant, **options)
+            writer = ChainWriter(self.directory, self.tenant, **options)
+        if self.keyring is not None:
+            try:
+                writer.payload_transform = EntryEncryptor(
+                    self.keyring, Path(self.directory) / self.tenant, self.tenant, writer.stream
+                )
+            except BaseException:
+                writer.close()
+                raise
+        return writer
 
     def _live_writer(self) -> ChainWriter:
         writer = self.writer

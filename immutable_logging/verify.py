@@ -12,7 +12,7 @@ each entry and checks that its payload is canonical JSON (a stricter, slower che
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import orjson
 from .entry import GENESIS_HASH, canonical_payload, entry_hash, hashed_bytes, split_line
 from .errors import (
     ChainLinkError,
+    DecryptionError,
     HashMismatchError,
     MalformedEntryError,
     ReorderError,
@@ -42,7 +43,11 @@ _ERRORS: dict[str, type[VerificationError]] = {
     "non_canonical": MalformedEntryError,
     "torn_tail": TornTailError,
     "truncation": TruncationError,
+    "decryption_failed": VerificationError,
 }
+
+#: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
+Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
 
 
 @dataclass
@@ -131,9 +136,10 @@ class VerificationReport:
 class _StreamVerifier:
     """State machine over the lines of one stream."""
 
-    def __init__(self, report: StreamReport, parse: bool) -> None:
+    def __init__(self, report: StreamReport, parse: bool, decrypt: Decryptor | None) -> None:
         self.report = report
-        self.parse = parse
+        self.parse = parse or decrypt is not None
+        self.decrypt = decrypt
         self.expected_seq = 1
         self.prev = GENESIS_HASH
 
@@ -193,6 +199,11 @@ class _StreamVerifier:
         if not payload or hashed_bytes(seq, prev, canonical_payload(payload)) != hashed:
             self.problem("non_canonical", file, seq, "payload is not canonical JSON")
             return
+        if self.decrypt is not None and "enc" in payload:
+            try:
+                self.decrypt(dict(obj), self.report.stream, file)
+            except DecryptionError as exc:
+                self.problem("decryption_failed", file, seq, exc.detail)
         if payload.get("kind") == "recovery":
             self.report.warnings.append(
                 f"{self.report.path}: seq {seq}: torn tail recovered "
@@ -201,12 +212,14 @@ class _StreamVerifier:
             )
 
 
-def verify_stream(stream_dir: Path, tenant: str, *, parse: bool = False) -> StreamReport:
-    """Verify one stream directory."""
+def verify_stream(
+    stream_dir: Path, tenant: str, *, parse: bool = False, decrypt: Decryptor | None = None
+) -> StreamReport:
+    """Verify one stream directory (``decrypt`` also authenticates encrypted entries)."""
     report = StreamReport(tenant=tenant, stream=stream_dir.name, path=str(stream_dir))
     segments = list_segments(stream_dir)
     report.segments = len(segments)
-    state = _StreamVerifier(report, parse)
+    state = _StreamVerifier(report, parse, decrypt)
     expected_number = segments[0].number if segments else 1
     if segments and segments[0].number != 1:
         state.problem(
@@ -244,7 +257,7 @@ def verify_stream(stream_dir: Path, tenant: str, *, parse: bool = False) -> Stre
             state.problem("malformed", name, state.expected_seq, f"cannot read segment: {exc}")
         if empty and not is_last:
             state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
-    if not parse:
+    if not state.parse:
         _collect_recovery_warnings(stream_dir, report)
     return report
 
@@ -257,11 +270,17 @@ def _collect_recovery_warnings(stream_dir: Path, report: StreamReport) -> None:
 
 
 def verify_tenant(
-    root: str | os.PathLike[str], tenant: str = "default", *, parse: bool = False
+    root: str | os.PathLike[str],
+    tenant: str = "default",
+    *,
+    parse: bool = False,
+    decrypt: Decryptor | None = None,
 ) -> VerificationReport:
     """Verify every stream of one tenant."""
     tdir = tenant_dir(root, tenant)
-    return VerificationReport([verify_stream(s, tenant, parse=parse) for s in list_streams(tdir)])
+    return VerificationReport(
+        [verify_stream(s, tenant, parse=parse, decrypt=decrypt) for s in list_streams(tdir)]
+    )
 
 
 def verify_directory(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -18,32 +19,28 @@ def _restore_logging_state() -> Iterator[None]:
     manager = logging.Logger.manager
     saved_names = set(manager.loggerDict)
     saved_disable = manager.disable
-    saved_level_names = dict(logging._levelToName)  # noqa: SLF001
-    saved_name_levels = dict(logging._nameToLevel)  # noqa: SLF001
+    saved_level_names = dict(logging._levelToName)
+    saved_name_levels = dict(logging._nameToLevel)
     yield
     for name in set(manager.loggerDict) - saved_names:
         logger = manager.loggerDict.get(name)
         if isinstance(logger, logging.Logger):
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
-                try:
+                with contextlib.suppress(Exception):
                     handler.close()
-                except Exception:
-                    pass
     for handler in list(root.handlers):
         if handler not in saved_root_handlers:
             root.removeHandler(handler)
-            try:
+            with contextlib.suppress(Exception):
                 handler.close()
-            except Exception:
-                pass
     root.handlers[:] = saved_root_handlers
     root.setLevel(saved_root_level)
     logging.disable(saved_disable)
-    logging._levelToName.clear()  # noqa: SLF001
-    logging._levelToName.update(saved_level_names)  # noqa: SLF001
-    logging._nameToLevel.clear()  # noqa: SLF001
-    logging._nameToLevel.update(saved_name_levels)  # noqa: SLF001
+    logging._levelToName.clear()
+    logging._levelToName.update(saved_level_names)
+    logging._nameToLevel.clear()
+    logging._nameToLevel.update(saved_name_levels)
 
 
 @pytest.fixture

@@ -234,7 +234,9 @@ def test_bad_configuration_is_rejected(tmp_path: Path, kwargs: dict[str, object]
         ChainWriter(tmp_path, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("tenant", ["", "..", "a/b", "../etc", "a\\b", ".hidden", "x" * 129, "a..b"])
+@pytest.mark.parametrize(
+    "tenant", ["", "..", "a/b", "../etc", "a\\b", ".hidden", "x" * 129, "a..b"]
+)
 def test_tenant_ids_are_validated(tmp_path: Path, tenant: str) -> None:
     with pytest.raises(InvalidTenantError):
         ChainWriter(tmp_path, tenant)

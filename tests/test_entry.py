@@ -34,7 +34,9 @@ class BadRepr:
         raise RuntimeError("no repr")
 
 
-def _record(msg: str = "hello %s", args: tuple[object, ...] = ("x",), **extra: object) -> logging.LogRecord:
+def _record(
+    msg: str = "hello %s", args: tuple[object, ...] = ("x",), **extra: object
+) -> logging.LogRecord:
     record = logging.LogRecord("app.mod", logging.INFO, __file__, 10, msg, args, None, "fn")
     record.__dict__.update(extra)
     return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def test_chain_verifies(log: ImmutableLogger) -> None:
     report = log.verify()
     assert report.ok and report.entries == 50
     entries = log.read(limit=None)
-    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
 
 
 def test_tamper_is_detected(log: ImmutableLogger, tmp_path: Path) -> None:

@@ -178,7 +178,7 @@ def test_non_canonical_payload_detected_by_parse_path(tmp_path: Path, logger_nam
     path = list_segments(only_stream(tmp_path))[-1].path
     lines = read_lines(path)
     # Same JSON value, different bytes, hash recomputed: only the parse path notices.
-    seq, prev, _, hashed = split_line(lines[2].rstrip(b"\n"))  # type: ignore[misc]
+    seq, prev, _, _hashed = split_line(lines[2].rstrip(b"\n"))  # type: ignore[misc]
     obj = orjson.loads(lines[2])
     payload = {key: v for key, v in obj.items() if key not in ("seq", "prev", "hash")}
     unsorted = orjson.dumps(dict(reversed(list(payload.items()))))

@@ -1,0 +1,169 @@
+"""Encrypting entry payloads on the way into the chain, and decrypting them on the way out.
+
+What is encrypted: ``message``, ``metadata``, ``exc`` and ``stack``. They are replaced by
+``"enc": {"alg": "A256GCM", "kid": ..., "nonce": ..., "ct": ...}``. Level, time, logger,
+source location, host and pid stay in clear so that entries can be filtered, counted and
+verified without the key. The chain hashes the ciphertext: ``verify`` never needs the key.
+
+The AAD binds tenant, stream, segment number, sequence number and the previous entry's
+hash (:func:`immutable_logging.crypto.build_aad`), so a ciphertext copied to another place
+in the log, or to another tenant, fails to decrypt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .crypto import (
+    Key,
+    Keyring,
+    NonceSource,
+    PayloadCipher,
+    aad_builder,
+    build_aad,
+    decode_key_b64,
+    key_from_passphrase,
+)
+from .entry import canonical_payload
+from .errors import ConfigurationError, DecryptionError
+
+SECRET_FIELDS = ("message", "metadata", "exc", "stack")
+NONCE_STATE = ".nonces.json"
+SALT_FILE = ".salt.json"
+_SEGMENT_NUMBER = re.compile(r"(\d{8,})\.log(?:\.gz)?$")
+
+KeySpec = str | bytes | Key | Keyring
+
+
+def build_keyring(
+    tenant_directory: Path,
+    *,
+    encryption_key: KeySpec | None = None,
+    encryption_key_env: str | None = None,
+    encryption_passphrase: str | None = None,
+    previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
+) -> Keyring | None:
+    """Build the keyring a handler or reader should use, or ``None`` for no encryption.
+
+    Exactly one of ``encryption_key`` (base64 text, 32 raw bytes, a Key or a Keyring),
+    ``encryption_key_env`` (name of an env var holding a base64 key; retired keys may be
+    listed in ``IMMUTABLE_LOG_PREVIOUS_KEYS``) or ``encryption_passphrase`` (scrypt, with a
+    salt stored in the tenant directory) may be given. ``previous_keys`` stay usable for
+    decrypting older entries.
+    """
+    given = [
+        x for x in (encryption_key, encryption_key_env, encryption_passphrase) if x is not None
+    ]
+    if len(given) > 1:
+        raise ConfigurationError(
+            "give only one of encryption_key, encryption_key_env, encryption_passphrase"
+        )
+    if not given:
+        if previous_keys:
+            raise ConfigurationError("previous_keys needs an active encryption key")
+        return None
+    if encryption_key_env is not None:
+        ring = Keyring.from_env(encryption_key_env)
+    elif encryption_passphrase is not None:
+        tenant_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ring = Keyring([key_from_passphrase(encryption_passphrase, tenant_directory / SALT_FILE)])
+    elif isinstance(encryption_key, Keyring):
+        ring = encryption_key
+    else:
+        assert encryption_key is not None
+        ring = Keyring([_to_key(encryption_key)])
+    for old in previous_keys:
+        if isinstance(old, Keyring):
+            for kid in old.kids:
+                key = old.get(kid)
+                if key is not None:
+                    ring.add(key)
+        else:
+            ring.add(_to_key(old))
+    return ring
+
+
+def _to_key(spec: str | bytes | Key) -> Key:
+    if isinstance(spec, Key):
+        return spec
+    if isinstance(spec, str):
+        return Key(decode_key_b64(spec, source="encryption_key"))
+    if isinstance(spec, bytes | bytearray):
+        return Key(bytes(spec))
+    raise ConfigurationError(
+        f"an encryption key must be base64 text, 32 bytes, a Key or a Keyring, "
+        f"not {type(spec).__name__}"
+    )
+
+
+class EntryEncryptor:
+    """The chain writer's payload transform: encrypt the secret fields of each entry."""
+
+    def __init__(self, keyring: Keyring, tenant_directory: Path, tenant: str, stream: str) -> None:
+        if keyring.active is None:
+            raise ConfigurationError("the encryption keyring has no active key")
+        self._cipher = PayloadCipher(keyring, NonceSource(tenant_directory / NONCE_STATE))
+        self._aad = aad_builder(tenant, stream)
+
+    def __call__(
+        self, payload: dict[str, Any], seq: int, prev: str, segment: int
+    ) -> dict[str, Any]:
+        secret = {k: payload.pop(k) for k in SECRET_FIELDS if k in payload}
+        if secret:
+            payload["enc"] = self._cipher.encrypt(
+                canonical_payload(secret), self._aad(segment, seq, prev)
+            )
+        return payload
+
+
+class EntryDecryptor:
+    """Decrypt entries read back from a tenant's segments (a ``query.Decryptor``)."""
+
+    def __init__(self, keyring: Keyring | None, tenant: str) -> None:
+        self._cipher = PayloadCipher(keyring if keyring is not None else Keyring())
+        self._tenant = tenant
+
+    def __call__(self, entry: dict[str, Any], stream: str, file: str) -> dict[str, Any]:
+        seq = entry.get("seq")
+        prev = entry.get("prev")
+        match = _SEGMENT_NUMBER.search(file)
+        if not isinstance(seq, int) or not isinstance(prev, str) or match is None:
+            raise DecryptionError("entry lacks seq/prev or lives outside a segment file",
+                                  file=file, seq=seq if isinstance(seq, int) else None)
+        enc = entry.get("enc")
+        if not isinstance(enc, Mapping):
+            raise DecryptionError("'enc' member is not an object", file=file, seq=seq)
+        aad = build_aad(self._tenant, stream, int(match.group(1)), seq, prev)
+        plaintext = self._cipher.decrypt(enc, aad, file=file, seq=seq)
+        try:
+            secret = orjson.loads(plaintext)
+        except orjson.JSONDecodeError:
+            raise DecryptionError("decrypted payload is not JSON", file=file, seq=seq) from None
+        if not isinstance(secret, dict):
+            raise DecryptionError("decrypted payload is not an object", file=file, seq=seq)
+        del entry["enc"]
+        entry.update(secret)
+        entry["encrypted"] = True
+        return entry
+
+
+def keyring_from_cli_env(
+    tenant_directory: Path, key_env: str | None, passphrase_env: str | None
+) -> Keyring | None:
+    """Keyring for the CLI: a base64 key or a passphrase named by environment variables."""
+    if key_env is not None:
+        return Keyring.from_env(key_env)
+    if passphrase_env is not None:
+        passphrase = os.environ.get(passphrase_env)
+        if not passphrase:
+            raise ConfigurationError(f"environment variable {passphrase_env} is not set")
+        if not (tenant_directory / SALT_FILE).exists():
+            raise ConfigurationError(f"no passphrase salt in {tenant_directory}")
+        return Keyring([key_from_passphrase(passphrase, tenant_directory / SALT_FILE)])
+    return None

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from immutable_logging import ImmutableLogger
+from immutable_logging.cli import main
+from immutable_logging.crypto import generate_key
+from immutable_logging.entry import make_line, split_line
+from immutable_logging.errors import ConfigurationError, DecryptionError, KeyUnavailableError
+from immutable_logging.layout import list_segments, list_streams
+from immutable_logging.query import iter_entries
+from immutable_logging.verify import verify_tenant
+
+from .helpers import read_lines, write_lines
+
+
+def _active(tmp_path: Path, tenant: str = "default") -> Path:
+    return list_segments(list_streams(tmp_path / tenant)[0])[-1].path
+
+
+def _write(tmp_path: Path, key: str, *messages: str, **options: object) -> None:
+    with ImmutableLogger(tmp_path, encryption_key=key, **options) as log:
+        for message in messages:
+            log.audit(message, {"card": "4111-1111", "amount": 42})
+
+
+def test_payload_encrypted_on_disk_and_verifiable_without_key(tmp_path: Path) -> None:
+    key = generate_key()
+    _write(tmp_path, key, "secret transfer", "second")
+    raw = _active(tmp_path).read_bytes()
+    assert b"secret transfer" not in raw and b"4111" not in raw
+    first = orjson.loads(raw.splitlines()[0])
+    assert first["level"] == "AUDIT" and first["enc"]["alg"] == "A256GCM"
+    assert "message" not in first and "metadata" not in first
+    with ImmutableLogger(tmp_path) as keyless:
+        assert keyless.verify().ok  # integrity needs no key
+        with pytest.raises(KeyUnavailableError) as info:
+            keyless.read()
+    assert info.value.seq == 1 and info.value.file == str(_active(tmp_path))
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        entries = log.read()
+        assert [e["message"] for e in entries] == ["secret transfer", "second"]
+        assert entries[0]["metadata"] == {"card": "4111-1111", "amount": 42}
+        assert entries[0]["encrypted"] is True
+        assert log.query({"metadata.amount": {"$gte": 40}})[0]["message"] == "secret transfer"
+        assert log.verify(parse=True).ok
+
+
+def test_wrong_key_raises_decryption_error_naming_the_entry(tmp_path: Path) -> None:
+    _write(tmp_path, generate_key(), "a")
+    with ImmutableLogger(tmp_path, encryption_key=generate_key()) as log:
+        with pytest.raises(KeyUnavailableError):
+            log.read()
+    # Same key id, different material: authentication must fail, not return garbage.
+    from immutable_logging.crypto import Key, Keyring
+
+    kid = orjson.loads(_active(tmp_path).read_bytes().splitlines()[0])["enc"]["kid"]
+    impostor = Keyring([Key(b"\x01" * 32, kid=kid)])
+    with ImmutableLogger(tmp_path, encryption_key=impostor) as log:
+        with pytest.raises(DecryptionError) as info:
+            log.read()
+    assert info.value.seq == 1
+
+
+def test_key_rotation_keeps_old_entries_readable(tmp_path: Path) -> None:
+    old, new = generate_key(), generate_key()
+    _write(tmp_path, old, "under old key")
+    _write(tmp_path, new, "under new key", previous_keys=[old])
+    lines = read_lines(_active(tmp_path))
+    kids = [orjson.loads(line)["enc"]["kid"] for line in lines]
+    assert kids[0] != kids[1]
+    with ImmutableLogger(tmp_path, encryption_key=new, previous_keys=[old]) as log:
+        assert [e["message"] for e in log.read()] == ["under old key", "under new key"]
+    with ImmutableLogger(tmp_path, encryption_key=new) as log:
+        with pytest.raises(KeyUnavailableError):
+            log.read()
+
+
+def test_passphrase_key_with_persisted_salt(tmp_path: Path) -> None:
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="correct horse") as log:
+        log.info("by passphrase")
+    assert (tmp_path / "p" / ".salt.json").exists()
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="correct horse") as log:
+        assert [e["message"] for e in log.read()] == ["by passphrase"]
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="wrong horse") as log:
+        with pytest.raises(DecryptionError):
+            log.read()
+
+
+def test_env_var_key_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = generate_key()
+    monkeypatch.setenv("TEST_LOG_KEY", key)
+    with ImmutableLogger(tmp_path, encryption_key_env="TEST_LOG_KEY") as log:
+        log.security("env keyed", {"ip": "10.1.1.1"})
+    out = io.StringIO()
+    assert main(["read", str(tmp_path), "--key-env", "TEST_LOG_KEY", "--json"], out) == 0
+    assert orjson.loads(out.getvalue())[0]["message"] == "env keyed"
+    assert main(["read", str(tmp_path), "--json"], io.StringIO()) == 2
+    assert main(["verify", str(tmp_path)], io.StringIO()) == 0
+    assert main(["verify", str(tmp_path), "--parse", "--key-env", "TEST_LOG_KEY"],
+                io.StringIO()) == 0
+
+
+def test_ciphertext_moved_to_another_entry_fails_even_with_recomputed_chain(
+    tmp_path: Path,
+) -> None:
+    key = generate_key()
+    _write(tmp_path, key, "pay alice 10", "pay bob 1000000")
+    path = _active(tmp_path)
+    lines = read_lines(path)
+    first, second = orjson.loads(lines[0]), orjson.loads(lines[1])
+    # The attacker swaps the ciphertexts and recomputes both hashes and the link.
+    rebuilt = []
+    prev = first["prev"]
+    for obj, enc in ((first, second["enc"]), (second, first["enc"])):
+        payload = {k: v for k, v in obj.items() if k not in ("seq", "prev", "hash")}
+        payload["enc"] = enc
+        line, prev = make_line(obj["seq"], prev, orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
+        rebuilt.append(line)
+    write_lines(path, rebuilt)
+    assert verify_tenant(tmp_path).ok  # the hash chain alone was recomputed consistently...
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        report = log.verify()  # ...but with the key, authentication catches the move
+        assert [(p.reason, p.seq) for p in report.problems] == [
+            ("decryption_failed", 1), ("decryption_failed", 2),
+        ]
+        with pytest.raises(DecryptionError):
+            log.read()
+
+
+def test_corrupted_tag_is_reported_as_tampering(tmp_path: Path) -> None:
+    key = generate_key()
+    _write(tmp_path, key, "x")
+    path = _active(tmp_path)
+    lines = read_lines(path)
+    obj = orjson.loads(lines[0])
+    ct = obj["enc"]["ct"]
+    flipped = ct[:-3] + ("A" if ct[-3] != "A" else "B") + ct[-2:]
+    lines[0] = lines[0].replace(ct.encode(), flipped.encode())
+    write_lines(path, lines)
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        problems = log.verify().problems
+    assert [(p.reason, p.seq) for p in problems] == [
+        ("hash_mismatch", 1), ("decryption_failed", 1),
+    ]
+    assert [(p.reason, p.seq) for p in verify_tenant(tmp_path).problems] == [("hash_mismatch", 1)]
+    assert split_line(lines[0].rstrip(b"\n")) is not None
+
+
+def test_bad_key_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MISSING_KEY_VAR", raising=False)
+    for options in (
+        {"encryption_key": "not base64!"},
+        {"encryption_key": b"short"},
+        {"encryption_key_env": "MISSING_KEY_VAR"},
+        {"encryption_passphrase": ""},
+        {"encryption_key": generate_key(), "encryption_passphrase": "both"},
+        {"previous_keys": [generate_key()]},
+    ):
+        with pytest.raises(ConfigurationError):
+            ImmutableLogger(tmp_path, **options)
+
+
+def test_reader_without_decryptor_leaves_ciphertext(tmp_path: Path) -> None:
+    _write(tmp_path, generate_key(), "x")
+    entry = next(iter_entries(tmp_path))
+    assert "enc" in entry and "message" not in entry
