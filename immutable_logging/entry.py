@@ -55,6 +55,14 @@ FIELDS_ATTR = "_immutable_fields"
 
 HOSTNAME = socket.gethostname()
 
+#: Extras structlog's ``ProcessorFormatter.wrap_for_formatter`` puts on records.
+_STRUCTLOG_ATTRS = frozenset({"_logger", "_name"})
+#: Event-dict keys that are not fields (structlog's own bookkeeping).
+_STRUCTLOG_RESERVED = frozenset(
+    {"event", "exc_info", "stack_info", "positional_args", "_record", "_from_structlog"}
+)
+_SKIPPED_EXTRAS = frozenset({METADATA_ATTR, FIELDS_ATTR}) | _STRUCTLOG_ATTRS
+
 
 def json_fallback(value: Any) -> Any:
     """Convert a value orjson cannot serialise into a JSON-safe one (documented above)."""
@@ -178,9 +186,8 @@ def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
         return {}
     meta: dict[str, Any] = {}
     for key in extra_keys:
-        if key in (METADATA_ATTR, FIELDS_ATTR):
-            continue
-        meta[key] = attrs[key]
+        if key not in _SKIPPED_EXTRAS:
+            meta[key] = attrs[key]
     facade_meta = attrs.get(METADATA_ATTR)
     if isinstance(facade_meta, Mapping):
         meta.update(facade_meta)
@@ -190,8 +197,30 @@ def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
     return meta
 
 
+def _unwrap_structlog(record: logging.LogRecord) -> logging.LogRecord:
+    """A record made by structlog's ``wrap_for_formatter`` carries the event dict as its
+    message: store the event as the message and the other keys as fields instead. The
+    original record (shared with other handlers) is left untouched."""
+    event_dict = record.msg
+    if not isinstance(event_dict, Mapping):
+        return record
+    copy = logging.makeLogRecord(record.__dict__)
+    event = event_dict.get("event")
+    copy.msg = "" if event is None else event
+    copy.args = tuple(event_dict.get("positional_args") or ()) or None
+    copy.__dict__[FIELDS_ATTR] = {
+        **(record.__dict__.get(FIELDS_ATTR) or {}),
+        **{k: v for k, v in event_dict.items() if k not in _STRUCTLOG_RESERVED},
+    }
+    if not copy.exc_info and isinstance(event_dict.get("exc_info"), tuple):
+        copy.exc_info = event_dict["exc_info"]
+    return copy
+
+
 def record_payload(record: logging.LogRecord, tenant: str) -> dict[str, Any]:
     """Build the payload dict of a log entry from a record (see ``docs/FORMAT.md``)."""
+    if "_logger" in record.__dict__ and "_name" in record.__dict__:
+        record = _unwrap_structlog(record)
     message, format_problem = render_message(record)
     meta = record_metadata(record)
     if format_problem:

@@ -1,0 +1,1 @@
+"""The example app: one view that writes AUDIT entries."""
