@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from .entry import METADATA_ATTR
+from .errors import ConfigurationError
 from .handler import ImmutableHandler
 from .layout import DEFAULT_TENANT
 from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
@@ -34,6 +35,8 @@ from .query import (
     search_entries,
     summarise,
 )
+from .replication.backend import StorageBackend
+from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
 from .verify import VerificationReport, verify_tenant
 
 _instances = itertools.count(1)
@@ -180,6 +183,57 @@ class ImmutableLogger:
             parse=parse,
             decrypt=self.handler.decryptor if self.handler.keyring is not None else None,
         )
+
+    # ------------------------------------------------------------------ cloud backup
+    def _backend(self) -> StorageBackend:
+        backend = self.handler.backend
+        if backend is None:
+            raise ConfigurationError(
+                "cloud backup is not enabled (enable_cloud_backup=True or ENABLE_CLOUD_BACKUP)"
+            )
+        return backend
+
+    def sync_status(self) -> dict[str, Any]:
+        """The replicator's progress: replicated and pending entries, errors, PUTs."""
+        replicator = self.handler.replicator
+        if replicator is None:
+            self._backend()
+        assert replicator is not None
+        replicator.pending_count()
+        return replicator.status.to_dict()
+
+    def flush_backup(self, timeout: float = 30.0) -> bool:
+        """Ship everything written so far now; True when nothing is left pending."""
+        self._backend()
+        self.handler.flush()
+        replicator = self.handler.replicator
+        assert replicator is not None
+        return replicator.try_pump(force=True) and replicator.pending_count() == 0
+
+    def verify_cloud_backup(self) -> dict[str, Any]:
+        """Compare the replica with the local log and verify the replica's chain.
+
+        Returns ``local_blocks``, ``cloud_blocks``, ``missing_blocks``, ``sync_status``,
+        ``sync_percentage`` (blocks are entries) plus ``remote_ok`` and ``problems``.
+        """
+        backend = self._backend()
+        if not self._closed:
+            self.handler.flush()
+        return verify_cloud_backup(backend, self.directory, self.tenant)
+
+    def restore_from_cloud(
+        self, directory: str | os.PathLike[str] | None = None, *, block_hash: str | None = None
+    ) -> dict[str, Any] | None:
+        """Rebuild this tenant's log from the replica into an empty ``directory``, or, with
+        ``block_hash``, return that single entry (decrypted when a key is configured; None
+        when the replica has no such entry)."""
+        backend = self._backend()
+        if block_hash is not None:
+            decrypt = self.handler.decryptor if self.handler.keyring is not None else None
+            return find_entry(backend, self.tenant, block_hash, decrypt)
+        if directory is None:
+            raise ConfigurationError("restore_from_cloud needs a target directory (empty)")
+        return restore_tenant(backend, directory, self.tenant)
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:

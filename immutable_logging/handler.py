@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from .chain import ChainWriter
+from .config import BackupConfig
 from .encryption import EntryDecryptor, EntryEncryptor, KeySpec, build_keyring
 from .entry import record_payload
 from .errors import ConfigurationError, StreamLockedError
 from .layout import validate_tenant
 from .levels import register_level_names
+from .replication.replicator import ReplicationStatus, Replicator
 
 #: Logger name prefixes whose records the handler never writes.
 EXCLUDED_LOGGERS = (
@@ -64,6 +66,9 @@ class ImmutableHandler(logging.Handler):
         encryption_key_env: name of an env var holding the base64 key instead.
         encryption_passphrase: derive the key with scrypt (salt kept in the tenant dir).
         previous_keys: retired keys, kept for reading older entries.
+        **backup_options: cloud backup settings (``enable_cloud_backup``,
+            ``backup_provider``, ``backup_async``, ``backup_batch_size``, ``s3_bucket``, ...;
+            see :mod:`immutable_logging.config`). Environment variables fill the gaps.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class ImmutableHandler(logging.Handler):
         encryption_key_env: str | None = None,
         encryption_passphrase: str | None = None,
         previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
+        **backup_options: Any,
     ) -> None:
         super().__init__(level)
         register_level_names()
@@ -109,6 +115,11 @@ class ImmutableHandler(logging.Handler):
         self.decryptor = EntryDecryptor(self.keyring, self.tenant)
         self.error_count = 0
         self._open_lock = threading.Lock()
+        # --- cloud backup: the replicator ships this process's stream from disk.
+        self.backup = BackupConfig.from_options(backup_options, log_directory=self.directory)
+        self.backend = self.backup.build_backend() if self.backup.enable_cloud_backup else None
+        self.replicator: Replicator | None = None
+        self.last_replication_status: ReplicationStatus | None = None
         self.writer = self._open_writer()
 
     def _open_writer(self, reopening: bool = False) -> ChainWriter:
@@ -129,7 +140,24 @@ class ImmutableHandler(logging.Handler):
             except BaseException:
                 writer.close()
                 raise
+        if self.backend is not None:
+            self.replicator = Replicator(
+                self.backend,
+                writer.stream_dir,
+                self.tenant,
+                batch_size=self.backup.backup_batch_size,
+                flush_interval=self.backup.backup_flush_interval,
+            )
+            writer.add_commit_listener(self.replicator.notify)
+            if self.backup.backup_async:
+                self.replicator.start()
         return writer
+
+    def _at_fork_reinit(self) -> None:
+        # Called by logging in a forked child: a lock held by another parent thread at fork
+        # time would never be released in the child.
+        super()._at_fork_reinit()  # type: ignore[misc]  # exists at runtime, not in typeshed
+        self._open_lock = threading.Lock()
 
     def _live_writer(self) -> ChainWriter:
         writer = self.writer
@@ -149,6 +177,11 @@ class ImmutableHandler(logging.Handler):
             if writer.closed:
                 writer = self._live_writer()
             writer.append(record_payload(record, self.tenant))
+            replicator = self.replicator
+            if replicator is not None and not self.backup.backup_async:
+                writer.flush()
+                if not replicator.try_pump(force=True):
+                    self.error_count += 1  # the entry is on disk; it ships on a later call
         except RecursionError:  # same policy as logging.StreamHandler
             raise
         except Exception:
@@ -175,6 +208,10 @@ class ImmutableHandler(logging.Handler):
         """Flush, sync and release the stream. Idempotent."""
         try:
             self.writer.close()
+            if self.replicator is not None:
+                self.last_replication_status = self.replicator.close(
+                    self.backup.backup_close_timeout
+                )
         finally:
             super().close()
 

@@ -1,0 +1,497 @@
+"""Ship a stream's entries from the local chain to a storage backend, in sealed batches.
+
+The local chain is the durable queue. The writer only *notifies* the replicator that bytes
+reached the OS; the replicator reads complete entry lines back from the segment files,
+groups them into batches of ``batch_size`` entries (a batch never spans two segments),
+uploads each batch with a conditional write, then persists a cursor atomically. A batch is
+also shipped when its oldest entry has waited ``flush_interval`` seconds, when its segment
+is sealed, and on ``close()``.
+
+Resuming: after a crash, an outage or an ambiguous failure the replicator lists the remote
+batches once and moves its cursor past every batch that continues the chain, so nothing is
+lost and nothing is uploaded twice. A batch found under the same name with different bytes
+stops replication for the stream with :class:`RemoteIntegrityError`.
+
+:class:`Replicator` is a :class:`logging.handlers.QueueListener`: its queue carries wake-up
+notifications (never records), its thread wakes on each one or every ``tick`` seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from logging.handlers import QueueListener
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from ..chain import atomic_write
+from ..entry import GENESIS_HASH, split_line
+from ..errors import ImmutableLogError, ObjectExistsError, RemoteIntegrityError
+from ..layout import CHECKPOINT_DIR, STREAM_META, list_segments
+from .backend import StorageBackend
+from .keys import (
+    batch_key,
+    batches_prefix,
+    checkpoint_key,
+    parse_batch_key,
+    segment_key,
+    stream_meta_key,
+)
+
+_log = logging.getLogger("immutable_logging.replication")
+
+_WAKE = object()
+_TICK = object()
+MAX_BACKOFF = 60.0
+
+
+class _Pending(NamedTuple):
+    seq: int
+    prev: str
+    hash: str
+    segment: int
+    end: int  # offset in the (uncompressed) segment just after this entry's line
+    line: bytes
+
+
+@dataclass
+class Cursor:
+    """What has been replicated durably: everything up to ``last_seq``."""
+
+    target: str
+    segment: int = 1
+    offset: int = 0
+    last_seq: int = 0
+    last_hash: str = GENESIS_HASH
+    archived_through: int = 0
+    checkpoints_through: int = 0
+    meta_uploaded: bool = False
+
+
+@dataclass
+class ReplicationStatus:
+    """A snapshot of a replicator's progress and health."""
+
+    target: str
+    stream: str
+    replicated_seq: int
+    local_seq: int
+    pending_entries: int
+    batches_uploaded: int = 0
+    entries_uploaded: int = 0
+    puts: int = 0
+    duplicates_skipped: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    state: str = "ok"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def cursor_path(stream_dir: Path, backend: StorageBackend) -> Path:
+    """Where the cursor for ``backend`` is kept in a stream directory."""
+    digest = hashlib.sha256(backend.describe().encode()).hexdigest()[:12]
+    return stream_dir / f".replica-{digest}.json"
+
+
+class Replicator(QueueListener):
+    """Replicate one stream directory of one tenant to ``backend``.
+
+    Args:
+        backend: where to upload.
+        stream_dir: the stream directory (``<root>/<tenant>/<stream>``).
+        tenant: the tenant id (part of every object name).
+        batch_size: entries per batch (at most one PUT per ``batch_size`` entries).
+        flush_interval: seconds a partial batch may wait before it is shipped.
+        tick: how often the thread wakes without a notification.
+        max_pending: entries read ahead from disk at most (bounds memory after an outage).
+    """
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        stream_dir: Path,
+        tenant: str,
+        *,
+        batch_size: int = 100,
+        flush_interval: float = 5.0,
+        tick: float | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        super().__init__(self._queue)
+        self.backend = backend
+        self.stream_dir = Path(stream_dir)
+        self.stream = self.stream_dir.name
+        self.tenant = tenant
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.tick = tick if tick is not None else min(1.0, flush_interval / 2)
+        self.max_pending = max_pending or max(10 * batch_size, 1000)
+        self._lock = threading.RLock()
+        self._signaled = False
+        self._pending: list[_Pending] = []
+        self._pending_since: float | None = None
+        self._read_segment = 0
+        self._read_offset = 0
+        self._latest_seq = 0
+        self._needs_reconcile = True
+        self._retry_at = 0.0
+        self._fatal: str | None = None
+        self._started = False
+        self._cursor_file = cursor_path(self.stream_dir, backend)
+        self.cursor = self._load_cursor()
+        self.status = ReplicationStatus(
+            target=backend.describe(),
+            stream=self.stream,
+            replicated_seq=self.cursor.last_seq,
+            local_seq=0,
+            pending_entries=0,
+        )
+
+    # ------------------------------------------------------------------ cursor
+    def _load_cursor(self) -> Cursor:
+        target = self.backend.describe()
+        try:
+            data = orjson.loads(self._cursor_file.read_bytes())
+            cursor = Cursor(**data)
+        except FileNotFoundError:
+            return Cursor(target=target)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            _log.warning("replication cursor %s unreadable (%s); reconciling with the remote",
+                         self._cursor_file, exc)
+            return Cursor(target=target)
+        if cursor.target != target:
+            return Cursor(target=target)
+        return cursor
+
+    def _save_cursor(self) -> None:
+        atomic_write(self._cursor_file, orjson.dumps(asdict(self.cursor)), 0o600)
+
+    # ------------------------------------------------------------------ listener
+    def start(self) -> None:
+        """Start the background thread (asynchronous mode)."""
+        self._started = True
+        super().start()
+
+    def notify(self, seq: int) -> None:
+        """Commit listener: entries up to ``seq`` reached the OS."""
+        self._latest_seq = seq
+        if self._started and not self._signaled:
+            self._signaled = True
+            self._queue.put_nowait(_WAKE)
+
+    def dequeue(self, block: bool) -> Any:
+        """Next notification, or a tick when none arrives within ``tick`` seconds."""
+        try:
+            return self._queue.get(block, timeout=self.tick)
+        except queue.Empty:
+            return _TICK
+
+    def prepare(self, record: Any) -> Any:
+        """Notifications are not records: nothing to prepare."""
+        return record
+
+    def handle(self, record: Any) -> None:
+        """Wake-up: ship what is ready, unless backing off after a failure."""
+        self._signaled = False
+        self.try_pump()
+
+    def try_pump(self, force: bool = False) -> bool:
+        """Pump unless backing off; failures are recorded, never raised. True if caught up."""
+        if self._fatal is not None or time.monotonic() < self._retry_at:
+            return False
+        try:
+            self.pump(force=force)
+        except ImmutableLogError as exc:
+            self._record_failure(exc)
+            return False
+        except OSError as exc:
+            self._record_failure(exc)
+            return False
+        return not self._pending
+
+    def _record_failure(self, exc: BaseException) -> None:
+        status = self.status
+        status.failures += 1
+        status.last_error = f"{type(exc).__name__}: {exc}"
+        self._needs_reconcile = True
+        if isinstance(exc, RemoteIntegrityError):
+            self._fatal = status.last_error
+            status.state = "stopped"
+            _log.error("replication of %s stopped: %s", self.stream_dir, exc)
+            return
+        status.state = "retrying"
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(status.failures, 10))
+        self._retry_at = time.monotonic() + delay
+        _log.warning("replication of %s failed (%s); retrying in %.1f s; entries stay on disk",
+                     self.stream_dir, exc, delay)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread, waiting at most ``timeout`` seconds for it."""
+        thread = self._thread
+        if thread is not None:
+            self.enqueue_sentinel()
+            thread.join(timeout)
+            self._thread = None
+        self._started = False
+
+    def close(self, timeout: float = 10.0) -> ReplicationStatus:
+        """Stop the thread and ship everything pending, within about ``timeout`` seconds.
+
+        What cannot be shipped stays on disk and is shipped at the next start; the
+        returned status says how many entries are pending. Idempotent.
+        """
+        deadline = time.monotonic() + timeout
+        self.stop(timeout)
+        self._retry_at = 0.0
+        while time.monotonic() < deadline:
+            if self.try_pump(force=True) or self._fatal is not None:
+                break
+            if self.status.state == "retrying":
+                break  # the backend is failing: do not hold up the application's exit
+        self._update_status()
+        if self.status.pending_entries:
+            _log.warning(
+                "%d entries of %s not yet replicated to %s; they stay on disk and are "
+                "shipped at the next start",
+                self.status.pending_entries, self.stream_dir, self.backend.describe(),
+            )
+        return self.status
+
+    def _update_status(self) -> None:
+        status = self.status
+        status.replicated_seq = self.cursor.last_seq
+        status.local_seq = max(self._latest_seq, status.replicated_seq)
+        status.pending_entries = status.local_seq - status.replicated_seq
+
+    # ------------------------------------------------------------------ pumping
+    def pump(self, force: bool = False) -> int:
+        """Ship every batch that is ready (all of them with ``force``); return entries shipped.
+
+        Raises ReplicationError subclasses; :meth:`try_pump` is the non-raising form.
+        """
+        with self._lock:
+            if self._needs_reconcile:
+                self._reconcile()
+            self._fill()
+            shipped = 0
+            while self._pending:
+                first_segment = self._pending[0].segment
+                run = 0
+                limit = min(self.batch_size, len(self._pending))
+                while run < limit and self._pending[run].segment == first_segment:
+                    run += 1
+                full = run == self.batch_size
+                segment_done = run < len(self._pending) or self._is_sealed(first_segment)
+                waited = (
+                    self._pending_since is not None
+                    and time.monotonic() - self._pending_since >= self.flush_interval
+                )
+                if not (full or force or segment_done or waited):
+                    break
+                self._ship(self._pending[:run])
+                del self._pending[:run]
+                shipped += run
+                self._pending_since = time.monotonic() if self._pending else None
+                if len(self._pending) < self.batch_size:
+                    self._fill()
+            self._ship_side_objects()
+            if self.status.state != "stopped":
+                self.status.state = "ok"
+            self._update_status()
+            return shipped
+
+    def _is_sealed(self, segment: int) -> bool:
+        return any(s.number > segment for s in list_segments(self.stream_dir))
+
+    def _fill(self) -> None:
+        """Read complete entries after the read position into the pending list."""
+        room = self.max_pending - len(self._pending)
+        if room <= 0:
+            return
+        if self._read_segment == 0:
+            self._read_segment, self._read_offset = self.cursor.segment, self.cursor.offset
+        for seg in list_segments(self.stream_dir):
+            if seg.number < self._read_segment:
+                continue
+            if seg.number > self._read_segment:
+                self._read_segment, self._read_offset = seg.number, 0
+            with seg.open() as handle:
+                if self._read_offset:
+                    handle.seek(self._read_offset)
+                offset = self._read_offset
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break  # being written (or torn): not an entry yet
+                    offset += len(line)
+                    self._take(line, seg.number, offset)
+                    self._read_offset = offset
+                    if len(self._pending) >= self.max_pending:
+                        return
+
+    def _take(self, line: bytes, segment: int, end: int) -> None:
+        parsed = split_line(line[:-1])
+        if parsed is None:
+            raise RemoteIntegrityError(
+                f"local entry in segment {segment} of {self.stream_dir} at byte {end - len(line)}"
+                " is malformed; run `immutable-log verify` before replicating"
+            )
+        seq, prev, digest, _ = parsed
+        cursor = self.cursor
+        if seq <= cursor.last_seq:
+            if seq == cursor.last_seq and digest != cursor.last_hash:
+                raise RemoteIntegrityError(
+                    f"local entry seq {seq} of {self.stream_dir} differs from the replicated one "
+                    "(the local log or the replica was changed)"
+                )
+            return
+        expected_prev = self._pending[-1].hash if self._pending else cursor.last_hash
+        expected_seq = (self._pending[-1].seq if self._pending else cursor.last_seq) + 1
+        if seq != expected_seq or prev != expected_prev:
+            raise RemoteIntegrityError(
+                f"local chain of {self.stream_dir} breaks at seq {seq} (expected seq "
+                f"{expected_seq}); run `immutable-log verify`"
+            )
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(_Pending(seq, prev, digest, segment, end, line))
+        self._latest_seq = max(self._latest_seq, seq)
+
+    def _ship(self, entries: list[_Pending]) -> None:
+        first, last = entries[0], entries[-1]
+        raw = b"".join(e.line for e in entries)
+        key = batch_key(self.tenant, self.stream, first.seq, last.seq)
+        metadata = {
+            "first-seq": str(first.seq),
+            "last-seq": str(last.seq),
+            "first-hash": first.hash,
+            "last-hash": last.hash,
+            "prev-hash": first.prev,
+            "segment": str(first.segment),
+            "entries": str(len(entries)),
+            "content-sha256": hashlib.sha256(raw).hexdigest(),
+            "created": f"{time.time():.6f}",
+            "format": "1",
+        }
+        self._put(key, gzip.compress(raw, mtime=0), metadata, raw)
+        self.status.batches_uploaded += 1
+        self.status.entries_uploaded += len(entries)
+        cursor = self.cursor
+        cursor.segment, cursor.offset = last.segment, last.end
+        cursor.last_seq, cursor.last_hash = last.seq, last.hash
+        self._save_cursor()
+
+    def _put(self, key: str, data: bytes, metadata: dict[str, str], raw: bytes | None) -> None:
+        self.status.puts += 1
+        try:
+            self.backend.put_if_absent(key, data, metadata)
+        except ObjectExistsError:
+            existing = self.backend.get(key)
+            same = (
+                gzip.decompress(existing) == raw if raw is not None else existing == data
+            )
+            if not same:
+                raise RemoteIntegrityError(
+                    f"{self.backend.describe()}: object {key} already exists with different "
+                    "content"
+                ) from None
+            self.status.duplicates_skipped += 1
+
+    def _ship_side_objects(self) -> None:
+        cursor = self.cursor
+        changed = False
+        if not cursor.meta_uploaded:
+            meta = self.stream_dir / STREAM_META
+            if meta.exists():
+                self._put(stream_meta_key(self.tenant, self.stream), meta.read_bytes(), {}, None)
+                cursor.meta_uploaded = changed = True
+        for seg in list_segments(self.stream_dir):
+            if (
+                seg.compressed
+                and cursor.archived_through < seg.number < cursor.segment
+            ):
+                self._put(
+                    segment_key(self.tenant, self.stream, seg.number),
+                    seg.path.read_bytes(),
+                    {"segment": str(seg.number), "format": "1"},
+                    None,
+                )
+                cursor.archived_through = seg.number
+                changed = True
+        notes = self.stream_dir / CHECKPOINT_DIR
+        if notes.is_dir():
+            for name in sorted(os.listdir(notes)):
+                stem = name.removesuffix(".note")
+                if not name.endswith(".note") or not stem.isdigit():
+                    continue
+                size = int(stem)
+                if cursor.checkpoints_through < size <= cursor.last_seq:
+                    self._put(
+                        checkpoint_key(self.tenant, self.stream, size),
+                        (notes / name).read_bytes(),
+                        {"tree-size": str(size), "format": "1"},
+                        None,
+                    )
+                    cursor.checkpoints_through = size
+                    changed = True
+        if changed:
+            self._save_cursor()
+
+    def _reconcile(self) -> None:
+        """Move the cursor past remote batches that continue it (after a crash/outage)."""
+        cursor = self.cursor
+        moved = False
+        for key in self.backend.list(batches_prefix(self.tenant, self.stream)):
+            name = parse_batch_key(key)
+            if name is None or name.last_seq <= cursor.last_seq:
+                continue
+            if name.first_seq != cursor.last_seq + 1:
+                raise RemoteIntegrityError(
+                    f"{self.backend.describe()}: batch {key} does not continue the replicated "
+                    f"chain at seq {cursor.last_seq}"
+                )
+            meta = self.backend.head(key) or {}
+            if meta.get("prev-hash") != cursor.last_hash or "last-hash" not in meta:
+                raise RemoteIntegrityError(
+                    f"{self.backend.describe()}: batch {key} does not link to the replicated "
+                    f"entry seq {cursor.last_seq}"
+                )
+            cursor.last_seq, cursor.last_hash = name.last_seq, meta["last-hash"]
+            moved = True
+        if moved:
+            # Entries up to last_seq are remote already: re-read from the last position and
+            # let _take skip them (and check the hash of the last one).
+            self._pending.clear()
+            self._pending_since = None
+            self._read_segment, self._read_offset = cursor.segment, cursor.offset
+            self._save_cursor()
+        elif self._pending and self._pending[0].seq != cursor.last_seq + 1:
+            self._pending.clear()
+            self._read_segment, self._read_offset = cursor.segment, cursor.offset
+        self._needs_reconcile = False
+
+    def pending_count(self) -> int:
+        """Entries known to be written locally but not yet replicated."""
+        self._update_status()
+        return self.status.pending_entries
+
+
+def replicate_stream_once(
+    backend: StorageBackend, stream_dir: Path, tenant: str, *, batch_size: int = 100
+) -> ReplicationStatus:
+    """Ship everything of one stream now, in the calling thread; raises on failure."""
+    replicator = Replicator(backend, stream_dir, tenant, batch_size=batch_size)
+    replicator.pump(force=True)
+    return replicator.status
