@@ -1,0 +1,107 @@
+"""Replication across process life: atexit, SIGTERM then restart, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from immutable_logging import ImmutableHandler, ImmutableLogger
+from immutable_logging.replication.cloud import remote_streams, verify_cloud_backup
+from immutable_logging.replication.local import LocalDirectoryBackend
+
+SCRIPT = textwrap.dedent(
+    """
+    import logging, logging.config, sys, time
+    logging.config.dictConfig({{
+        "version": 1,
+        "handlers": {{"chain": {{
+            "class": "immutable_logging.ImmutableHandler",
+            "directory": {logs!r},
+            "enable_cloud_backup": True,
+            "backup_directory": {bucket!r},
+            "backup_batch_size": 50,
+            "backup_flush_interval": 0.2,
+        }}}},
+        "root": {{"handlers": ["chain"], "level": "INFO"}},
+    }})
+    log = logging.getLogger("lifecycle")
+    count = int(sys.argv[1])
+    for i in range(count if count >= 0 else 10**9):
+        log.info("entry %d", i)
+        if count < 0:
+            time.sleep(0.001)
+    """
+)
+
+
+def _run(tmp_path: Path, count: int) -> subprocess.Popen[bytes]:
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT.format(logs=str(tmp_path / "logs"), bucket=str(tmp_path / "bucket")))
+    return subprocess.Popen([sys.executable, str(script), str(count)])
+
+
+def _covered(bucket: Path) -> list[int]:
+    backend = LocalDirectoryBackend(bucket)
+    seqs: list[int] = []
+    for names in remote_streams(backend, "default").values():
+        seqs += [s for n in names for s in range(n.first_seq, n.last_seq + 1)]
+    return seqs
+
+
+def test_normal_exit_drains_through_atexit(tmp_path: Path) -> None:
+    assert _run(tmp_path, 237).wait(60) == 0
+    assert _covered(tmp_path / "bucket") == list(range(1, 238))
+
+
+def test_sigterm_then_restart_ships_everything_once(tmp_path: Path) -> None:
+    proc = _run(tmp_path, -1)
+    deadline = time.monotonic() + 30
+    while len(_covered(tmp_path / "bucket")) < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == -signal.SIGTERM
+    assert _run(tmp_path, 3).wait(60) == 0  # the next start resumes from the cursor
+    check = verify_cloud_backup(LocalDirectoryBackend(tmp_path / "bucket"), tmp_path / "logs",
+                                "default")
+    assert check["sync_status"] == "synced", check
+    covered = _covered(tmp_path / "bucket")
+    assert covered == list(range(1, len(covered) + 1)) and len(covered) == check["local_blocks"]
+
+
+def _child(logs: str, bucket: str) -> None:
+    log = ImmutableLogger(logs, enable_cloud_backup=True, backup_directory=bucket)
+    for i in range(40):
+        log.info(f"child {os.getpid()} {i}")
+    log.shutdown()
+
+
+def test_fork_children_replicate_their_own_streams(tmp_path: Path, logger_name: str) -> None:
+    handler = ImmutableHandler(tmp_path / "logs", enable_cloud_backup=True,
+                               backup_directory=str(tmp_path / "bucket"))
+    import logging
+
+    logger = logging.getLogger(logger_name)
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.info("parent before fork")
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_child, args=(str(tmp_path / "logs"),
+                                                  str(tmp_path / "bucket"))) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+        assert child.exitcode == 0
+    logger.info("parent after fork")
+    handler.close()
+    backend = LocalDirectoryBackend(tmp_path / "bucket")
+    check = verify_cloud_backup(backend, tmp_path / "logs", "default")
+    assert check["sync_status"] == "synced" and check["local_blocks"] == 2 + 2 * 40
+    assert len(remote_streams(backend, "default")) == 3
