@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -28,11 +28,14 @@ from .layout import DEFAULT_TENANT
 from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
 from .query import (
     Entry,
+    LineFilter,
     disk_usage,
     iter_entries,
     query_entries,
+    query_filter,
     read_entries,
     search_entries,
+    search_filter,
     summarise,
 )
 from .replication.backend import StorageBackend
@@ -125,10 +128,12 @@ class ImmutableLogger:
         self.log(SYSTEM, message, metadata)
 
     # ------------------------------------------------------------------ reading
-    def _entries(self) -> Any:
+    def _entries(self, line_filter: LineFilter | None = None) -> Iterator[Entry]:
         if not self._closed:
             self.handler.flush()
-        return iter_entries(self.directory, self.tenant, decrypt=self.handler.decryptor)
+        return iter_entries(
+            self.directory, self.tenant, decrypt=self.handler.decryptor, line_filter=line_filter
+        )
 
     def read(
         self,
@@ -147,11 +152,16 @@ class ImmutableLogger:
         self, text: str, *, case_sensitive: bool = False, limit: int | None = None
     ) -> list[Entry]:
         """Entries whose message, metadata or exception contains ``text``."""
-        return search_entries(self._entries(), text, case_sensitive=case_sensitive, limit=limit)
+        return search_entries(
+            self._entries(search_filter(text, case_sensitive=case_sensitive)),
+            text,
+            case_sensitive=case_sensitive,
+            limit=limit,
+        )
 
     def query(self, document: Mapping[str, Any], *, limit: int | None = None) -> list[Entry]:
         """Entries matching a MongoDB-style query document (see :mod:`.query`)."""
-        return query_entries(self._entries(), document, limit=limit)
+        return query_entries(self._entries(query_filter(document)), document, limit=limit)
 
     def stats(self) -> dict[str, Any]:
         """Entry counts by level/logger/stream, time span, disk usage and handler health."""

@@ -6,8 +6,12 @@ See ``docs/FORMAT.md``. This module only names and lists files; it never writes 
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import queue
 import re
+import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import IO, cast
 from .errors import ConfigurationError, InvalidTenantError
 
 DEFAULT_TENANT = "default"
+_CHUNK = 1 << 20
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SEGMENT_RE = re.compile(r"^(\d{8,})\.log(\.gz)?$")
 STREAM_META = "stream.json"
@@ -82,6 +87,102 @@ class Segment:
                 raise
             return cast(IO[bytes], gzip.open(gz, "rb"))
 
+    def chunks(self) -> Iterator[bytes]:
+        """The segment's content in blocks of whole lines (about 1 MiB each); only the very
+        last block may end without ``\n`` (a torn tail or an entry being written).
+
+        Compressed segments are inflated by zlib in a helper thread (zlib releases the GIL),
+        one block ahead of the consumer: iterating a ``GzipFile`` line by line costs several
+        times more.
+
+        Raises:
+            OSError/EOFError/zlib.error: unreadable, corrupt or truncated compressed data.
+        """
+        if self.compressed:
+            yield from _whole_lines(_prefetch(_inflate(self.path)))
+            return
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the `with` below
+        except FileNotFoundError:
+            gz = self.path.with_name(self.path.name + ".gz")
+            if not gz.exists():
+                raise
+            yield from Segment(self.number, gz, True).chunks()
+            return
+        with handle:
+            yield from _whole_lines(iter(lambda: handle.read(_CHUNK), b""))
+
+    def lines(self) -> Iterator[bytes]:
+        """Every line of the segment, ``\n`` included (only the last may lack it)."""
+        for chunk in self.chunks():
+            yield from io.BytesIO(chunk)
+
+
+def _inflate(path: Path) -> Iterator[bytes]:
+    """Decompressed blocks of at most 4 MiB each (a crafted file cannot balloon memory)."""
+    limit = 4 * _CHUNK
+    with open(path, "rb") as raw:
+        inflater = zlib.decompressobj(wbits=31)
+        while chunk := raw.read(_CHUNK):
+            while chunk:
+                data = inflater.decompress(chunk, limit)
+                chunk = inflater.unconsumed_tail
+                if inflater.eof and inflater.unused_data:  # a further gzip member
+                    chunk = inflater.unused_data + chunk
+                    inflater = zlib.decompressobj(wbits=31)
+                if data:
+                    yield data
+        if not inflater.eof:
+            raise EOFError(f"{path}: compressed segment is truncated")
+        tail = inflater.flush()
+        if tail:
+            yield tail
+
+
+def _prefetch(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Run ``blocks`` in a helper thread, one block ahead; re-raise its errors here."""
+    slots: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        slots.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(None)
+        except BaseException as exc:  # handed to the consumer
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, name="immutable-logging-inflate", daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _whole_lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for block in blocks:
+        if pending:
+            block = pending + block
+        cut = block.rfind(b"\n") + 1
+        pending = block[cut:]
+        if cut:
+            yield block[:cut] if pending else block
+    if pending:
+        yield pending
+
 
 def list_segments(stream_dir: Path) -> list[Segment]:
     """Segments of a stream in order. When both ``N.log`` and ``N.log.gz`` exist (a crash
@@ -131,9 +232,8 @@ def iter_segment_lines(segment: Segment) -> Iterator[tuple[bytes, bool]]:
     Only the very last line can be incomplete (no trailing newline): a torn tail, or an
     entry still being written.
     """
-    with segment.open() as handle:
-        for line in handle:
-            if line.endswith(b"\n"):
-                yield line[:-1], True
-            else:
-                yield line, False
+    for line in segment.lines():
+        if line.endswith(b"\n"):
+            yield line[:-1], True
+        else:
+            yield line, False

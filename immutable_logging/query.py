@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import io
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 import orjson
 
 from .errors import QueryError
-from .layout import iter_segment_lines, list_segments, list_streams, tenant_dir
+from .layout import list_segments, list_streams, tenant_dir
 
 Entry = dict[str, Any]
 Decryptor = Callable[[Entry, str, str], Entry]
@@ -37,22 +39,41 @@ Predicate = Callable[[Entry], bool]
 _MISSING = object()
 
 
-def _iter_stream(stream_dir: Path, decrypt: Decryptor | None) -> Iterator[Entry]:
+def _iter_stream(
+    stream_dir: Path,
+    decrypt: Decryptor | None,
+    line_filter: LineFilter | None,
+    include_system: bool,
+) -> Iterator[Entry]:
     stream = stream_dir.name
     for segment in list_segments(stream_dir):
-        for raw, complete in iter_segment_lines(segment):
-            if not complete:
-                continue  # an entry being written, or a torn tail
-            try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue  # damaged lines are verify's business, not the reader's
-            if not isinstance(entry, dict):
-                continue
-            entry["stream"] = stream
-            if decrypt is not None and "enc" in entry:
-                entry = decrypt(entry, stream, str(segment.path))
-            yield entry
+        path = str(segment.path)
+        for chunk in segment.chunks():
+            if line_filter is not None and b'"enc":' not in chunk:
+                lines: Iterable[bytes] = line_filter.lines(chunk)  # only candidate lines
+            else:
+                lines = io.BytesIO(chunk)
+            for raw in lines:
+                entry = _decode(raw, line_filter, include_system)
+                if entry is not None:
+                    entry["stream"] = stream
+                    if decrypt is not None and "enc" in entry:
+                        entry = decrypt(entry, stream, path)
+                    yield entry
+
+
+def _decode(raw: bytes, line_filter: LineFilter | None, include_system: bool) -> Entry | None:
+    if raw[-1:] != b"\n":
+        return None  # an entry being written, or a torn tail
+    if line_filter is not None and b'"enc":' not in raw and not line_filter.matches(raw):
+        return None  # cannot match; encrypted lines are judged after decryption
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # damaged lines are verify's business, not the reader's
+    if type(entry) is not dict or (not include_system and "kind" in entry):
+        return None
+    return entry
 
 
 def iter_entries(
@@ -61,20 +82,26 @@ def iter_entries(
     *,
     decrypt: Decryptor | None = None,
     include_system: bool = False,
+    line_filter: LineFilter | None = None,
 ) -> Iterator[Entry]:
-    """All entries of a tenant in time order, merged across streams."""
+    """All entries of a tenant in time order, merged across streams.
+
+    ``line_filter(raw_line) -> bool`` may skip plain (unencrypted) lines before they are
+    decoded; it must only reject lines that cannot match (see :func:`search_filter`).
+    """
     streams = list_streams(tenant_dir(root, tenant))
-    iterators = [_iter_stream(s, decrypt) for s in streams]
-    merged: Iterable[Entry] = (
-        iterators[0] if len(iterators) == 1 else heapq.merge(*iterators, key=_sort_key)
-    )
-    for entry in merged:
-        if not include_system and "kind" in entry:
-            continue
-        ts = entry.get("ts")
-        if isinstance(ts, int | float):
-            entry["timestamp"] = datetime.fromtimestamp(ts, UTC).isoformat()
-        yield entry
+    iterators = [_iter_stream(s, decrypt, line_filter, include_system) for s in streams]
+    if len(iterators) == 1:
+        return iterators[0]
+    return heapq.merge(*iterators, key=_sort_key)
+
+
+def with_timestamp(entry: Entry) -> Entry:
+    """Add ``timestamp`` (ISO-8601, UTC) derived from ``ts``; returns the entry."""
+    ts = entry.get("ts")
+    if isinstance(ts, int | float) and "timestamp" not in entry:
+        entry["timestamp"] = datetime.fromtimestamp(ts, UTC).isoformat()
+    return entry
 
 
 def _sort_key(entry: Entry) -> tuple[float, str, int]:
@@ -157,8 +184,24 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
                 raise QueryError(f"invalid $regex for field {path!r}: {exc}") from None
         checks.append((_OPERATORS[op], operand))
 
+    parts = path.split(".")
+    if len(parts) == 1:
+        key = parts[0]
+
+        def get(entry: Entry) -> Any:
+            return entry.get(key, _MISSING)
+
+    else:
+
+        def get(entry: Entry) -> Any:
+            return resolve_path(entry, path)
+
+    if len(checks) == 1:
+        check, operand = checks[0]
+        return lambda entry: check(get(entry), operand)
+
     def predicate(entry: Entry) -> bool:
-        value = resolve_path(entry, path)
+        value = get(entry)
         return all(check(value, operand) for check, operand in checks)
 
     return predicate
@@ -183,6 +226,11 @@ def compile_query(document: Mapping[str, Any]) -> Predicate:
             raise QueryError(f"invalid field name {key!r} in query")
         else:
             predicates.append(_field_predicate(key, spec))
+    if len(predicates) == 1:
+        return predicates[0]
+    if len(predicates) == 2:
+        first, second = predicates
+        return lambda entry: first(entry) and second(entry)
     return lambda entry: all(p(entry) for p in predicates)
 
 
@@ -213,14 +261,14 @@ def read_entries(
     if newest_first:
         items = list(selected)[::-1]
         end = None if limit is None else offset + limit
-        return items[offset:end]
+        return [with_timestamp(e) for e in items[offset:end]]
     result: list[Entry] = []
     for index, entry in enumerate(selected):
         if index < offset:
             continue
         if limit is not None and len(result) >= limit:
             break
-        result.append(entry)
+        result.append(with_timestamp(entry))
     return result
 
 
@@ -235,6 +283,69 @@ def _text_of(entry: Entry) -> str:
     return "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class LineFilter:
+    """Byte strings that a plain (unencrypted) line must all contain to possibly match.
+
+    Used to skip decoding lines that cannot match a search or a query; it never decides a
+    match by itself. ``fold_case`` compares ASCII case-insensitively (needles are lower).
+    """
+
+    needles: tuple[bytes, ...]
+    fold_case: bool = False
+
+    def matches(self, raw: bytes) -> bool:
+        """Whether one line contains every needle."""
+        hay = raw.lower() if self.fold_case else raw
+        return all(n in hay for n in self.needles)
+
+    def lines(self, chunk: bytes) -> Iterator[bytes]:
+        """The lines of a block of whole lines that contain every needle."""
+        hay = chunk.lower() if self.fold_case else chunk
+        first, rest = self.needles[0], self.needles[1:]
+        pos = hay.find(first)
+        while pos >= 0:
+            start = hay.rfind(b"\n", 0, pos) + 1
+            end = hay.find(b"\n", pos) + 1 or len(hay)
+            if all(n in hay[start:end] for n in rest):
+                yield chunk[start:end]
+            pos = hay.find(first, end)
+
+
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def search_filter(text: str, *, case_sensitive: bool = False) -> LineFilter | None:
+    """A raw-line pre-filter for :func:`search_entries` (None when none is safe).
+
+    JSON stores the text unchanged unless it has quotes, backslashes or control characters;
+    case-insensitive matching on bytes is only exact for ASCII text.
+    """
+    if not text or _JSON_ESCAPED.search(text) or (not case_sensitive and not text.isascii()):
+        return None
+    needle = text.encode("utf-8")
+    if case_sensitive:
+        return LineFilter((needle,))
+    return LineFilter((needle.lower(),), fold_case=True)
+
+
+def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
+    """A raw-line pre-filter for :func:`query_entries`: every top-level string equality
+    (``{"level": "REVENUE"}``, ``{"metadata.user": {"$eq": "bob"}}``) must appear verbatim
+    in the canonical line. None when the query has no such condition."""
+    needles: list[bytes] = []
+    if not isinstance(document, Mapping):
+        return None
+    for key, spec in document.items():
+        if not isinstance(key, str) or key.startswith("$"):
+            continue
+        value = spec.get("$eq") if isinstance(spec, Mapping) else spec
+        field = key.rsplit(".", 1)[-1]
+        if isinstance(value, str) and not field.isdigit():
+            needles.append(b'"%s":%s' % (orjson.dumps(field)[1:-1], orjson.dumps(value)))
+    return LineFilter(tuple(needles)) if needles else None
+
+
 def search_entries(
     entries: Iterable[Entry], text: str, *, case_sensitive: bool = False, limit: int | None = None
 ) -> list[Entry]:
@@ -246,7 +357,7 @@ def search_entries(
     for entry in entries:
         haystack = _text_of(entry)
         if needle in (haystack if case_sensitive else haystack.lower()):
-            found.append(entry)
+            found.append(with_timestamp(entry))
             if limit is not None and len(found) >= limit:
                 break
     return found
@@ -260,7 +371,7 @@ def query_entries(
     found: list[Entry] = []
     for entry in entries:
         if predicate(entry):
-            found.append(entry)
+            found.append(with_timestamp(entry))
             if limit is not None and len(found) >= limit:
                 break
     return found

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import pytest
+
+from immutable_logging.layout import Segment, list_segments, segment_name, validate_tenant
+
+
+def _lines(n: int) -> bytes:
+    return b"".join(b'{"i":%d,"pad":"%s"}\n' % (i, b"x" * (i % 97)) for i in range(n))
+
+
+def test_chunks_hold_whole_lines_for_plain_and_gzip(tmp_path: Path) -> None:
+    data = _lines(60_000)  # several MiB: many chunks
+    plain = tmp_path / segment_name(2)
+    plain.write_bytes(data)
+    packed = tmp_path / segment_name(1, compressed=True)
+    packed.write_bytes(gzip.compress(data))
+    for seg in list_segments(tmp_path):
+        chunks = list(seg.chunks())
+        assert len(chunks) > (2 if not seg.compressed else 0)
+        assert all(c.endswith(b"\n") for c in chunks)
+        assert b"".join(chunks) == data
+        assert list(seg.lines()) == data.splitlines(keepends=True)
+
+
+def test_torn_tail_is_the_only_incomplete_line(tmp_path: Path) -> None:
+    path = tmp_path / segment_name(1)
+    path.write_bytes(_lines(3) + b'{"torn":')
+    lines = list(Segment(1, path, False).lines())
+    assert lines[-1] == b'{"torn":' and all(x.endswith(b"\n") for x in lines[:-1])
+
+
+def test_multi_member_gzip_is_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / segment_name(1, compressed=True)
+    path.write_bytes(gzip.compress(_lines(10)) + gzip.compress(_lines(5)))
+    assert b"".join(Segment(1, path, True).chunks()) == _lines(10) + _lines(5)
+
+
+def test_highly_compressible_data_is_inflated_in_bounded_blocks(tmp_path: Path) -> None:
+    path = tmp_path / segment_name(1, compressed=True)
+    path.write_bytes(gzip.compress(b"a" * (40 << 20) + b"\n"))
+    sizes = [len(c) for c in Segment(1, path, True).chunks()]
+    assert sum(sizes) == (40 << 20) + 1
+
+
+def test_truncated_or_corrupt_gzip_raises(tmp_path: Path) -> None:
+    path = tmp_path / segment_name(1, compressed=True)
+    blob = gzip.compress(_lines(20_000))
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(EOFError):
+        list(Segment(1, path, True).chunks())
+    path.write_bytes(blob[:10] + b"\xff" * 50 + blob[60:])
+    with pytest.raises((zlib.error, EOFError, OSError)):
+        list(Segment(1, path, True).chunks())
+
+
+def test_plain_segment_compressed_between_listing_and_reading(tmp_path: Path) -> None:
+    path = tmp_path / segment_name(1)
+    (tmp_path / segment_name(1, compressed=True)).write_bytes(gzip.compress(_lines(4)))
+    assert b"".join(Segment(1, path, False).chunks()) == _lines(4)
+
+
+def test_validate_tenant_accepts_reasonable_ids() -> None:
+    for tenant in ("acme", "ACME-2", "a.b_c", "0"):
+        assert validate_tenant(tenant) == tenant
