@@ -385,7 +385,7 @@ class Replicator(QueueListener):
             "created": f"{time.time():.6f}",
             "format": "1",
         }
-        self._put(key, gzip.compress(raw, mtime=0), metadata, raw)
+        self._put(key, gzip.compress(raw, compresslevel=1, mtime=0), metadata, raw)
         self.status.batches_uploaded += 1
         self.status.entries_uploaded += len(entries)
         cursor = self.cursor
