@@ -175,9 +175,9 @@ def _replicate(backend_factory: Callable[[], Any], entries: int, batch: int) -> 
     directory = Path(tempfile.mkdtemp(prefix="bench-repl-"))
     try:
         writer = ChainWriter(directory, "r", durability="none")
-        produce_s, _ = _timed(lambda: [writer.append({"ts": time.time(), "level": "INFO",
-                                                      "message": f"m{i}", "metadata": META})
-                                       for i in range(entries)])
+        for i in range(entries):
+            writer.append({"ts": time.time(), "level": "INFO", "message": f"m{i}",
+                           "metadata": META})
         writer.close()
         replicator = Replicator(backend_factory(), writer.stream_dir, "r", batch_size=batch)
         seconds, shipped = _timed(lambda: replicator.pump(force=True))
@@ -201,9 +201,8 @@ def bench_replication(entries: int) -> dict[str, Any]:
     shutil.rmtree(bucket, ignore_errors=True)
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from tests.servers import MotoServer, create_s3_bucket
-
         from immutable_logging.replication.s3 import S3Backend
+        from tests.servers import MotoServer, create_s3_bucket
     except ImportError as exc:  # moto not installed: report, do not fail the run
         rows["moto S3"] = {"skipped": str(exc)}
         return rows
@@ -218,7 +217,7 @@ def bench_replication(entries: int) -> dict[str, Any]:
 
 def _print_table(results: dict[str, Any]) -> None:
     print(f"\nimmutable_logging benchmarks — {results['machine']}")
-    print(f"{'scenario':52} {'µs/rec':>8} {'rec/s':>10} {'× FileHandler':>14}")
+    print(f"{'scenario':52} {'µs/rec':>8} {'rec/s':>10} {'x FileHandler':>14}")
     for name, row in results["logging"].items():
         extra = (f"  lag max {row['max_durability_lag_ms']:.1f} ms"
                  if "max_durability_lag_ms" in row else "")
