@@ -31,7 +31,7 @@ other handlers, so build the pair by hand and *start the listener yourself*::
                 "tenant": "acme",
             },
             "queue": {
-                "class": "queue_handler_example.ChainQueueHandler",  # or QueueHandler
+                "class": "immutable_logging.ChainQueueHandler",
                 "handlers": ["chain"],
                 "respect_handler_level": True,
             },
@@ -53,7 +53,6 @@ listener thread) and the traceback text, and keeps everything else, ``extra=`` f
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import logging.handlers
@@ -64,32 +63,13 @@ import tempfile
 import threading
 
 import immutable_logging
-from immutable_logging import ImmutableHandler
-from immutable_logging.entry import format_exception
+from immutable_logging import ChainQueueHandler, ImmutableHandler
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
 
 TENANT = "queue-demo"
 THREADS = 4
 PER_THREAD = 250
-
-
-class ChainQueueHandler(logging.handlers.QueueHandler):
-    """A ``QueueHandler`` for an in-process queue feeding an ImmutableHandler: keeps
-    ``exc``/``stack``/``extra`` as separate entry members instead of flattening them."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Freeze the message and traceback text now; keep the rest of the record."""
-        record = copy.copy(record)  # other handlers keep the original
-        try:
-            record.msg = record.getMessage()
-            record.args = None
-        except Exception:
-            pass  # left as is: the chain records the format error losslessly
-        if record.exc_info:
-            format_exception(record)  # caches the traceback text in exc_text
-            record.exc_info = None
-        return record
 
 
 def setup(directory: str) -> tuple[logging.handlers.QueueListener, ImmutableHandler]:

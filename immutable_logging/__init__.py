@@ -18,6 +18,7 @@ from .errors import (
 from .facade import ImmutableLogger
 from .handler import ImmutableHandler
 from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
+from .queueing import ChainQueueHandler
 from .verify import VerificationReport, verify_directory, verify_tenant
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "REVENUE",
     "SECURITY",
     "SYSTEM",
+    "ChainQueueHandler",
     "ConfigurationError",
     "DecryptionError",
     "ImmutableHandler",
