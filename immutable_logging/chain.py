@@ -25,6 +25,7 @@ import fcntl
 import gzip
 import hashlib
 import logging
+import math
 import os
 import queue
 import re
@@ -35,7 +36,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -63,6 +64,20 @@ _HOST_SLUG = re.sub(r"[^A-Za-z0-9_-]", "-", HOSTNAME)[:64] or "host"
 PayloadTransform = Callable[[dict[str, Any], int, str, int], dict[str, Any]]
 
 
+class EpochSealer(Protocol):
+    """What :meth:`ChainWriter.set_sealer` needs (implemented by ``sealing.StreamSealer``)."""
+
+    @property
+    def deadline(self) -> float:
+        """Time at which the current epoch must be sealed."""
+
+    def seal(self, now: float, last_seq: int, head: str) -> dict[str, Any]:
+        """Seal everything up to entry *last_seq*; return the seal entry's payload."""
+
+    def close(self) -> None:
+        """Wipe key material."""
+
+
 @dataclass
 class TornTail:
     """Bytes found after the last complete entry of a segment, moved aside on open."""
@@ -84,6 +99,8 @@ class WriterStats:
     syncs: int = 0
     rotations: int = 0
     max_sync_lag_ms: float = 0.0
+    seals: int = 0
+    seal_errors: int = 0
     torn_tails: list[TornTail] = field(default_factory=list)
 
 
@@ -233,6 +250,11 @@ class ChainWriter:
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self._commit_listeners: list[Callable[[int], None]] = []
+        # Sealing (issue 3): off unless set_sealer() attaches one.
+        self._sealer: EpochSealer | None = None
+        self._seal_clock: Callable[[], float] = time.time
+        self._seal_deadline = math.inf  # a copy of the sealer's, read on every append
+        self._sealer_thread: threading.Thread | None = None
 
         tdir = tenant_dir(root, tenant)
         tdir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -410,6 +432,8 @@ class ChainWriter:
         with self._lock:
             if self._closed:
                 raise ImmutableLogError(f"writer for {self.stream_dir} is closed")
+            if self._sealer is not None and self._seal_clock() >= self._seal_deadline:
+                self._seal_due()
             if self._fd is not None and (
                 (self.max_bytes and self._segment_size >= self.max_bytes)
                 or (
@@ -492,6 +516,97 @@ class ChainWriter:
         self.segment_number += 1
         self.stats.rotations += 1
 
+    # ------------------------------------------------------------------ sealing
+    def set_sealer(
+        self, sealer: EpochSealer | None, clock: Callable[[], float] = time.time
+    ) -> None:
+        """Attach a forward-secure sealer (``None`` detaches and wipes the current one).
+
+        Epochs that ended before now are sealed at once (a restart after downtime). Then
+        ``append`` seals each ended epoch before the entry that finds it ended, and a
+        background thread seals epochs that end while nothing is logged.
+        """
+        with self._lock:
+            if self._closed:
+                raise ImmutableLogError(f"writer for {self.stream_dir} is closed")
+            if self._sealer is not None:
+                self._sealer.close()
+            self._sealer = sealer
+            self._seal_clock = clock
+            if sealer is None:
+                self._seal_deadline = math.inf
+                return
+            self._seal_deadline = sealer.deadline
+            self._seal_due()
+        if self._sealer_thread is None:
+            self._sealer_thread = threading.Thread(
+                target=self._seal_idle, name="immutable-logging-seal", daemon=True
+            )
+            self._sealer_thread.start()
+
+    @property
+    def sealer(self) -> EpochSealer | None:
+        """The attached sealer, if any."""
+        return self._sealer
+
+    def seal_if_due(self) -> bool:
+        """Seal the current epoch if it has ended; return True if a seal was written."""
+        with self._lock:
+            if self._closed or self._sealer is None:
+                return False
+            return self._seal_due()
+
+    def _seal_due(self) -> bool:
+        """Append the seal entry of the ended epoch(s) and make it durable. Lock held.
+
+        A failure is logged and counted, never raised: the entry being logged must not be
+        lost because sealing failed (the verifier reports the missing seal).
+        """
+        sealer = self._sealer
+        assert sealer is not None
+        now = self._seal_clock()
+        if now < sealer.deadline:
+            return False
+        try:
+            payload = sealer.seal(now, self.seq, self.head)
+            self._append_system(payload)
+            self._write_buffer()
+            self._sync()
+        except Exception as exc:
+            self.stats.seal_errors += 1
+            _log.error("sealing %s failed: %s", self.stream_dir, exc)
+            return False
+        finally:
+            self._seal_deadline = sealer.deadline
+        self.stats.seals += 1
+        return True
+
+    def _append_system(self, payload: dict[str, Any]) -> None:
+        """Chain a system entry into the buffer (no payload transform). Lock held."""
+        if self._fd is not None and self.max_bytes and self._segment_size >= self.max_bytes:
+            self._rotate()
+        if self._fd is None:
+            self._open_active(0)
+        line, digest = make_line(self.seq + 1, self.head, canonical_payload(payload))
+        self.seq += 1
+        self.head = digest
+        self._segment_size += len(line)
+        self.stats.entries += 1
+        if not self._buf:
+            self._first_unsynced = time.monotonic()
+        self._buf += line
+
+    def _seal_idle(self) -> None:
+        while True:
+            sealer = self._sealer
+            if sealer is None:
+                return
+            wait = min(max(sealer.deadline - self._seal_clock(), 0.0) + 0.001, 5.0)
+            if self._flusher_stop.wait(wait):
+                return
+            if self._sealer is not None and self._seal_clock() >= self._sealer.deadline:
+                self.seal_if_due()
+
     def rotate(self) -> None:
         """Seal the active segment now (if it holds entries)."""
         with self._lock:
@@ -539,6 +654,10 @@ class ChainWriter:
         with self._lock:
             if self._closed:
                 return
+            if self._sealer is not None:  # whole epochs that ended; never a partial one
+                self._seal_due()
+                self._sealer.close()
+                self._sealer = None
             self._closed = True
             self._flusher_stop.set()
             if self._fd is not None:
@@ -548,6 +667,8 @@ class ChainWriter:
                 self._fd = None
         if self._flusher is not None:
             self._flusher.join(timeout)
+        if self._sealer_thread is not None:
+            self._sealer_thread.join(timeout)
         self._compressor.drain(timeout)
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
@@ -568,6 +689,10 @@ class ChainWriter:
         self._buf = bytearray()
         self._lock = threading.RLock()
         self._flusher = None
+        if self._sealer is not None:  # the parent keeps sealing its stream: wipe our copy
+            self._sealer.close()
+        self._sealer = None
+        self._sealer_thread = None
         self._compressor = _Compressor()
         for fd in (self._fd, self._lock_fd):
             if fd is not None:

@@ -7,6 +7,8 @@ Exit codes: 0 success (log verified clean), 1 verification found tampering or da
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,19 +16,25 @@ from typing import Any, TextIO
 
 import orjson
 
+from .checkpoint import DEFAULT_KEY_NAME, prove_consistency, prove_inclusion
 from .encryption import EntryDecryptor, keyring_from_cli_env
 from .errors import ImmutableLogError
-from .layout import DEFAULT_TENANT, list_tenants
+from .layout import DEFAULT_TENANT, list_tenants, tenant_dir, validate_stream_name
 from .query import (
     Entry,
+    LineFilter,
     disk_usage,
     iter_entries,
     query_entries,
+    query_filter,
     read_entries,
     search_entries,
+    search_filter,
     summarise,
 )
-from .verify import VerificationReport, verify_tenant
+from .seal import CheckpointSigner, encode_seed, generate_signing_key, private_key_to_pem
+from .sealing import TENANT_STATE, init_tenant_sealing
+from .verify import StreamReport, VerificationReport, verify_tenant
 
 EXIT_OK = 0
 EXIT_TAMPERED = 1
@@ -87,9 +95,11 @@ def _decryptor(args: argparse.Namespace, tenant: str) -> EntryDecryptor:
     return EntryDecryptor(keyring, tenant)
 
 
-def _entries(args: argparse.Namespace) -> Iterator[Entry]:
+def _entries(args: argparse.Namespace, line_filter: LineFilter | None = None) -> Iterator[Entry]:
     for tenant in _tenants(args):
-        yield from iter_entries(args.directory, tenant, decrypt=_decryptor(args, tenant))
+        yield from iter_entries(
+            args.directory, tenant, decrypt=_decryptor(args, tenant), line_filter=line_filter
+        )
 
 
 def _print_entries(args: argparse.Namespace, out: TextIO, entries: list[Entry]) -> None:
@@ -125,6 +135,8 @@ def _print_report(out: TextIO, report: VerificationReport) -> None:
         )
     for warning in report.warnings:
         out.write(f"note: {warning}\n")
+    for stream in report.streams:
+        _print_seal_line(out, stream)
     verdict = (
         "OK: every stream verified"
         if report.ok
@@ -141,7 +153,15 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     for tenant in _tenants(args):
         decrypt = _decryptor(args, tenant) if (args.key_env or args.passphrase_env) else None
         report.streams.extend(
-            verify_tenant(args.directory, tenant, parse=args.parse, decrypt=decrypt).streams
+            verify_tenant(
+                args.directory,
+                tenant,
+                parse=args.parse,
+                decrypt=decrypt,
+                seed=_seed_arg(args),
+                checkpoint_key=args.checkpoint_key,
+                anchors=args.anchors,
+            ).streams
         )
     if args.json:
         _json_out(out, report.to_dict())
@@ -162,7 +182,10 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
 @_command("search")
 def _search(args: argparse.Namespace, out: TextIO) -> int:
     found = search_entries(
-        _entries(args), args.text, case_sensitive=args.case_sensitive, limit=args.limit
+        _entries(args, search_filter(args.text, case_sensitive=args.case_sensitive)),
+        args.text,
+        case_sensitive=args.case_sensitive,
+        limit=args.limit,
     )
     _print_entries(args, out, found)
     return EXIT_OK
@@ -174,7 +197,8 @@ def _query(args: argparse.Namespace, out: TextIO) -> int:
         document = orjson.loads(args.document)
     except orjson.JSONDecodeError as exc:
         raise _UsageError(f"query must be a JSON object: {exc}") from None
-    _print_entries(args, out, query_entries(_entries(args), document, limit=args.limit))
+    found = query_entries(_entries(args, query_filter(document)), document, limit=args.limit)
+    _print_entries(args, out, found)
     return EXIT_OK
 
 
@@ -200,6 +224,121 @@ def _stats(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------ seals and checkpoints
+
+
+def _iso(when: float | None) -> str:
+    if when is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _print_seal_line(out: TextIO, stream: StreamReport) -> None:
+    name = f"{stream.tenant}/{stream.stream}"
+    if stream.unsealed_trailing is not None:
+        if stream.sealed_from is None:
+            span = "no seal yet"
+        else:
+            span = f"validated from {_iso(stream.sealed_from)} to {_iso(stream.sealed_to)}"
+        out.write(
+            f"seals {name}: {span}, {stream.unsealed_trailing} trailing "
+            f"entr{'y' if stream.unsealed_trailing == 1 else 'ies'} not yet sealed\n"
+        )
+    if stream.checkpoints_verified is not None:
+        out.write(f"checkpoints {name}: {stream.checkpoints_verified} verified\n")
+
+
+def _seed_arg(args: argparse.Namespace) -> str | None:
+    if args.seed_env:
+        value = os.environ.get(args.seed_env)
+        if not value:
+            raise _UsageError(f"environment variable {args.seed_env} is not set")
+        return value
+    seed: str | None = args.seed
+    return seed
+
+
+@_command("keygen")
+def _keygen(args: argparse.Namespace, out: TextIO) -> int:
+    tdir = tenant_dir(args.directory, args.tenant or DEFAULT_TENANT)
+    result: dict[str, Any] = {"tenant": tdir.name}
+    key_path = Path(args.checkpoint_key) if args.checkpoint_key else None
+    if key_path is not None and key_path.exists():
+        raise _UsageError(f"{key_path} exists; refusing to overwrite a signing key")
+    if not args.no_seal:
+        seed, grid = init_tenant_sealing(tdir, epoch_seconds=args.epoch_seconds)
+        result.update(
+            seed=encode_seed(seed),
+            epoch_seconds=grid.epoch_seconds,
+            epoch_start=grid.t0,
+            state=str(tdir / TENANT_STATE),
+        )
+    if key_path is not None:
+        private = generate_signing_key()
+        signer = CheckpointSigner(private, args.key_name or DEFAULT_KEY_NAME)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_key_to_pem(private))
+        result.update(checkpoint_key=str(key_path), checkpoint_vkey=signer.vkey)
+    if args.json:
+        _json_out(out, result)
+        return EXIT_OK
+    if "seed" in result:
+        out.write(
+            f"Seal seed of tenant {result['tenant']!r} (shown once, never stored: keep it "
+            f"off this host; `verify --seed` needs it):\n\n    {result['seed']}\n\n"
+            f"Epochs of {result['epoch_seconds']:g} s; seal state in {result['state']}\n"
+        )
+    if key_path is not None:
+        out.write(
+            f"Checkpoint signing key written to {key_path} (mode 0600); pass it as the "
+            f"handler's checkpoint_key.\nCheckpoint verifier key (public; for "
+            f"`verify --checkpoint-key`):\n\n    {result['checkpoint_vkey']}\n"
+        )
+    return EXIT_OK
+
+
+def _stream_dir(args: argparse.Namespace) -> Path:
+    stream = tenant_dir(args.directory, args.tenant or DEFAULT_TENANT) / validate_stream_name(
+        args.stream
+    )
+    if not stream.is_dir():
+        raise _UsageError(f"no such stream: {stream}")
+    return stream
+
+
+@_command("prove-inclusion")
+def _prove_inclusion(args: argparse.Namespace, out: TextIO) -> int:
+    proof = prove_inclusion(_stream_dir(args), args.seq, args.size)
+    if args.json:
+        _json_out(out, {**proof.to_dict(), "valid": proof.verify()})
+    else:
+        out.write(
+            f"entry seq {proof.seq} (hash {proof.entry_hash}) is leaf {proof.seq - 1} of the "
+            f"tree of {proof.tree_size} entries\nroot  {proof.root.hex()}\n"
+        )
+        for i, node in enumerate(proof.proof):
+            out.write(f"path[{i}] {node.hex()}\n")
+        out.write("proof verifies\n" if proof.verify() else "PROOF DOES NOT VERIFY\n")
+    return EXIT_OK if proof.verify() else EXIT_TAMPERED
+
+
+@_command("prove-consistency")
+def _prove_consistency(args: argparse.Namespace, out: TextIO) -> int:
+    proof = prove_consistency(_stream_dir(args), args.old, args.new)
+    if args.json:
+        _json_out(out, {**proof.to_dict(), "valid": proof.verify()})
+    else:
+        out.write(
+            f"tree of {proof.old_size} entries is a prefix of the tree of {proof.new_size}\n"
+            f"old root {proof.old_root.hex()}\nnew root {proof.new_root.hex()}\n"
+        )
+        for i, node in enumerate(proof.proof):
+            out.write(f"proof[{i}] {node.hex()}\n")
+        out.write("proof verifies\n" if proof.verify() else "PROOF DOES NOT VERIFY\n")
+    return EXIT_OK if proof.verify() else EXIT_TAMPERED
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``immutable-log``."""
     parser = _Parser(prog="immutable-log", description=__doc__)
@@ -219,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "print the verification report as JSON")
     p.add_argument("--parse", action="store_true", help="also check every payload is canonical"
                    " (and, with a key, that every encrypted entry authenticates)")
+    p.add_argument("--seed", help="seal seed (ils1-...): also check every forward-secure seal")
+    p.add_argument("--seed-env", metavar="VAR", help="read the seal seed from env var VAR")
+    p.add_argument("--checkpoint-key", metavar="VKEY",
+                   help="checkpoint verifier key (name+id+key): check signed checkpoints")
+    p.add_argument("--anchors", metavar="DIR", action="append",
+                   help="directory of checkpoints kept elsewhere (<tenant>/<stream>/"
+                   "checkpoints/<size>.note); repeatable")
 
     p = sub.add_parser("read", help="print entries")
     common(p)
@@ -239,6 +385,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", help="counts by level and stream, time span, disk usage")
     common(p)
+
+    p = sub.add_parser("keygen", help="create a tenant's seal state (prints the seed once) "
+                       "and optionally a checkpoint signing key")
+    p.add_argument("directory", help="the log directory")
+    p.add_argument("--tenant", help=f"tenant id (default '{DEFAULT_TENANT}')")
+    p.add_argument("--epoch-seconds", type=float, default=300.0, help="epoch length (300)")
+    p.add_argument("--checkpoint-key", metavar="FILE",
+                   help="also write a new Ed25519 checkpoint signing key (PEM, 0600) to FILE")
+    p.add_argument("--key-name", help="note key name of the checkpoint key "
+                   "(default immutable-logging)")
+    p.add_argument("--no-seal", action="store_true", help="only make the checkpoint key")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, text in (("prove-inclusion", "inclusion proof of one entry"),
+                       ("prove-consistency", "consistency proof between two tree sizes")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("directory", help="the log directory")
+        p.add_argument("--tenant", help=f"tenant id (default '{DEFAULT_TENANT}')")
+        p.add_argument("--stream", required=True, help="stream name (e.g. host.0)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "prove-inclusion":
+            p.add_argument("--seq", type=int, required=True, help="the entry's seq")
+            p.add_argument("--size", type=int, help="tree size (default: all entries)")
+        else:
+            p.add_argument("--old", type=int, required=True, help="old tree size")
+            p.add_argument("--new", type=int, help="new tree size (default: all entries)")
     return parser
 
 

@@ -23,10 +23,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from .chain import ChainWriter
+from .checkpoint import DEFAULT_KEY_NAME, Checkpointer, load_signing_key
 from .config import BackupConfig
 from .encryption import EntryDecryptor, EntryEncryptor, KeySpec, build_keyring
 from .entry import record_payload
@@ -34,6 +39,16 @@ from .errors import ConfigurationError, StreamLockedError
 from .layout import validate_tenant
 from .levels import register_level_names
 from .replication.replicator import ReplicationStatus, Replicator
+from .seal import CheckpointSigner
+from .sealing import (
+    StreamSealer,
+    check_seed_matches,
+    init_tenant_sealing,
+    load_grid,
+    sealing_configured,
+)
+
+_log = logging.getLogger("immutable_logging.handler")
 
 #: Logger name prefixes whose records the handler never writes.
 EXCLUDED_LOGGERS = (
@@ -66,6 +81,22 @@ class ImmutableHandler(logging.Handler):
         encryption_key_env: name of an env var holding the base64 key instead.
         encryption_passphrase: derive the key with scrypt (salt kept in the tenant dir).
         previous_keys: retired keys, kept for reading older entries.
+        seal: seal every epoch with the tenant's forward-secure key (issue 3). Default: on
+            when the tenant has a seal state (``immutable-log keygen``); ``True`` without
+            one is an error; ``False`` turns sealing off.
+        seal_seed: bootstrap only: create the tenant's seal state from this seed
+            (``ils1-...``) when it has none. If a state exists, the seed must be the one
+            that made it (checked against the state's genesis tag). A seed left in the
+            application's configuration defeats forward security: prefer ``keygen``.
+        seal_epoch_seconds: epoch length when ``seal_seed`` creates the state (default
+            300); if given, it must equal an existing state's.
+        seal_clock: time source for epochs (tests inject one; default ``time.time``).
+        checkpoint_key: Ed25519 key that signs checkpoints: raw 32 bytes, base64 of them,
+            PEM text, or the path of a PEM file. Enables signed checkpoints.
+        checkpoint_key_name: the note key name (default ``immutable-logging``); the
+            verifier key printed by ``keygen`` carries it.
+        checkpoint_interval: seconds between background checkpoints (default 60; one is
+            also written at close and by :meth:`checkpoint`).
         **backup_options: cloud backup settings (``enable_cloud_backup``,
             ``backup_provider``, ``backup_async``, ``backup_batch_size``, ``s3_bucket``, ...;
             see :mod:`immutable_logging.config`). Environment variables fill the gaps.
@@ -88,6 +119,13 @@ class ImmutableHandler(logging.Handler):
         encryption_key_env: str | None = None,
         encryption_passphrase: str | None = None,
         previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
+        seal: bool | None = None,
+        seal_seed: str | bytes | None = None,
+        seal_epoch_seconds: float | None = None,
+        seal_clock: Callable[[], float] | None = None,
+        checkpoint_key: str | bytes | os.PathLike[str] | Ed25519PrivateKey | None = None,
+        checkpoint_key_name: str = DEFAULT_KEY_NAME,
+        checkpoint_interval: float = 60.0,
         **backup_options: Any,
     ) -> None:
         super().__init__(level)
@@ -120,7 +158,21 @@ class ImmutableHandler(logging.Handler):
         self.backend = self.backup.build_backend() if self.backup.enable_cloud_backup else None
         self.replicator: Replicator | None = None
         self.last_replication_status: ReplicationStatus | None = None
+        # --- seals and checkpoints (issue 3)
+        self._seal_clock: Callable[[], float] = seal_clock or time.time
+        self.sealing = self._configure_sealing(seal, seal_seed, seal_epoch_seconds)
+        if checkpoint_interval <= 0:
+            raise ConfigurationError("checkpoint_interval must be > 0 seconds")
+        self._signer: CheckpointSigner | None = None
+        if checkpoint_key is not None:
+            self._signer = load_signing_key(checkpoint_key, checkpoint_key_name)
+        self.checkpoint_interval = float(checkpoint_interval)
+        self.checkpointer: Checkpointer | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_stop = threading.Event()
+        self._checkpoint_thread: threading.Thread | None = None
         self.writer = self._open_writer()
+        self._start_checkpointing()
 
     def _open_writer(self, reopening: bool = False) -> ChainWriter:
         options = dict(self._writer_options)
@@ -140,6 +192,11 @@ class ImmutableHandler(logging.Handler):
             except BaseException:
                 writer.close()
                 raise
+        try:
+            self._attach_seals_and_checkpoints(writer)
+        except BaseException:
+            writer.close()
+            raise
         if self.backend is not None:
             self.replicator = Replicator(
                 self.backend,
@@ -152,6 +209,88 @@ class ImmutableHandler(logging.Handler):
             if self.backup.backup_async:
                 self.replicator.start()
         return writer
+
+    # ------------------------------------------------------------ seals and checkpoints
+    def _configure_sealing(
+        self, seal: bool | None, seed: str | bytes | None, epoch_seconds: float | None
+    ) -> bool:
+        tdir = Path(self.directory) / self.tenant
+        if seed is not None and seal is not False:
+            if sealing_configured(tdir):
+                check_seed_matches(tdir, seed)
+            else:
+                init_tenant_sealing(tdir, seed, epoch_seconds or 300.0, self._seal_clock)
+        enabled = sealing_configured(tdir) if seal is None else seal
+        if enabled:
+            grid = load_grid(tdir)
+            if grid is None:
+                raise ConfigurationError(
+                    f"seal=True but {tdir} has no seal state: run `immutable-log keygen` "
+                    "or pass seal_seed"
+                )
+            if epoch_seconds is not None and epoch_seconds != grid.epoch_seconds:
+                raise ConfigurationError(
+                    f"seal_epoch_seconds={epoch_seconds} but the tenant's seal state uses "
+                    f"{grid.epoch_seconds}"
+                )
+        return enabled
+
+    def _attach_seals_and_checkpoints(self, writer: ChainWriter) -> None:
+        if self.sealing:
+            sealer = StreamSealer(
+                Path(self.directory) / self.tenant,
+                writer.stream_dir,
+                self.tenant,
+                chain_seq=writer.seq,
+                clock=self._seal_clock,
+            )
+            writer.set_sealer(sealer, self._seal_clock)
+        if self._signer is not None:
+            self.checkpointer = Checkpointer(writer.stream_dir, self.tenant, self._signer)
+
+    def _start_checkpointing(self) -> None:
+        thread = self._checkpoint_thread
+        if self._signer is None or (thread is not None and thread.is_alive()):
+            return
+        self._checkpoint_thread = threading.Thread(
+            target=self._checkpoint_loop, name="immutable-logging-checkpoint", daemon=True
+        )
+        self._checkpoint_thread.start()
+
+    def _checkpoint_loop(self) -> None:
+        while not self._checkpoint_stop.wait(self.checkpoint_interval):
+            try:
+                self.checkpoint()
+            except Exception as exc:  # keep going: the next run re-reads from disk
+                self.error_count += 1
+                _log.error("checkpoint of %s failed: %s", self.directory, exc)
+
+    def checkpoint(self) -> Path | None:
+        """Write a signed checkpoint of everything logged so far and return the note's
+        path (None when checkpoints are off or nothing was logged since the last one)."""
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            return None
+        writer = self.writer
+        if not writer.closed:
+            writer.flush()
+        with self._checkpoint_lock:
+            return checkpointer.update()
+
+    def _close_checkpointing(self) -> None:
+        """Stop the background thread and write the final checkpoint (writer closed)."""
+        self._checkpoint_stop.set()
+        thread = self._checkpoint_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(30.0)
+        checkpointer, self.checkpointer = self.checkpointer, None  # close is idempotent
+        if checkpointer is not None:
+            try:
+                with self._checkpoint_lock:
+                    checkpointer.update()
+            except Exception as exc:
+                self.error_count += 1
+                _log.error("final checkpoint of %s failed: %s", self.directory, exc)
 
     def _at_fork_reinit(self) -> None:
         # Called by logging in a forked child: a lock held by another parent thread at fork
@@ -166,6 +305,7 @@ class ImmutableHandler(logging.Handler):
                 writer = self.writer
                 if writer.closed:
                     writer = self.writer = self._open_writer(reopening=True)
+                    self._start_checkpointing()
         return writer
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -208,6 +348,7 @@ class ImmutableHandler(logging.Handler):
         """Flush, sync and release the stream. Idempotent."""
         try:
             self.writer.close()
+            self._close_checkpointing()
             if self.replicator is not None:
                 self.last_replication_status = self.replicator.close(
                     self.backup.backup_close_timeout

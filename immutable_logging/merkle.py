@@ -345,9 +345,22 @@ class MerkleAccumulator:
         self._size += 1
 
     def extend(self, leaf_hashes: Iterable[bytes]) -> None:
-        """Append several leaf hashes in order."""
-        for h in leaf_hashes:
-            self.append(h)
+        """Append several leaf hashes in order (each checked like :meth:`append`)."""
+        leaves = list(leaf_hashes)
+        if not all(_is_hash(h) for h in leaves):
+            raise ConfigurationError(f"every leaf must be a {HASH_SIZE}-byte leaf hash")
+        peaks = self._peaks
+        size = self._size
+        sha256 = _sha256
+        for h in leaves:
+            peaks.append(bytes(h))
+            n = size
+            while n & 1:  # same merge as append(), with the lookups hoisted
+                right = peaks.pop()
+                peaks[-1] = sha256(NODE_PREFIX + peaks[-1] + right).digest()
+                n >>= 1
+            size += 1
+        self._size = size
 
     def root(self) -> bytes:
         """Return the current root hash (:data:`EMPTY_ROOT` when empty)."""

@@ -77,11 +77,13 @@ __all__ = [
     "checkpoint_key_id",
     "decode_seed",
     "derive_epoch_key",
+    "derive_stream_key",
     "encode_seed",
     "encode_vkey",
     "evolve_key",
     "generate_seed",
     "generate_signing_key",
+    "genesis_tag",
     "parse_and_verify_checkpoint",
     "parse_vkey",
     "private_key_to_pem",
@@ -92,6 +94,8 @@ __all__ = [
 KEY_SIZE = 32
 EVOLVE_LABEL = b"immutable-logging/seal-evolve/v1"
 TAG_LABEL = b"immutable-logging/seal-tag/v1"
+STREAM_KEY_LABEL = b"immutable-logging/stream-key/v1"
+GENESIS_LABEL = b"immutable-logging/seal-genesis/v1"
 STATE_FORMAT = 1
 DEFAULT_EPOCH_SECONDS = 300.0
 MAX_CATCHUP_EPOCHS = 4096
@@ -184,6 +188,37 @@ def derive_epoch_key(seed: bytes | bytearray | str, epoch: int) -> bytes:
     for _ in range(epoch):
         key = evolve_key(key)
     return key
+
+
+def derive_stream_key(tenant_key: bytes | bytearray, origin: str) -> bytes:
+    """Return a stream's own key for the epoch of *tenant_key*.
+
+    ``HMAC-SHA256(tenant_key, STREAM_KEY_LABEL || 0x00 || utf-8 origin)``. A stream
+    starting at epoch ``n`` takes ``derive_stream_key(key_n, origin)`` as its key of epoch
+    ``n`` and then evolves it with :func:`evolve_key` like any epoch key, independently of
+    the tenant key; a verifier holding the seed derives both.
+    """
+    if not isinstance(tenant_key, bytes | bytearray) or len(tenant_key) != KEY_SIZE:
+        raise ConfigurationError(f"a tenant key is {KEY_SIZE} bytes")
+    if not isinstance(origin, str):
+        raise ConfigurationError("origin must be a string")
+    message = STREAM_KEY_LABEL + b"\x00" + origin.encode("utf-8")
+    return hmac.new(bytes(tenant_key), message, hashlib.sha256).digest()
+
+
+def genesis_tag(seed: bytes | bytearray | str, t0: float, epoch_seconds: float) -> str:
+    """Return the hex tag that binds an epoch grid (``t0``, ``epoch_seconds``) to a seed.
+
+    ``HMAC-SHA256(seed, GENESIS_LABEL || f64 t0 || f64 epoch_seconds)`` (big-endian).
+    Made once by ``keygen`` while the seed is known; a verifier with the seed checks it,
+    so whoever holds a later key cannot move the grid (and with it the time range an
+    epoch number stands for).
+    """
+    key = _coerce_seed(seed)
+    t0 = _check_time("t0", t0)
+    seconds = _check_epoch_seconds(epoch_seconds)
+    message = GENESIS_LABEL + struct.pack(">dd", t0, seconds)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class EpochKey:

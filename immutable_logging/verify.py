@@ -7,6 +7,19 @@ the damaged entry, so independent damage further on is reported too.
 
 Two depths: the default re-hash path checks raw bytes only; ``parse=True`` also decodes
 each entry and checks that its payload is canonical JSON (a stricter, slower check).
+
+Two optional layers (threat model layers 2 and 3), each a separate pass over the stream so
+the default path keeps its speed:
+
+* ``seed=``: every seal entry is checked with the seal seed (see
+  :class:`~immutable_logging.sealing.SealChecker` for the rules and ``seal_*`` reasons);
+  the stream report says from when to when the log is validated (``sealed_from``,
+  ``sealed_to``) and how many trailing entries are not sealed yet.
+* ``checkpoint_key=`` (a note verifier key) with ``anchors=`` (directories laid out
+  ``<tenant>/<stream>/checkpoints/<size>.note``, e.g. a replica): every signed
+  checkpoint, anchored or local, must verify and match the local entries
+  (``checkpoint_invalid``, ``checkpoint_mismatch``, ``truncation``); an anchored stream
+  missing locally is ``truncation`` too.
 """
 
 from __future__ import annotations
@@ -19,19 +32,23 @@ from typing import Any
 
 import orjson
 
+from .checkpoint import verify_checkpoints
 from .entry import GENESIS_HASH, canonical_payload, entry_hash, hashed_bytes, split_line
 from .errors import (
     ChainLinkError,
+    CheckpointError,
     DecryptionError,
     HashMismatchError,
     MalformedEntryError,
     ReorderError,
+    SealError,
     SequenceGapError,
     TornTailError,
     TruncationError,
     VerificationError,
 )
-from .layout import list_segments, list_streams, list_tenants, tenant_dir
+from .layout import CHECKPOINT_DIR, list_segments, list_streams, list_tenants, tenant_dir
+from .sealing import DEFAULT_TOLERANCE, SealChecker, _TenantKeys, load_grid
 
 _ERRORS: dict[str, type[VerificationError]] = {
     "hash_mismatch": HashMismatchError,
@@ -44,6 +61,8 @@ _ERRORS: dict[str, type[VerificationError]] = {
     "torn_tail": TornTailError,
     "truncation": TruncationError,
     "decryption_failed": VerificationError,
+    "checkpoint_invalid": CheckpointError,
+    "checkpoint_mismatch": CheckpointError,
 }
 
 #: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
@@ -61,7 +80,9 @@ class Problem:
 
     def to_error(self) -> VerificationError:
         """The matching :class:`VerificationError` subclass for this problem."""
-        cls = _ERRORS.get(self.reason, VerificationError)
+        cls = _ERRORS.get(self.reason) or (
+            SealError if self.reason.startswith("seal_") else VerificationError
+        )
         return cls(self.detail, file=self.file, seq=self.seq, reason=self.reason)
 
     def __str__(self) -> str:
@@ -82,6 +103,12 @@ class StreamReport:
     head: str = GENESIS_HASH
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Filled only when verifying with a seal seed / a checkpoint key:
+    sealed_from: float | None = None
+    sealed_to: float | None = None
+    sealed_seq: int | None = None
+    unsealed_trailing: int | None = None
+    checkpoints_verified: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -269,18 +296,148 @@ def _collect_recovery_warnings(stream_dir: Path, report: StreamReport) -> None:
             report.warnings.append(f"{stream_dir.name}: torn tail kept at torn/{name}")
 
 
+def check_seals(
+    stream_dir: Path,
+    tenant: str,
+    report: StreamReport,
+    seed: bytes | str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    tenant_keys: _TenantKeys | None = None,
+) -> None:
+    """Check a stream's seals with the seed; add problems and the sealed range to *report*."""
+
+    def problem(reason: str, file: str, seq: int | None, detail: str) -> None:
+        report.problems.append(Problem(reason, file, seq, detail))
+
+    grid = None
+    try:
+        grid = load_grid(stream_dir.parent)
+    except Exception as exc:  # a damaged tenant state: the seals carry the grid too
+        report.warnings.append(f"{stream_dir.parent}: unreadable seal state ({exc})")
+    checker = SealChecker(
+        seed, tenant, stream_dir, problem, grid=grid, tolerance=tolerance,
+        tenant_keys=tenant_keys,
+    )
+    last_seal_seq = 0
+    last_seq = 0
+    for segment in list_segments(stream_dir):
+        name = str(segment.path)
+        try:
+            with segment.open() as handle:
+                for raw in handle:
+                    if not raw.endswith(b"\n"):
+                        break
+                    parsed = split_line(raw[:-1])
+                    if parsed is None:
+                        continue  # the chain pass reports it
+                    seq, _, digest, _ = parsed
+                    try:
+                        obj = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        obj = None
+                    if not isinstance(obj, dict):
+                        obj = None
+                    checker.entry(seq, digest, obj, name)
+                    if obj is not None and obj.get("kind") == "seal":
+                        last_seal_seq = seq
+                    last_seq = seq
+        except (OSError, EOFError):
+            continue  # the chain pass reports it
+    summary = checker.finish(max(0, last_seq - last_seal_seq))
+    report.sealed_from = summary.sealed_from
+    report.sealed_to = summary.sealed_to
+    report.sealed_seq = summary.sealed_seq if summary.seals else None
+    report.unsealed_trailing = summary.unsealed_trailing
+
+
 def verify_tenant(
     root: str | os.PathLike[str],
     tenant: str = "default",
     *,
     parse: bool = False,
     decrypt: Decryptor | None = None,
+    seed: bytes | str | None = None,
+    checkpoint_key: str | None = None,
+    anchors: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> VerificationReport:
-    """Verify every stream of one tenant."""
+    """Verify every stream of one tenant.
+
+    Args:
+        seed: the seal seed (``ils1-...`` text or 32 bytes): also check every seal.
+        checkpoint_key: a note verifier key (``name+id+base64``): also check signed
+            checkpoints, the stream's own and those under *anchors*.
+        anchors: one or more directories holding checkpoints made elsewhere, laid out
+            ``<tenant>/<stream>/checkpoints/<size>.note``.
+        tolerance: seconds an entry's time may lie outside the epoch that seals it.
+    """
     tdir = tenant_dir(root, tenant)
-    return VerificationReport(
-        [verify_stream(s, tenant, parse=parse, decrypt=decrypt) for s in list_streams(tdir)]
+    streams = list_streams(tdir)
+    report = VerificationReport(
+        [verify_stream(s, tenant, parse=parse, decrypt=decrypt) for s in streams]
     )
+    if seed is not None:
+        keys = _TenantKeys(_seed_bytes(seed))
+        for stream_dir, stream_report in zip(streams, report.streams, strict=True):
+            check_seals(
+                stream_dir, tenant, stream_report, seed, tolerance=tolerance, tenant_keys=keys
+            )
+    if checkpoint_key is not None:
+        anchor_list = _anchor_list(anchors)
+        for stream_dir, stream_report in zip(streams, report.streams, strict=True):
+
+            def problem(
+                reason: str, file: str, seq: int | None, detail: str,
+                target: StreamReport = stream_report,
+            ) -> None:
+                target.problems.append(Problem(reason, file, seq, detail))
+
+            stream_report.checkpoints_verified = verify_checkpoints(
+                stream_dir, tenant, checkpoint_key, anchor_list, problem
+            )
+        report.streams.extend(_missing_streams(tenant, {s.name for s in streams}, anchor_list))
+    return report
+
+
+def _seed_bytes(seed: bytes | str) -> bytes:
+    from .seal import _coerce_seed
+
+    return _coerce_seed(seed)
+
+
+def _anchor_list(
+    anchors: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None,
+) -> list[Path]:
+    if anchors is None:
+        return []
+    if isinstance(anchors, str | os.PathLike):
+        return [Path(anchors)]
+    return [Path(a) for a in anchors]
+
+
+def _missing_streams(tenant: str, local: set[str], anchors: list[Path]) -> list[StreamReport]:
+    """Reports for streams that anchors know but the local log lacks (deleted streams)."""
+    missing: list[StreamReport] = []
+    for anchor in anchors:
+        tdir = anchor / tenant
+        if not tdir.is_dir():
+            continue
+        for sdir in sorted(tdir.iterdir()):
+            notes = sdir / CHECKPOINT_DIR
+            if sdir.name in local or not notes.is_dir() or not any(notes.glob("*.note")):
+                continue
+            report = StreamReport(tenant=tenant, stream=sdir.name, path=str(sdir))
+            report.problems.append(
+                Problem(
+                    "truncation", str(notes), None,
+                    f"anchored checkpoints exist for stream {sdir.name!r}, which is missing "
+                    "from the local log",
+                )
+            )
+            missing.append(report)
+            local.add(sdir.name)
+    return missing
 
 
 def verify_directory(

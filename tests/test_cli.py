@@ -90,3 +90,112 @@ def test_console_script_runs(logdir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+# ----------------------------------------------------------------- seals, checkpoints (issue 3)
+
+
+def _keygen(directory: Path, tenant: str, *extra: str) -> dict[str, object]:
+    code, text = run("keygen", str(directory), "--tenant", tenant, "--json", *extra)
+    assert code == 0, text
+    data: dict[str, object] = orjson.loads(text)
+    return data
+
+
+def test_keygen_prints_seed_once_and_writes_checkpoint_key(tmp_path: Path) -> None:
+    import stat
+
+    key_file = tmp_path / "ck.pem"
+    code, text = run("keygen", str(tmp_path / "logs"), "--tenant", "acme",
+                     "--epoch-seconds", "60", "--checkpoint-key", str(key_file))
+    assert code == 0
+    seed = next(word for word in text.split() if word.startswith("ils1-"))
+    assert text.count(seed) == 1
+    state = (tmp_path / "logs" / "acme" / ".seal-state.json").read_text()
+    assert seed not in state and '"epoch_seconds": 60.0' in state
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert "immutable-logging+" in text
+    code, _ = run("keygen", str(tmp_path / "logs"), "--tenant", "acme")
+    assert code == 2  # never re-key a sealed tenant
+    code, _ = run("keygen", str(tmp_path / "logs"), "--tenant", "acme", "--no-seal",
+                  "--checkpoint-key", str(key_file))
+    assert code == 2  # nor overwrite a signing key
+
+
+def test_verify_seed_reports_validated_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from .seal_helpers import FakeClock, log_epochs, open_handler
+
+    key_file = tmp_path / "ck.pem"
+    keys = _keygen(tmp_path, "acme", "--checkpoint-key", str(key_file))
+    clock = FakeClock(time.time())
+    handler, logger = open_handler(tmp_path, "acme", clock, "cli.seal", stream="app.0",
+                                   checkpoint_key=str(key_file))
+    log_epochs(handler, logger, clock, epochs=2, epoch_seconds=300.0)
+    logger.info("trailing")
+    handler.close()
+    code, text = run("verify", str(tmp_path), "--seed", str(keys["seed"]))
+    assert code == 0, text
+    t0 = float(keys["epoch_start"])  # type: ignore[arg-type]
+    import datetime
+
+    def iso(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
+
+    assert (f"seals acme/app.0: validated from {iso(t0 + 300)} to {iso(t0 + 900)}, "
+            "1 trailing entry not yet sealed") in text
+    monkeypatch.setenv("SEAL_SEED", str(keys["seed"]))
+    code, text = run("verify", str(tmp_path), "--seed-env", "SEAL_SEED", "--json")
+    stream = orjson.loads(text)["streams"][0]
+    assert code == 0 and stream["unsealed_trailing"] == 1 and stream["sealed_from"] == t0 + 300
+    # checkpoints, local and anchored
+    anchors = tmp_path / "replica"
+    import shutil
+
+    shutil.copytree(tmp_path / "acme" / "app.0" / "checkpoints",
+                    anchors / "acme" / "app.0" / "checkpoints")
+    vkey = str(keys["checkpoint_vkey"])
+    code, text = run("verify", str(tmp_path), "--checkpoint-key", vkey, "--anchors", str(anchors))
+    assert code == 0 and "checkpoints acme/app.0: 2 verified" in text
+    from .seal_helpers import rewrite_stream
+
+    def edit(payloads: list[dict[str, object]]) -> list[dict[str, object]]:
+        payloads[0]["message"] = "event 0.X"
+        return payloads
+
+    rewrite_stream(tmp_path / "acme" / "app.0", edit)  # hashes recomputed: chain is clean
+    code, text = run("verify", str(tmp_path), "--seed", str(keys["seed"]),
+                     "--checkpoint-key", vkey, "--anchors", str(anchors))
+    assert code == 1
+    assert "FAIL checkpoint_mismatch: file " + str(anchors) in text
+    assert "FAIL seal_head" in text and "hash_mismatch" not in text
+
+
+def test_prove_inclusion_and_consistency_cli(tmp_path: Path) -> None:
+    with ImmutableLogger(tmp_path, tenantId="p", stream="s") as log:
+        for i in range(9):
+            log.info(f"entry {i}")
+    code, text = run("prove-inclusion", str(tmp_path), "--tenant", "p", "--stream", "s",
+                     "--seq", "4", "--json")
+    data = orjson.loads(text)
+    assert code == 0 and data["valid"] is True and data["tree_size"] == 9
+    assert data["leaf_index"] == 3 and len(data["proof"]) == 4
+    code, text = run("prove-inclusion", str(tmp_path), "--tenant", "p", "--stream", "s",
+                     "--seq", "2", "--size", "5")
+    assert code == 0 and "tree of 5 entries" in text and "proof verifies" in text
+    code, text = run("prove-consistency", str(tmp_path), "--tenant", "p", "--stream", "s",
+                     "--old", "3", "--new", "9")
+    assert code == 0 and "proof verifies" in text
+    code, text = run("prove-consistency", str(tmp_path), "--tenant", "p", "--stream", "s",
+                     "--old", "3", "--json")
+    assert code == 0 and orjson.loads(text)["new_size"] == 9
+    code, _ = run("prove-inclusion", str(tmp_path), "--tenant", "p", "--stream", "nope",
+                  "--seq", "1")
+    assert code == 2
+    code, _ = run("prove-inclusion", str(tmp_path), "--tenant", "p", "--stream", "s",
+                  "--seq", "10")
+    assert code == 2

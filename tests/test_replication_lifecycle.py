@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.replication.cloud import remote_streams, verify_cloud_backup
@@ -74,10 +75,11 @@ def test_sigterm_then_restart_ships_everything_once(tmp_path: Path) -> None:
     assert covered == list(range(1, len(covered) + 1)) and len(covered) == check["local_blocks"]
 
 
-def _child(logs: str, bucket: str) -> None:
+def _child(logs: str, bucket: str, barrier: Any) -> None:
     log = ImmutableLogger(logs, enable_cloud_backup=True, backup_directory=bucket)
     for i in range(40):
         log.info(f"child {os.getpid()} {i}")
+    barrier.wait(30)  # both children hold their streams at once: two distinct streams
     log.shutdown()
 
 
@@ -92,8 +94,10 @@ def test_fork_children_replicate_their_own_streams(tmp_path: Path, logger_name: 
     logger.setLevel(logging.INFO)
     logger.info("parent before fork")
     ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
     children = [ctx.Process(target=_child, args=(str(tmp_path / "logs"),
-                                                  str(tmp_path / "bucket"))) for _ in range(2)]
+                                                  str(tmp_path / "bucket"), barrier))
+                for _ in range(2)]
     for child in children:
         child.start()
     for child in children:
@@ -103,5 +107,8 @@ def test_fork_children_replicate_their_own_streams(tmp_path: Path, logger_name: 
     handler.close()
     backend = LocalDirectoryBackend(tmp_path / "bucket")
     check = verify_cloud_backup(backend, tmp_path / "logs", "default")
-    assert check["sync_status"] == "synced" and check["local_blocks"] == 2 + 2 * 40
-    assert len(remote_streams(backend, "default")) == 3
+    assert check["sync_status"] == "synced", check
+    assert check["local_blocks"] == 2 + 2 * 40
+    streams = {k: [(n.first_seq, n.last_seq) for n in v]
+               for k, v in remote_streams(backend, "default").items()}
+    assert len(streams) == 3, (streams, check["streams"])
