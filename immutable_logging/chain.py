@@ -57,6 +57,8 @@ _log = logging.getLogger("immutable_logging.chain")
 
 DURABILITY_MODES = ("none", "flush", "group", "always")
 MAX_STREAM_SLOTS = 4096
+#: In ``none``/``group`` mode, refuse new entries once this many buffers are pending.
+_MAX_PENDING_FACTOR = 64
 _HOST_SLUG = re.sub(r"[^A-Za-z0-9_-]", "-", HOSTNAME)[:64] or "host"
 
 #: A hook that may replace a payload just before it is chained (encryption). It receives
@@ -99,6 +101,7 @@ class WriterStats:
     syncs: int = 0
     rotations: int = 0
     max_sync_lag_ms: float = 0.0
+    write_errors: int = 0
     seals: int = 0
     seal_errors: int = 0
     torn_tails: list[TornTail] = field(default_factory=list)
@@ -250,6 +253,8 @@ class ChainWriter:
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self._commit_listeners: list[Callable[[int], None]] = []
+        self._damaged_tail = False
+        self._file_end = 0
         # Sealing (issue 3): off unless set_sealer() attaches one.
         self._sealer: EpochSealer | None = None
         self._seal_clock: Callable[[], float] = time.time
@@ -321,8 +326,11 @@ class ChainWriter:
                     compress_segment(seg.path)
                 else:
                     os.chmod(seg.path, 0o444)
-        if last.compressed:
-            self._head_from_sealed(segments)
+        if last.compressed or not os.access(last.path, os.W_OK) or _is_read_only(last.path):
+            # Sealed already (rotate() ran, or a crash came before the next segment).
+            if not last.compressed and self.compress:
+                compress_segment(last.path)
+            self._head_from_sealed(list_segments(self.stream_dir))
             self.segment_number = last.number + 1
             return
         self.segment_number = last.number
@@ -331,7 +339,12 @@ class ChainWriter:
             self._head_from_sealed(sealed)
         self.written_seq = self.seq
         size = os.path.getsize(last.path)
-        if size:
+        if self._damaged_tail:
+            # Never write after a damaged entry: seal the segment as it is (verify keeps
+            # reporting the damage) and continue the chain in a new segment.
+            os.chmod(last.path, 0o444)
+            self.segment_number = last.number + 1
+        elif size:
             self._open_active(size)
         for event in torn_events:
             self.append(
@@ -367,20 +380,37 @@ class ChainWriter:
             return
 
     def _repair_active(self, seg: Segment) -> list[TornTail]:
-        """Truncate the active segment to its last parseable entry, keeping the rest."""
+        """Move a torn tail (bytes after the last newline) aside and find the chain head.
+
+        A crash can only leave a line without its newline (every entry is one ``O_APPEND``
+        write). A *complete* line that does not parse is damage, not a crash: it stays where
+        it is for ``verify`` to report, the head is the last entry that parses, and new
+        entries go to a new segment.
+        """
         events: list[TornTail] = []
-        while True:
-            size = os.path.getsize(seg.path)
-            if size == 0:
-                return events
-            good_end, last_line = _read_tail(seg.path, size)
-            parsed = split_line(last_line) if last_line is not None else None
-            if good_end == size and parsed is not None:
-                self.seq, self.head = parsed[0], parsed[2]
-                return events
-            if good_end == size and last_line is not None:
-                good_end = size - len(last_line) - 1  # a complete but unparseable last line
+        size = os.path.getsize(seg.path)
+        if size == 0:
+            return events
+        good_end, last_line = _read_tail(seg.path, size)
+        if good_end < size:
             events.append(self._move_aside(seg, good_end, size))
+        if last_line is None:
+            return events
+        parsed = split_line(last_line)
+        if parsed is None:
+            self._damaged_tail = True
+            _log.error(
+                "the last entry of %s is damaged (not a crash artefact); it is kept for "
+                "`immutable-log verify` and logging continues in a new segment",
+                seg.path,
+            )
+            for line in seg.lines():
+                candidate = split_line(line.rstrip(b"\n")) if line.endswith(b"\n") else None
+                if candidate is not None:
+                    parsed = candidate
+        if parsed is not None:
+            self.seq, self.head = parsed[0], parsed[2]
+        return events
 
     def _move_aside(self, seg: Segment, start: int, end: int) -> TornTail:
         with open(seg.path, "rb") as handle:
@@ -418,6 +448,7 @@ class ChainWriter:
         path = self.stream_dir / segment_name(self.segment_number)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._segment_size = size
+        self._file_end = size
         self._segment_deadline = (
             time.monotonic() + self.max_age if self.max_age is not None else None
         )
@@ -448,46 +479,59 @@ class ChainWriter:
             if self.payload_transform is not None:
                 payload = self.payload_transform(payload, seq, self.head, self.segment_number)
             line, digest = make_line(seq, self.head, canonical_payload(payload))
-            self.seq = seq
-            self.head = digest
-            self._segment_size += len(line)
-            self.stats.entries += 1
             mode = self.durability
-            if mode == "flush":
-                self._write(line)
-            elif mode == "always":
-                self._write(line)
-                self._sync()
-            else:
-                if not self._buf:
-                    self._first_unsynced = time.monotonic()
-                self._buf += line
-                if len(self._buf) >= self.buffer_bytes:
-                    self._write_buffer()
-                    if mode == "group":
-                        self._sync()
-                elif mode == "group" and time.monotonic() - self._last_sync >= self.group_interval:
-                    self._write_buffer()
+            if mode == "flush" or mode == "always":
+                self._write(line, seq)  # raises before the chain moves on
+                self._advance(seq, digest, len(line))
+                if mode == "always":
                     self._sync()
+                return seq, digest
+            if len(self._buf) >= _MAX_PENDING_FACTOR * self.buffer_bytes:
+                # Writes keep failing: refuse (the handler reports it) rather than grow.
+                self._write_buffer()
+            if not self._buf:
+                self._first_unsynced = time.monotonic()
+            self._buf += line
+            self._advance(seq, digest, len(line))
+            if len(self._buf) >= self.buffer_bytes:
+                self._write_buffer()
+                if mode == "group":
+                    self._sync()
+            elif mode == "group" and time.monotonic() - self._last_sync >= self.group_interval:
+                self._write_buffer()
+                self._sync()
             return seq, digest
 
-    def _write(self, data: bytes | bytearray) -> None:
-        assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+    def _advance(self, seq: int, digest: str, size: int) -> None:
+        self.seq = seq
+        self.head = digest
+        self._segment_size += size
+        self.stats.entries += 1
+
+    def _write(self, data: bytes | bytearray, last_seq: int) -> None:
+        """Write whole entries; on failure cut the file back to the last entry boundary."""
+        fd = self._fd
+        assert fd is not None
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # short write: finish it
+                written += os.write(fd, memoryview(data)[written:])
+        except OSError:
+            self.stats.write_errors += 1
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._file_end)  # no half entry is ever left behind
+            raise
+        self._file_end += len(data)
         self.stats.writes += 1
         self.stats.bytes += len(data)
-        self.written_seq = self.seq
+        self.written_seq = last_seq
         for listener in self._commit_listeners:
-            listener(self.seq)
+            listener(last_seq)
 
     def _write_buffer(self) -> None:
         if self._buf:
-            data = bytes(self._buf)
-            self._buf.clear()
-            self._write(data)
+            self._write(self._buf, self.seq)  # on failure the entries stay buffered
+            self._buf = bytearray()
 
     def _sync(self) -> None:
         if self._fd is None:
@@ -643,8 +687,11 @@ class ChainWriter:
             if self._buf and time.monotonic() - self._last_sync >= interval:
                 with self._lock:
                     if not self._closed and self._buf:
-                        self._write_buffer()
-                        self._sync()
+                        try:
+                            self._write_buffer()
+                            self._sync()
+                        except OSError as exc:  # entries stay buffered; retried next time
+                            _log.warning("group commit of %s failed: %s", self.stream_dir, exc)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write and sync everything, finish compressing sealed segments, release the lock.
@@ -660,9 +707,13 @@ class ChainWriter:
                 self._sealer = None
             self._closed = True
             self._flusher_stop.set()
+            failure: OSError | None = None
             if self._fd is not None:
-                self._write_buffer()
-                os.fsync(self._fd)
+                try:
+                    self._write_buffer()
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    failure = exc
                 os.close(self._fd)
                 self._fd = None
         if self._flusher is not None:
@@ -673,6 +724,12 @@ class ChainWriter:
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
         _LIVE_WRITERS.discard(self)
+        if failure is not None:
+            lost = self.seq - self.written_seq
+            raise ImmutableLogError(
+                f"closing {self.stream_dir}: {failure}; the last {lost} entries could not be "
+                "written"
+            ) from failure
 
     @property
     def closed(self) -> bool:
@@ -699,6 +756,11 @@ class ChainWriter:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fd = None
+
+
+def _is_read_only(path: Path) -> bool:
+    """True when the owner-write bit is off (how the writer marks a sealed segment)."""
+    return not os.stat(path).st_mode & 0o200
 
 
 def _read_tail(path: Path, size: int) -> tuple[int, bytes | None]:

@@ -59,7 +59,8 @@ __all__ = [
 
 DEFAULT_KEY_NAME = "immutable-logging"
 STATE_FILE = "state.json"
-_NOTE_RE = re.compile(r"^(0|[1-9][0-9]*)\.note$")
+#: Local notes are ``<size>.note``; replicas name them ``<size, zero-padded to 12>.note``.
+_NOTE_RE = re.compile(r"^([0-9]+)\.note$")
 
 #: ``problem(reason, file, seq, detail)``
 ProblemSink = Callable[[str, str, "int | None", str], None]

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .crypto import (
     Key,
@@ -102,13 +104,40 @@ def _to_key(spec: str | bytes | Key) -> Key:
     )
 
 
+def stream_key(key: Key, tenant: str, stream: str) -> Key:
+    """The key that actually encrypts one stream: HKDF-SHA256(key, tenant, stream).
+
+    Every stream has its own AES key, so nonce counters of different streams, hosts or
+    restored copies can never collide under one key; the key id stays the configured one.
+    """
+    info = b"immutable-logging/stream-key/v1\x00%s\x00%s" % (
+        tenant.encode("utf-8"), stream.encode("utf-8"))
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        key.material)
+    return Key(derived, kid=key.kid)
+
+
+def stream_keyring(keyring: Keyring, tenant: str, stream: str) -> Keyring:
+    """``keyring`` with every key replaced by its stream key (same ids, same active key)."""
+    keys = [k for k in (keyring.get(kid) for kid in keyring.kids) if k is not None]
+    active = keyring.active
+    return Keyring(
+        [stream_key(k, tenant, stream) for k in keys],
+        active=active.kid if active is not None else None,
+    )
+
+
 class EntryEncryptor:
     """The chain writer's payload transform: encrypt the secret fields of each entry."""
 
     def __init__(self, keyring: Keyring, tenant_directory: Path, tenant: str, stream: str) -> None:
         if keyring.active is None:
             raise ConfigurationError("the encryption keyring has no active key")
-        self._cipher = PayloadCipher(keyring, NonceSource(tenant_directory / NONCE_STATE))
+        self._master = keyring
+        self._tenant, self._stream = tenant, stream
+        self._nonces = NonceSource(tenant_directory / NONCE_STATE)
+        self._active: Key | None = keyring.active
+        self._cipher = PayloadCipher(stream_keyring(keyring, tenant, stream), self._nonces)
         self._aad = aad_builder(tenant, stream)
 
     def __call__(
@@ -116,6 +145,10 @@ class EntryEncryptor:
     ) -> dict[str, Any]:
         secret = {k: payload.pop(k) for k in SECRET_FIELDS if k in payload}
         if secret:
+            if self._master.active is not self._active:  # the keyring was rotated
+                self._active = self._master.active
+                self._cipher = PayloadCipher(
+                    stream_keyring(self._master, self._tenant, self._stream), self._nonces)
             payload["enc"] = self._cipher.encrypt(
                 canonical_payload(secret), self._aad(segment, seq, prev)
             )
@@ -126,8 +159,17 @@ class EntryDecryptor:
     """Decrypt entries read back from a tenant's segments (a ``query.Decryptor``)."""
 
     def __init__(self, keyring: Keyring | None, tenant: str) -> None:
-        self._cipher = PayloadCipher(keyring if keyring is not None else Keyring())
+        self._keyring = keyring if keyring is not None else Keyring()
         self._tenant = tenant
+        self._ciphers: dict[str, tuple[tuple[str, ...], PayloadCipher]] = {}
+
+    def _cipher(self, stream: str) -> PayloadCipher:
+        kids = self._keyring.kids
+        cached = self._ciphers.get(stream)
+        if cached is None or cached[0] != kids:
+            cached = (kids, PayloadCipher(stream_keyring(self._keyring, self._tenant, stream)))
+            self._ciphers[stream] = cached
+        return cached[1]
 
     def __call__(self, entry: dict[str, Any], stream: str, file: str) -> dict[str, Any]:
         seq = entry.get("seq")
@@ -140,7 +182,7 @@ class EntryDecryptor:
         if not isinstance(enc, Mapping):
             raise DecryptionError("'enc' member is not an object", file=file, seq=seq)
         aad = build_aad(self._tenant, stream, int(match.group(1)), seq, prev)
-        plaintext = self._cipher.decrypt(enc, aad, file=file, seq=seq)
+        plaintext = self._cipher(stream).decrypt(enc, aad, file=file, seq=seq)
         try:
             secret = orjson.loads(plaintext)
         except orjson.JSONDecodeError:

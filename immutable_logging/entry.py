@@ -18,6 +18,8 @@ value                  stored as
 ``Enum``               its ``.value`` (converted again if needed)
 ``os.PathLike``        ``os.fspath(value)``
 integers > 64 bit      ``str(value)``
+non-string dict keys   ``str(key)`` (``repr(key)`` if that name is taken)
+lone surrogates        ``\\udXXX`` escapes
 anything else          ``repr(value)`` (or ``<unrepresentable T>``)
 =====================  ===========================================
 """
@@ -31,8 +33,9 @@ import logging
 import os
 import socket
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -40,13 +43,15 @@ import orjson
 GENESIS_HASH = "0" * 64
 HASH_SUFFIX_LEN = 75  # len(',"hash":"') + 64 + len('"}')
 _HASH_MEMBER = b',"hash":"'
-_DUMPS_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+_DUMPS_OPTS = orjson.OPT_SORT_KEYS
 _sha256 = hashlib.sha256
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
-STANDARD_RECORD_ATTRS = frozenset(
-    logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__
-) | {"message", "asctime", "taskName"}
+_INIT_ATTRS = list(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__)
+STANDARD_RECORD_ATTRS = frozenset(_INIT_ATTRS) | {"message", "asctime", "taskName"}
+#: ``LogRecord.__init__`` sets these first, in this order; ``extra=`` keys come after them.
+_N_INIT = len(_INIT_ATTRS)
+_LAST_INIT = _INIT_ATTRS[-1]
 
 #: Private attribute the facade uses to pass a metadata dict through ``extra=``.
 METADATA_ATTR = "_immutable_metadata"
@@ -86,12 +91,22 @@ def _sanitise(value: Any, depth: int = 0) -> Any:
     """Slow path: rebuild a value so that orjson accepts it (big ints, odd keys, cycles)."""
     if depth > 64:
         return "<nested too deep>"
-    if value is None or isinstance(value, bool | float | str):
+    if isinstance(value, str):
+        return _clean_text(value)
+    if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, Mapping):
-        return {str(k): _sanitise(v, depth + 1) for k, v in value.items()}
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _clean_text(key if isinstance(key, str) else str(key))
+            if name in result:  # e.g. {1: "a", "1": "b"}: keep both, never a duplicate
+                name = _clean_text(repr(key))
+                while name in result:
+                    name += "'"
+            result[name] = _sanitise(item, depth + 1)
+        return result
     if isinstance(value, list | tuple):
         return [_sanitise(v, depth + 1) for v in value]
     try:
@@ -101,6 +116,15 @@ def _sanitise(value: Any, depth: int = 0) -> Any:
     if converted is value:
         return repr(value)
     return _sanitise(converted, depth + 1)
+
+
+def _clean_text(text: str) -> str:
+    """``text`` if it is valid Unicode, else lone surrogates as ``\\udXXX`` escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def canonical_payload(payload: Mapping[str, Any]) -> bytes:
@@ -181,12 +205,15 @@ def render_message(record: logging.LogRecord) -> tuple[str, dict[str, Any] | Non
 def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
     """Everything the caller attached to the record: ``extra=`` keys and facade metadata."""
     attrs = record.__dict__
-    extra_keys = attrs.keys() - STANDARD_RECORD_ATTRS
-    if not extra_keys:
+    if len(attrs) == _N_INIT:
         return {}
+    keys: Iterable[str] = attrs
+    tail = islice(attrs, _N_INIT - 1, None)
+    if next(tail, None) == _LAST_INIT:
+        keys = tail  # the usual layout: only keys after __init__'s may be extras
     meta: dict[str, Any] = {}
-    for key in extra_keys:
-        if key not in _SKIPPED_EXTRAS:
+    for key in keys:
+        if key not in STANDARD_RECORD_ATTRS and key not in _SKIPPED_EXTRAS:
             meta[key] = attrs[key]
     facade_meta = attrs.get(METADATA_ATTR)
     if isinstance(facade_meta, Mapping):

@@ -24,6 +24,10 @@ class StreamLockedError(ImmutableLogError):
     """Every stream slot of a tenant directory is held by another process."""
 
 
+class SegmentReadError(ImmutableLogError):
+    """A segment file cannot be read (corrupt or truncated compression, I/O error)."""
+
+
 class QueryError(ImmutableLogError):
     """A query document is malformed (unknown operator, bad regex, wrong type)."""
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -334,9 +336,8 @@ class ImmutableHandler(logging.Handler):
         if not writer.closed:
             try:
                 writer.flush()
-            except Exception:
-                self.error_count += 1
-                raise
+            except Exception:  # the entries stay buffered and are retried; never raise
+                self._report_failure("flush")
 
     def sync(self) -> None:
         """Make every entry written so far durable on disk."""
@@ -347,7 +348,10 @@ class ImmutableHandler(logging.Handler):
     def close(self) -> None:
         """Flush, sync and release the stream. Idempotent."""
         try:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except Exception:
+                self._report_failure("close")
             self._close_checkpointing()
             if self.replicator is not None:
                 self.last_replication_status = self.replicator.close(
@@ -355,6 +359,13 @@ class ImmutableHandler(logging.Handler):
                 )
         finally:
             super().close()
+
+    def _report_failure(self, action: str) -> None:
+        """Count a failure outside emit() and print it like handleError() would."""
+        self.error_count += 1
+        if logging.raiseExceptions and sys.stderr:
+            sys.stderr.write(f"--- immutable_logging: {action} of {self!r} failed ---\n")
+            traceback.print_exc(file=sys.stderr)
 
     def __repr__(self) -> str:
         return (

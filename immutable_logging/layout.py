@@ -210,11 +210,18 @@ def list_streams(tdir: Path) -> list[Path]:
         entries = sorted(os.scandir(tdir), key=lambda e: e.name)
     except FileNotFoundError:
         return []
-    return [
-        Path(e.path)
-        for e in entries
-        if e.is_dir() and (Path(e.path) / STREAM_META).exists()
-    ]
+    return [Path(e.path) for e in entries if e.is_dir() and _is_stream_dir(Path(e.path))]
+
+
+def _is_stream_dir(path: Path) -> bool:
+    """A stream directory has its ``stream.json``, its lock file or segments: deleting
+    ``stream.json`` must not hide a stream from ``verify``."""
+    if (path / STREAM_META).exists() or (path / LOCK_FILE).exists():
+        return True
+    try:
+        return any(_SEGMENT_RE.match(name) for name in os.listdir(path))
+    except OSError:
+        return False
 
 
 def list_tenants(root: Path) -> list[str]:

@@ -20,6 +20,7 @@ import heapq
 import io
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from .errors import QueryError
+from .errors import QueryError, SegmentReadError
 from .layout import list_segments, list_streams, tenant_dir
 
 Entry = dict[str, Any]
@@ -48,18 +49,36 @@ def _iter_stream(
     stream = stream_dir.name
     for segment in list_segments(stream_dir):
         path = str(segment.path)
-        for chunk in segment.chunks():
-            if line_filter is not None and b'"enc":' not in chunk:
-                lines: Iterable[bytes] = line_filter.lines(chunk)  # only candidate lines
-            else:
-                lines = io.BytesIO(chunk)
-            for raw in lines:
-                entry = _decode(raw, line_filter, include_system)
-                if entry is not None:
-                    entry["stream"] = stream
-                    if decrypt is not None and "enc" in entry:
-                        entry = decrypt(entry, stream, path)
-                    yield entry
+        try:
+            yield from _entries_of(
+                segment.chunks(), stream, path, decrypt, line_filter, include_system
+            )
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SegmentReadError(
+                f"cannot read segment {path}: {exc}; run `immutable-log verify`"
+            ) from exc
+
+
+def _entries_of(
+    chunks: Iterator[bytes],
+    stream: str,
+    path: str,
+    decrypt: Decryptor | None,
+    line_filter: LineFilter | None,
+    include_system: bool,
+) -> Iterator[Entry]:
+    for chunk in chunks:
+        if line_filter is not None and b'"enc":' not in chunk:
+            lines: Iterable[bytes] = line_filter.lines(chunk)  # only candidate lines
+        else:
+            lines = io.BytesIO(chunk)
+        for raw in lines:
+            entry = _decode(raw, line_filter, include_system)
+            if entry is not None:
+                entry["stream"] = stream
+                if decrypt is not None and "enc" in entry:
+                    entry = decrypt(entry, stream, path)
+                yield entry
 
 
 def _decode(raw: bytes, line_filter: LineFilter | None, include_system: bool) -> Entry | None:
@@ -141,10 +160,11 @@ def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
 def _contains(value: Any, operand: Any) -> bool:
     if isinstance(value, str):
         return isinstance(operand, str) and operand in value
-    if isinstance(value, list | tuple):
-        return operand in value
-    if isinstance(value, Mapping):
-        return operand in value
+    try:
+        if isinstance(value, list | tuple | Mapping):
+            return operand in value
+    except TypeError:  # an unhashable operand against a mapping
+        return False
     return False
 
 
@@ -312,6 +332,9 @@ class LineFilter:
             pos = hay.find(first, end)
 
 
+#: Fields the reader adds after decoding: they are never in the stored line.
+_READER_FIELDS = frozenset({"stream", "timestamp", "encrypted"})
+
 _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
@@ -337,7 +360,7 @@ def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
     if not isinstance(document, Mapping):
         return None
     for key, spec in document.items():
-        if not isinstance(key, str) or key.startswith("$"):
+        if not isinstance(key, str) or key.startswith("$") or key in _READER_FIELDS:
             continue
         value = spec.get("$eq") if isinstance(spec, Mapping) else spec
         field = key.rsplit(".", 1)[-1]

@@ -116,19 +116,63 @@ def test_torn_tail_is_moved_aside_recorded_and_chain_continues(tmp_path: Path) -
     assert [e["message"] for e in iter_entries(tmp_path)][-2:] == ["m0", "m1"]
 
 
-def test_unparseable_last_line_is_moved_aside_not_deleted(tmp_path: Path) -> None:
+def test_complete_damaged_last_line_is_kept_for_verify_and_logging_moves_on(
+    tmp_path: Path,
+) -> None:
     writer = ChainWriter(tmp_path)
     _append(writer, 4)
     writer.close()
     active = list_segments(writer.stream_dir)[-1].path
     with open(active, "ab") as handle:
-        handle.write(b"garbage line\n")
+        handle.write(b"garbage line\n")  # not a crash artefact: tampering or corruption
     again = ChainWriter(tmp_path)
-    assert again.seq == 5
+    assert (again.seq, again.segment_number) == (4, 2)
+    _append(again, 2)
     again.close()
-    kept = list((writer.stream_dir / "torn").iterdir())
-    assert kept[0].read_bytes() == b"garbage line\n"
+    assert not (writer.stream_dir / "torn").exists()
+    assert active.read_bytes().endswith(b"garbage line\n")
+    problems = verify_tenant(tmp_path).problems
+    assert (problems[0].reason, problems[0].seq, problems[0].file) == ("malformed", 5, str(active))
+
+
+def test_rotated_read_only_segment_is_not_reopened_for_writing(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, compress=False)
+    _append(writer, 3)
+    writer.rotate()
+    writer.close()
+    again = ChainWriter(tmp_path, compress=False)
+    assert again.segment_number == 2
+    _append(again, 1)
+    again.close()
+    assert [s.number for s in list_segments(writer.stream_dir)] == [1, 2]
+    assert stat.S_IMODE(list_segments(writer.stream_dir)[0].path.stat().st_mode) == 0o444
     assert verify_tenant(tmp_path).ok
+
+
+def test_failed_write_leaves_no_partial_entry_and_the_chain_continues(tmp_path: Path) -> None:
+    import resource
+
+    writer = ChainWriter(tmp_path)
+    _append(writer, 3)
+    active = writer.stream_dir / segment_name(1)
+    size = active.stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    import signal
+
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 50, hard))
+    try:
+        with pytest.raises(OSError):
+            writer.append(_payload(99))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert writer.seq == 3 and writer.stats.write_errors == 1
+    assert active.stat().st_size == size  # the partial write was cut off
+    _append(writer, 2)
+    writer.close()
+    report = verify_tenant(tmp_path)
+    assert report.ok and report.entries == 5
 
 
 def test_interrupted_compression_is_finished_on_open(tmp_path: Path) -> None:

@@ -199,3 +199,18 @@ def test_prove_inclusion_and_consistency_cli(tmp_path: Path) -> None:
     code, _ = run("prove-inclusion", str(tmp_path), "--tenant", "p", "--stream", "s",
                   "--seq", "10")
     assert code == 2
+
+
+def test_corrupt_segment_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ImmutableLogger(tmp_path, max_bytes=2_000) as log:
+        for i in range(60):
+            log.info(f"entry {i}")
+    sealed = list_segments(list_streams(tmp_path / "default")[0])[0].path
+    sealed.chmod(0o600)
+    sealed.write_bytes(sealed.read_bytes()[:-30])  # truncated gzip
+    assert run("read", str(tmp_path), "--limit", "1000")[0] == 2
+    assert "SegmentReadError" in capsys.readouterr().err
+    code, text = run("verify", str(tmp_path))
+    assert code == 1 and "cannot read segment" in text

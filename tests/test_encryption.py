@@ -169,3 +169,23 @@ def test_reader_without_decryptor_leaves_ciphertext(tmp_path: Path) -> None:
     _write(tmp_path, generate_key(), "x")
     entry = next(iter_entries(tmp_path))
     assert "enc" in entry and "message" not in entry
+
+
+def test_each_stream_encrypts_under_its_own_derived_key(tmp_path: Path) -> None:
+    from immutable_logging.crypto import Key, key_from_bytes
+    from immutable_logging.encryption import stream_key
+
+    master = key_from_bytes(b"\x07" * 32)
+    a, b = stream_key(master, "t", "host.0"), stream_key(master, "t", "host.1")
+    assert a.kid == b.kid == master.kid
+    assert not a.same_material(b) and not a.same_material(master)
+    assert stream_key(master, "t", "host.0").same_material(a)  # deterministic
+    assert isinstance(a, Key)
+    key = generate_key()
+    first = ImmutableLogger(tmp_path, encryption_key=key)
+    second = ImmutableLogger(tmp_path, encryption_key=key)  # a second stream, same key
+    first.info("from stream one")
+    second.info("from stream two")
+    assert sorted(e["message"] for e in first.read()) == ["from stream one", "from stream two"]
+    first.shutdown()
+    second.shutdown()

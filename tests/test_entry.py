@@ -128,3 +128,31 @@ def test_fallback_handles_cycles_without_raising() -> None:
 
 def test_json_fallback_direct() -> None:
     assert json_fallback(frozenset({"b", "a"})) == ["a", "b"]
+
+
+def test_metadata_from_custom_record_factories_is_kept() -> None:
+    class EarlyAttrRecord(logging.LogRecord):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.request_id = "r-1"  # set before LogRecord.__init__: not at the end
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.region = "eu"
+
+    record = EarlyAttrRecord("app", logging.INFO, __file__, 1, "m", None, None)
+    record.__dict__["order"] = 7
+    assert record_payload(record, "t")["metadata"] == {
+        "request_id": "r-1", "region": "eu", "order": 7,
+    }
+    plain = logging.LogRecord("app", logging.INFO, __file__, 1, "m", None, None)
+    plain.message = "formatted by another handler"  # Formatter-added attributes are not extras
+    plain.asctime = "2026-01-01"
+    assert "metadata" not in record_payload(plain, "t")
+
+
+def test_lone_surrogates_and_colliding_keys_are_kept() -> None:
+    data = canonical_payload(
+        {"message": "surrogate \ud800 here", "metadata": {1: "a", "1": "b", "\udcff": 2}}
+    )
+    decoded = orjson.loads(data)
+    assert decoded["message"] == "surrogate \\ud800 here"
+    assert decoded["metadata"] == {"1": "a", "'1'": "b", "\\udcff": 2}
+    assert data.count(b'"1"') == 1  # never two members with the same name

@@ -94,3 +94,12 @@ def test_compile_query_rejects_bad_documents() -> None:
 def test_type_mismatches_do_not_match_or_raise(logdir: Path) -> None:
     assert query_entries(iter_entries(logdir), {"metadata.user": {"$gt": 5}}) == []
     assert query_entries(iter_entries(logdir), {"metadata.missing": {"$lt": 5}}) == []
+
+
+def test_reader_fields_and_odd_operands(logdir: Path) -> None:
+    entries = list(iter_entries(logdir))
+    stream = entries[0]["stream"]
+    document = {"stream": stream}
+    assert query_filter(document) is None  # `stream` is added by the reader, not stored
+    assert len(query_entries(iter_entries(logdir), document)) == len(entries)
+    assert query_entries(iter_entries(logdir), {"metadata": {"$contains": ["a"]}}) == []

@@ -198,3 +198,22 @@ def test_problem_errors_are_verification_errors(rotated_log: Path) -> None:
     assert info.value.reason == "malformed"
     assert info.value.file == str(path)
     assert info.value.seq == _seq_of(lines[0]) + 1
+
+
+def test_every_single_byte_change_is_detected(tmp_path: Path, logger_name: str) -> None:
+    import random
+
+    write_log(tmp_path, logger_name, 40)
+    path = list_segments(only_stream(tmp_path))[-1].path
+    original = path.read_bytes()
+    rng = random.Random(1234)
+    for position in rng.sample(range(len(original)), 150):
+        damaged = bytearray(original)
+        damaged[position] = (damaged[position] + rng.randint(1, 255)) % 256
+        path.write_bytes(bytes(damaged))
+        report = verify_tenant(tmp_path)
+        assert not report.ok, f"a change at byte {position} went unnoticed"
+        first = original.count(b"\n", 0, position) + 1  # the seq of the damaged line
+        assert report.problems[0].seq in (first, first + 1), (position, report.problems[0])
+    path.write_bytes(original)
+    assert verify_tenant(tmp_path).ok

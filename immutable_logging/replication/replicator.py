@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -33,8 +32,9 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..chain import atomic_write
+from ..checkpoint import list_notes
 from ..entry import GENESIS_HASH, split_line
-from ..errors import ImmutableLogError, ObjectExistsError, RemoteIntegrityError
+from ..errors import ObjectExistsError, RemoteIntegrityError
 from ..layout import CHECKPOINT_DIR, STREAM_META, list_segments
 from .backend import StorageBackend
 from .keys import (
@@ -214,10 +214,7 @@ class Replicator(QueueListener):
             return False
         try:
             self.pump(force=force)
-        except ImmutableLogError as exc:
-            self._record_failure(exc)
-            return False
-        except OSError as exc:
+        except Exception as exc:  # never let the listener thread die silently
             self._record_failure(exc)
             return False
         return not self._pending
@@ -430,22 +427,16 @@ class Replicator(QueueListener):
                 )
                 cursor.archived_through = seg.number
                 changed = True
-        notes = self.stream_dir / CHECKPOINT_DIR
-        if notes.is_dir():
-            for name in sorted(os.listdir(notes)):
-                stem = name.removesuffix(".note")
-                if not name.endswith(".note") or not stem.isdigit():
-                    continue
-                size = int(stem)
-                if cursor.checkpoints_through < size <= cursor.last_seq:
-                    self._put(
-                        checkpoint_key(self.tenant, self.stream, size),
-                        (notes / name).read_bytes(),
-                        {"tree-size": str(size), "format": "1"},
-                        None,
-                    )
-                    cursor.checkpoints_through = size
-                    changed = True
+        for size, note in list_notes(self.stream_dir / CHECKPOINT_DIR):
+            if cursor.checkpoints_through < size <= cursor.last_seq:
+                self._put(
+                    checkpoint_key(self.tenant, self.stream, size),
+                    note.read_bytes(),
+                    {"tree-size": str(size), "format": "1"},
+                    None,
+                )
+                cursor.checkpoints_through = size
+                changed = True
         if changed:
             self._save_cursor()
 
