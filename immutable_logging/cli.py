@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import orjson
 
 from .checkpoint import DEFAULT_KEY_NAME, prove_consistency, prove_inclusion
+from .config import BackupConfig
 from .encryption import EntryDecryptor, keyring_from_cli_env
 from .errors import ImmutableLogError
 from .layout import DEFAULT_TENANT, list_tenants, tenant_dir, validate_stream_name
@@ -32,6 +33,8 @@ from .query import (
     search_filter,
     summarise,
 )
+from .replication.backend import StorageBackend
+from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
 from .seal import CheckpointSigner, encode_seed, generate_signing_key, private_key_to_pem
 from .sealing import TENANT_STATE, init_tenant_sealing
 from .verify import StreamReport, VerificationReport, verify_tenant
@@ -339,6 +342,86 @@ def _prove_consistency(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if proof.verify() else EXIT_TAMPERED
 
 
+def _backend(args: argparse.Namespace) -> StorageBackend:
+    options: dict[str, Any] = {"enable_cloud_backup": True}
+    if args.provider:
+        options["backup_provider"] = args.provider
+    if args.backup_directory:
+        options["backup_directory"] = args.backup_directory
+    if args.prefix:
+        options["backup_prefix"] = args.prefix
+    if args.bucket:
+        options["s3_bucket"] = options["gcs_bucket"] = args.bucket
+    if args.region:
+        options["s3_region"] = args.region
+    if args.project:
+        options["gcs_project_id"] = args.project
+    if args.endpoint_url:
+        options["s3_endpoint_url"] = options["gcs_endpoint_url"] = args.endpoint_url
+    config = BackupConfig.from_options(options, log_directory=args.directory)
+    if args.command == "restore" and config.backup_provider == "local" and not (
+        args.backup_directory
+    ):
+        raise _UsageError("restoring from a local bucket needs --backup-directory")
+    return config.build_backend()
+
+
+@_command("sync-status")
+def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
+    if not Path(args.directory).is_dir():
+        raise _UsageError(f"no such log directory: {args.directory}")
+    backend = _backend(args)
+    results = {t: verify_cloud_backup(backend, args.directory, t) for t in _tenants(args)}
+    if args.json:
+        _json_out(out, results)
+    else:
+        rows = [
+            (t, r["local_blocks"], r["cloud_blocks"], r["missing_blocks"],
+             f"{r['sync_percentage']:.1f}%", r["sync_status"])
+            for t, r in results.items()
+        ]
+        _table(out, ["tenant", "local", "in replica", "missing", "synced", "status"], rows)
+        for tenant, result in results.items():
+            for problem in result["problems"]:
+                out.write(f"FAIL {tenant}: {problem['reason']}: object {problem['key']}, "
+                          f"seq {problem['seq']}: {problem['detail']}\n")
+        out.write(f"replica: {backend.describe()}\n")
+    return EXIT_TAMPERED if any(r["problems"] for r in results.values()) else EXIT_OK
+
+
+@_command("restore")
+def _restore(args: argparse.Namespace, out: TextIO) -> int:
+    backend = _backend(args)
+    tenant = args.tenant or DEFAULT_TENANT
+    if args.block_hash:
+        entry = find_entry(backend, tenant, args.block_hash)
+        if entry is None:
+            raise _UsageError(f"no entry with hash {args.block_hash} in {backend.describe()}")
+        _json_out(out, entry)
+        return EXIT_OK
+    result = restore_tenant(backend, args.directory, tenant)
+    if args.json:
+        _json_out(out, result)
+    else:
+        out.write(
+            f"restored tenant {tenant!r} from {backend.describe()} into {result['directory']}: "
+            f"{result['entries']} entries, {result['streams']} stream(s), "
+            f"{result['segments']} segment(s); verified: {'OK' if result['verified'] else 'NO'}\n"
+        )
+    return EXIT_OK if result["verified"] else EXIT_TAMPERED
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", choices=["local", "s3", "gcs"],
+                   help="replica kind (default: BACKUP_PROVIDER or local)")
+    p.add_argument("--backup-directory", help="the local bucket (default: DIR-backup)")
+    p.add_argument("--bucket", help="S3 or GCS bucket (default: S3_BUCKET / GCS_BUCKET)")
+    p.add_argument("--prefix", help="object name prefix in the bucket")
+    p.add_argument("--region", help="S3 region (default: S3_REGION)")
+    p.add_argument("--project", help="GCS project (default: GCS_PROJECT_ID)")
+    p.add_argument("--endpoint-url", help="custom S3/GCS endpoint (e.g. a local emulator)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``immutable-log``."""
     parser = _Parser(prog="immutable-log", description=__doc__)
@@ -411,6 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--old", type=int, required=True, help="old tree size")
             p.add_argument("--new", type=int, help="new tree size (default: all entries)")
+
+    p = sub.add_parser("sync-status", help="compare the replica with the local log "
+                       "(exit 1 when the replica is damaged)")
+    p.add_argument("directory", help="the log directory")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_backend_options(p)
+
+    p = sub.add_parser("restore", help="rebuild a tenant's log from the replica into an "
+                       "empty DIR (or print one entry with --block-hash)")
+    p.add_argument("directory", help="the (empty) directory to restore into")
+    p.add_argument("--tenant", help=f"tenant id (default '{DEFAULT_TENANT}')")
+    p.add_argument("--block-hash", help="print only the entry with this hash")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_backend_options(p)
     return parser
 
 

@@ -179,12 +179,26 @@ class ImmutableLogger:
         )
         return result
 
-    def verify(self, *, parse: bool = False) -> VerificationReport:
+    def verify(
+        self,
+        *,
+        parse: bool = False,
+        seed: bytes | str | None = None,
+        checkpoint_key: str | None = None,
+        anchors: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
+    ) -> VerificationReport:
         """Verify every stream of this tenant; see :class:`VerificationReport`.
 
-        With an encryption key configured and ``parse=True``, every encrypted entry is
-        also authenticated (a ciphertext whose hash was recomputed after tampering is
-        reported as ``decryption_failed``)."""
+        Args:
+            parse: also check that every payload is canonical JSON.
+            seed: the sealing seed printed by ``immutable-log keygen`` (kept off-host):
+                also check every forward-secure seal.
+            checkpoint_key: the checkpoint verifier key (vkey): check signed checkpoints,
+                those under ``anchors`` (e.g. a copy of the replica) included.
+
+        With an encryption key configured, every encrypted entry is also authenticated (a
+        ciphertext whose hash was recomputed after tampering is ``decryption_failed``).
+        """
         if not self._closed:
             self.handler.flush()
         return verify_tenant(
@@ -192,6 +206,9 @@ class ImmutableLogger:
             self.tenant,
             parse=parse,
             decrypt=self.handler.decryptor if self.handler.keyring is not None else None,
+            seed=seed,
+            checkpoint_key=checkpoint_key,
+            anchors=anchors,
         )
 
     # ------------------------------------------------------------------ cloud backup

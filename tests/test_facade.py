@@ -195,3 +195,27 @@ def test_shutdown_is_idempotent(tmp_path: Path) -> None:
     log.shutdown()
     log.shutdown()
     assert [e["message"] for e in log.read()] == ["x"]
+
+
+def test_verify_with_seal_seed_reports_the_validated_span(tmp_path: Path) -> None:
+    from immutable_logging.seal import encode_seed, generate_seed
+
+    from .seal_helpers import ClockFilter, FakeClock
+
+    clock = FakeClock()
+    seed = encode_seed(generate_seed())
+    log = ImmutableLogger(tmp_path, tenantId="sealed", seal_seed=seed, seal_epoch_seconds=60,
+                          seal_clock=clock)
+    log.logger.addFilter(ClockFilter(clock))
+    for minute in range(5):
+        log.audit(f"minute {minute}")
+        clock.advance(60)
+    log.audit("not sealed yet")
+    report = log.verify(seed=seed)
+    assert report.ok, report.problems
+    stream = report.streams[0]
+    assert stream.sealed_from is not None and stream.sealed_to is not None
+    assert stream.sealed_to - stream.sealed_from >= 4 * 60
+    assert stream.unsealed_trailing == 1
+    assert not log.verify(seed=encode_seed(generate_seed())).ok  # the wrong seed
+    log.shutdown()
