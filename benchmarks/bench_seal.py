@@ -143,7 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    n, repeat = args.entries, args.repeat
+    result = measure(args.entries, args.repeat)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for key, value in result.items():
+            sys.stdout.write(f"{key}: {value}\n")
+    return 0
+
+
+def measure(n: int = 100_000, repeat: int = 5) -> dict[str, object]:
+    """Run every measurement; the result is what ``--json`` prints."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-seal-"))
     runs: dict[str, Callable[[], tuple[float, int]]] = {
         "off": lambda: bench_append(tmp / "a", n, None),
@@ -189,13 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "checkpoint_fold_us_per_entry_background": round(fold, 3),
     }
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for key, value in result.items():
-            sys.stdout.write(f"{key}: {value}\n")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ partial batch may wait, default 5), ``backup_directory`` (the local bucket direc
 default ``<log directory>-backup``), ``backup_prefix``, ``aws_access_key_id``,
 ``aws_secret_access_key``, ``s3_endpoint_url``, ``s3_sse`` (``AES256`` default,
 ``aws:kms`` or None), ``s3_kms_key_id``, ``s3_object_lock_days``, ``gcs_endpoint_url``,
-``gcs_credentials``, ``backup_close_timeout`` (seconds ``close()`` may spend shipping).
+``gcs_credentials``, ``backup_close_timeout`` (seconds ``close()`` may spend shipping),
+``backup_max_batch_factor`` (while a backlog waits, batches may hold up to this many times
+``backup_batch_size`` entries: fewer PUTs, never more; 1 keeps every batch exact).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class BackupConfig:
     backup_async: bool = True
     backup_batch_size: int = 100
     backup_flush_interval: float = 5.0
+    backup_max_batch_factor: int = 10
     backup_close_timeout: float = 10.0
     backup_directory: str | None = None
     backup_prefix: str = ""
@@ -99,6 +102,9 @@ class BackupConfig:
         self.enable_cloud_backup = _as_bool(self.enable_cloud_backup, "enable_cloud_backup")
         self.backup_async = _as_bool(self.backup_async, "backup_async")
         self.backup_batch_size = _as_int(self.backup_batch_size, "backup_batch_size", 1)
+        self.backup_max_batch_factor = _as_int(
+            self.backup_max_batch_factor, "backup_max_batch_factor", 1
+        )
         provider = str(self.backup_provider).lower()
         if provider not in PROVIDERS:
             raise ConfigurationError(

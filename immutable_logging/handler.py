@@ -206,6 +206,7 @@ class ImmutableHandler(logging.Handler):
                 self.tenant,
                 batch_size=self.backup.backup_batch_size,
                 flush_interval=self.backup.backup_flush_interval,
+                max_batch_factor=self.backup.backup_max_batch_factor,
             )
             writer.add_commit_listener(self.replicator.notify)
             if self.backup.backup_async:

@@ -20,6 +20,7 @@ pytest_plugins = ["tests.servers"]
 def _options(server: FakeGcsServer, bucket: str, **extra: Any) -> dict[str, Any]:
     return {
         "enable_cloud_backup": True,
+        "backup_max_batch_factor": 1,  # exact batch names in the assertions
         "backup_provider": "gcs",
         "gcs_bucket": bucket,
         "gcs_project_id": GCS_PROJECT,

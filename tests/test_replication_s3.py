@@ -31,6 +31,7 @@ pytest_plugins = ["tests.servers"]
 def _options(server: MotoServer, bucket: str, **extra: Any) -> dict[str, Any]:
     return {
         "enable_cloud_backup": True,
+        "backup_max_batch_factor": 1,  # exact batch names in the assertions
         "backup_provider": "s3",
         "s3_bucket": bucket,
         "s3_region": DUMMY_REGION,

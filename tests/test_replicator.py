@@ -35,8 +35,14 @@ def _batches(bucket: LocalDirectoryBackend) -> list[tuple[int, int]]:
 def test_full_batches_then_partial_on_force(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=100,
-                            flush_interval=3600)
+    replicator = Replicator(
+        bucket,
+        writer.stream_dir,
+        "default",
+        batch_size=100,
+        max_batch_factor=1,
+        flush_interval=3600,
+    )
     _write(writer, 250)
     assert replicator.pump() == 200  # two full batches; the partial one waits
     assert _batches(bucket) == [(1, 100), (101, 200)]
@@ -49,8 +55,14 @@ def test_full_batches_then_partial_on_force(tmp_path: Path) -> None:
 def test_time_based_flush_of_a_partial_batch(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=100,
-                            flush_interval=0.05)
+    replicator = Replicator(
+        bucket,
+        writer.stream_dir,
+        "default",
+        batch_size=100,
+        max_batch_factor=1,
+        flush_interval=0.05,
+    )
     _write(writer, 10)
     assert replicator.pump() == 0
     time.sleep(0.1)
@@ -61,12 +73,16 @@ def test_time_based_flush_of_a_partial_batch(tmp_path: Path) -> None:
 def test_batches_never_span_segments_and_archives_are_uploaded(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs", max_bytes=3_000)
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=1000)
+    replicator = Replicator(
+        bucket, writer.stream_dir, "default", batch_size=1000, max_batch_factor=1
+    )
     _write(writer, 100)
     writer.close()
     replicator.pump(force=True)
-    metas = [bucket.head(f"default/{writer.stream}/batches/{a:012d}-{b:012d}.jsonl.gz")
-             for a, b in _batches(bucket)]
+    metas = [
+        bucket.head(f"default/{writer.stream}/batches/{a:012d}-{b:012d}.jsonl.gz")
+        for a, b in _batches(bucket)
+    ]
     assert len({m["segment"] for m in metas if m}) == len(metas) > 3
     archives = list(bucket.list(f"default/{writer.stream}/segments/"))
     assert len(archives) == len(metas) - 1  # every sealed segment, not the active one
@@ -76,12 +92,14 @@ def test_batches_never_span_segments_and_archives_are_uploaded(tmp_path: Path) -
 def test_resume_from_cursor_after_restart_without_duplicates(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    first = Replicator(bucket, writer.stream_dir, "default", batch_size=50)
+    first = Replicator(bucket, writer.stream_dir, "default", batch_size=50, max_batch_factor=1)
     _write(writer, 120)
     first.pump()
     assert _batches(bucket) == [(1, 50), (51, 100)]
     _write(writer, 30)
-    second = Replicator(bucket, writer.stream_dir, "default", batch_size=50)  # "restart"
+    second = Replicator(
+        bucket, writer.stream_dir, "default", batch_size=50, max_batch_factor=1
+    )  # "restart"
     assert second.cursor.last_seq == 100
     second.pump(force=True)
     assert _batches(bucket) == [(1, 50), (51, 100), (101, 150)]
@@ -93,7 +111,7 @@ def test_crash_between_upload_and_cursor_save_loses_and_duplicates_nothing(
 ) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=40)
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=40, max_batch_factor=1)
     _write(writer, 100)
     saved = cursor_path(writer.stream_dir, bucket)
     replicator.pump()
@@ -101,7 +119,7 @@ def test_crash_between_upload_and_cursor_save_loses_and_duplicates_nothing(
     replicator.pump(force=True)
     # Simulate a crash right after the uploads: the cursor on disk is an old one.
     saved.write_bytes(state_after_first)
-    restarted = Replicator(bucket, writer.stream_dir, "default", batch_size=40)
+    restarted = Replicator(bucket, writer.stream_dir, "default", batch_size=40, max_batch_factor=1)
     assert restarted.cursor.last_seq == 80
     _write(writer, 5)
     restarted.pump(force=True)
@@ -114,10 +132,12 @@ def test_cursor_lost_entirely_reconciles_with_remote(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
     _write(writer, 60)
-    Replicator(bucket, writer.stream_dir, "default", batch_size=25).pump(force=True)
+    Replicator(bucket, writer.stream_dir, "default", batch_size=25, max_batch_factor=1).pump(
+        force=True
+    )
     cursor_path(writer.stream_dir, bucket).unlink()
     _write(writer, 10)
-    again = Replicator(bucket, writer.stream_dir, "default", batch_size=25)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=25, max_batch_factor=1)
     again.pump(force=True)
     assert _batches(bucket) == [(1, 25), (26, 50), (51, 60), (61, 70)]
     writer.close()
@@ -126,9 +146,13 @@ def test_cursor_lost_entirely_reconciles_with_remote(tmp_path: Path) -> None:
 def test_async_handler_ships_in_background_and_close_drains(
     tmp_path: Path, logger_name: str
 ) -> None:
-    handler = ImmutableHandler(tmp_path / "logs", enable_cloud_backup=True,
-                               backup_directory=str(tmp_path / "bucket"), backup_batch_size=10,
-                               backup_flush_interval=0.2)
+    handler = ImmutableHandler(
+        tmp_path / "logs",
+        enable_cloud_backup=True,
+        backup_directory=str(tmp_path / "bucket"),
+        backup_batch_size=10,
+        backup_flush_interval=0.2,
+    )
     logger = logging.getLogger(logger_name)
     logger.propagate = False
     logger.addHandler(handler)
@@ -147,8 +171,12 @@ def test_async_handler_ships_in_background_and_close_drains(
 
 
 def test_sync_mode_uploads_before_the_call_returns(tmp_path: Path) -> None:
-    with ImmutableLogger(tmp_path / "logs", enable_cloud_backup=True, backup_async=False,
-                         backup_directory=str(tmp_path / "bucket")) as log:
+    with ImmutableLogger(
+        tmp_path / "logs",
+        enable_cloud_backup=True,
+        backup_async=False,
+        backup_directory=str(tmp_path / "bucket"),
+    ) as log:
         log.audit("first")
         assert log.sync_status()["replicated_seq"] == 1
         log.audit("second")
@@ -165,8 +193,9 @@ def test_env_vars_configure_backup_and_keywords_win(
     with ImmutableLogger(tmp_path / "logs", backup_directory=str(tmp_path / "b")) as log:
         assert log.handler.backup.backup_batch_size == 7
         assert log.handler.replicator is not None
-    with ImmutableLogger(tmp_path / "logs2", backup_batch_size=3,
-                         backup_directory=str(tmp_path / "b2")) as log:
+    with ImmutableLogger(
+        tmp_path / "logs2", backup_batch_size=3, backup_directory=str(tmp_path / "b2")
+    ) as log:
         assert log.handler.backup.backup_batch_size == 3
     monkeypatch.setenv("BACKUP_BATCH_SIZE", "zero")
     with pytest.raises(ConfigurationError):
@@ -189,7 +218,9 @@ def test_local_chain_diverging_from_replica_stops_replication(tmp_path: Path) ->
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
     _write(writer, 20)
-    Replicator(bucket, writer.stream_dir, "default", batch_size=10).pump(force=True)
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10, max_batch_factor=1).pump(
+        force=True
+    )
     writer.close()
     # Rewrite the local log with recomputed hashes (a full rewrite) and keep logging.
     import shutil
@@ -197,7 +228,9 @@ def test_local_chain_diverging_from_replica_stops_replication(tmp_path: Path) ->
     shutil.rmtree(writer.stream_dir)
     rewritten = ChainWriter(tmp_path / "logs", stream=writer.stream)
     _write(rewritten, 25)
-    replicator = Replicator(bucket, rewritten.stream_dir, "default", batch_size=10)
+    replicator = Replicator(
+        bucket, rewritten.stream_dir, "default", batch_size=10, max_batch_factor=1
+    )
     assert replicator.try_pump(force=True) is False
     assert replicator.status.state == "stopped"
     assert "differs from the replicated one" in (replicator.status.last_error or "")
@@ -210,7 +243,30 @@ def test_remote_streams_lists_by_stream(tmp_path: Path) -> None:
         writer = ChainWriter(tmp_path / "logs", stream=stream)
         _write(writer, 3)
         writer.close()
-        Replicator(bucket, writer.stream_dir, "default").pump(force=True)
+        Replicator(bucket, writer.stream_dir, "default", max_batch_factor=1).pump(force=True)
     assert sorted(remote_streams(bucket, "default")) == ["a.0", "a.1"]
     raw = bucket.get("default/a.0/batches/000000000001-000000000003.jsonl.gz")
     assert gzip.decompress(raw).count(b"\n") == 3
+
+
+def test_backlog_ships_in_larger_batches_never_more_puts(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    _write(writer, 2_550)
+    replicator = Replicator(
+        bucket,
+        writer.stream_dir,
+        "default",
+        batch_size=100,
+        max_batch_factor=10,
+        flush_interval=3600,
+    )
+    replicator.pump()
+    batches = _batches(bucket)
+    sizes = [last - first + 1 for first, last in batches]
+    assert sizes[0] == 1_000 and all(size % 100 == 0 for size in sizes)
+    assert len(batches) <= 2_550 // 100  # at most one PUT per batch_size entries
+    replicator.pump(force=True)
+    assert _batches(bucket)[-1][1] == 2_550
+    assert sum(b - a + 1 for a, b in _batches(bucket)) == 2_550
+    writer.close()

@@ -113,6 +113,8 @@ class Replicator(QueueListener):
         stream_dir: the stream directory (``<root>/<tenant>/<stream>``).
         tenant: the tenant id (part of every object name).
         batch_size: entries per batch (at most one PUT per ``batch_size`` entries).
+            While a backlog waits, batches grow to multiples of it (at most
+            ``max_batch_factor`` times), so a fast producer needs fewer PUTs, never more.
         flush_interval: seconds a partial batch may wait before it is shipped.
         tick: how often the thread wakes without a notification.
         max_pending: entries read ahead from disk at most (bounds memory after an outage).
@@ -128,6 +130,7 @@ class Replicator(QueueListener):
         flush_interval: float = 5.0,
         tick: float | None = None,
         max_pending: int | None = None,
+        max_batch_factor: int = 10,
     ) -> None:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         super().__init__(self._queue)
@@ -138,7 +141,8 @@ class Replicator(QueueListener):
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.tick = tick if tick is not None else min(1.0, flush_interval / 2)
-        self.max_pending = max_pending or max(10 * batch_size, 1000)
+        self.max_batch_factor = max(1, max_batch_factor)
+        self.max_pending = max_pending or max(2 * self.max_batch_factor * batch_size, 2000)
         self._lock = threading.RLock()
         self._signaled = False
         self._pending: list[_Pending] = []
@@ -287,10 +291,10 @@ class Replicator(QueueListener):
             while self._pending:
                 first_segment = self._pending[0].segment
                 run = 0
-                limit = min(self.batch_size, len(self._pending))
+                limit = min(self._batch_limit(), len(self._pending))
                 while run < limit and self._pending[run].segment == first_segment:
                     run += 1
-                full = run == self.batch_size
+                full = run >= self.batch_size
                 segment_done = run < len(self._pending) or self._is_sealed(first_segment)
                 waited = (
                     self._pending_since is not None
@@ -309,6 +313,12 @@ class Replicator(QueueListener):
                 self.status.state = "ok"
             self._update_status()
             return shipped
+
+    def _batch_limit(self) -> int:
+        """``batch_size``, or a multiple of it (up to ``max_batch_factor``) while a backlog
+        is waiting: fewer, larger PUTs let replication catch up with a fast producer."""
+        batches_waiting = len(self._pending) // self.batch_size
+        return self.batch_size * max(1, min(batches_waiting, self.max_batch_factor))
 
     def _is_sealed(self, segment: int) -> bool:
         return any(s.number > segment for s in list_segments(self.stream_dir))
