@@ -55,14 +55,25 @@ def log_with_dictconfig(directory: Path) -> None:
     logging.shutdown()
 
 
-def log_with_facade(directory: Path) -> None:
-    with ImmutableLogger(directory, tenantId="billing") as log:
-        log.revenue("Invoice paid", {"amount": 1250, "customer": "ACME"})
-        log.revenue("Invoice paid", {"amount": 90, "customer": "Initech"})
+def log_with_facade(directory: Path, bucket: Path) -> None:
+    """The facade, replicating to the embedded local-directory bucket."""
+    with ImmutableLogger(directory, tenantId="billing", enable_cloud_backup=True,
+                         backup_provider="local", backup_directory=str(bucket),
+                         backup_batch_size=10) as log:
+        for n in range(25):
+            log.revenue("Invoice paid", {"amount": 90 + 50 * n, "customer": f"C{n}"})
         log.security("Failed login", {"user": "mallory", "ip": "203.0.113.9"})
         big = log.query({"level": "REVENUE", "metadata.amount": {"$gte": 1000}})
-        print(f"facade query found {len(big)} invoice(s) >= 1000: {big[0]['metadata']}")
+        print(f"facade query found {len(big)} invoice(s) >= 1000, first: {big[0]['metadata']}")
         print(f"facade stats: {log.stats()['by_level']}")
+        log.flush_backup()
+        backup = log.verify_cloud_backup()
+        print(f"cloud backup ({bucket}): {backup['cloud_blocks']}/{backup['local_blocks']} "
+              f"entries, {backup['sync_status']} ({backup['sync_percentage']}%)")
+        restored = log.restore_from_cloud(directory.with_name(directory.name + "-restored"))
+        assert restored is not None
+        print(f"restored from the bucket: {restored['entries']} entries, "
+              f"verified: {restored['verified']}")
 
 
 def tamper(copy: Path) -> None:
@@ -80,17 +91,20 @@ def tamper(copy: Path) -> None:
 
 
 def run(directory: Path) -> int:
-    if directory.exists():
-        shutil.rmtree(directory)
+    bucket = directory.with_name(directory.name + "-bucket")
+    for old in (directory, bucket, directory.with_name(directory.name + "-restored")):
+        if old.exists():
+            shutil.rmtree(old)
     banner("1. log through logging.config.dictConfig (tenant 'shop')")
     log_with_dictconfig(directory)
-    banner("2. log through the ImmutableLogger facade (tenant 'billing')")
-    log_with_facade(directory)
+    banner("2. the ImmutableLogger facade (tenant 'billing'), replicated to a local bucket")
+    log_with_facade(directory, bucket)
     banner("3. immutable-log stats / query")
     cli(["stats", str(directory), "--tenant", "shop"])
     cli(["query", str(directory), '{"level": "REVENUE", "metadata.amount": {"$gte": 1000}}'])
-    banner("4. immutable-log verify (original)")
+    banner("4. immutable-log verify (original) and sync-status (replica)")
     clean = cli(["verify", str(directory)])
+    cli(["sync-status", str(directory), "--tenant", "billing", "--backup-directory", str(bucket)])
     banner("5. tamper with a copy, then verify it")
     copy = directory.with_name(directory.name + "-tampered")
     if copy.exists():
