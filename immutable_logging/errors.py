@@ -8,6 +8,14 @@ operator can go straight to the damaged place.
 from __future__ import annotations
 
 
+def _location(file: str | None, seq: int | None) -> str:
+    """``"file F, seq N"`` with whichever parts are known ("" when neither is)."""
+    parts = ([f"file {file}"] if file is not None else []) + (
+        [f"seq {seq}"] if seq is not None else []
+    )
+    return ", ".join(parts)
+
+
 class ImmutableLogError(Exception):
     """Base class of every error raised by ``immutable_logging``."""
 
@@ -57,13 +65,9 @@ class VerificationError(ImmutableLogError):
         if reason is not None:
             self.reason = reason
         self.detail = detail
-        where = []
-        if file is not None:
-            where.append(f"file {file}")
-        if seq is not None:
-            where.append(f"seq {seq}")
-        prefix = f"{self.reason} at {', '.join(where)}: " if where else f"{self.reason}: "
-        super().__init__(prefix + detail)
+        where = _location(file, seq)
+        at = f" at {where}" if where else ""
+        super().__init__(f"{self.reason}{at}: {detail}")
 
 
 class HashMismatchError(VerificationError):
@@ -129,13 +133,8 @@ class DecryptionError(ImmutableLogError):
         self.file = file
         self.seq = seq
         self.detail = detail
-        where = []
-        if file is not None:
-            where.append(f"file {file}")
-        if seq is not None:
-            where.append(f"seq {seq}")
-        message = f"cannot decrypt entry at {', '.join(where)}: {detail}" if where else detail
-        super().__init__(message)
+        where = _location(file, seq)
+        super().__init__(f"cannot decrypt entry at {where}: {detail}" if where else detail)
 
 
 class KeyUnavailableError(DecryptionError):
