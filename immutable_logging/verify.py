@@ -28,7 +28,7 @@ import hashlib
 import io
 import os
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from .errors import (
 from .layout import (
     CHECKPOINT_DIR,
     STREAM_META,
+    TORN_DIR,
     list_segments,
     list_streams,
     list_tenants,
@@ -71,10 +72,13 @@ _ERRORS: dict[str, type[VerificationError]] = {
     "torn_tail": TornTailError,
     "truncation": TruncationError,
     "decryption_failed": VerificationError,
+    "torn_evidence_missing": TruncationError,
+    "torn_evidence_altered": HashMismatchError,
     "checkpoint_invalid": CheckpointError,
     "checkpoint_mismatch": CheckpointError,
 }
 
+_RECOVERY_MARK = b'"kind":"recovery"'
 _SEQ_MEMBER = b'{"seq":'
 _PREV_MEMBER = b',"prev":"'
 _HASH_MEMBER = b',"hash":"'
@@ -295,12 +299,6 @@ class _StreamVerifier:
                 self.decrypt(dict(obj), self.report.stream, file)
             except DecryptionError as exc:
                 self.problem("decryption_failed", file, seq, exc.detail)
-        if payload.get("kind") == "recovery":
-            self.report.warnings.append(
-                f"{self.report.path}: seq {seq}: torn tail recovered "
-                f"({payload.get('length')} bytes of {payload.get('segment')} at byte "
-                f"{payload.get('offset')} moved to {payload.get('moved_to')})"
-            )
 
 
 def verify_stream(
@@ -311,6 +309,7 @@ def verify_stream(
     segments = list_segments(stream_dir)
     report.segments = len(segments)
     state = _StreamVerifier(report, parse, decrypt)
+    recoveries: list[dict[str, Any]] = []
     if not (stream_dir / STREAM_META).exists():
         state.problem("malformed", str(stream_dir / STREAM_META), None,
                       "the stream's stream.json is missing")
@@ -336,6 +335,8 @@ def verify_stream(
                 cut = block.rfind(b"\n") + 1
                 if cut:
                     state.block(block[:cut] if cut < len(block) else block, name)
+                    if _RECOVERY_MARK in block:
+                        recoveries.extend(_recovery_entries(block[:cut]))
                 if cut < len(block):
                     raw = block[cut:]
                     if is_last and not segment.compressed:
@@ -353,16 +354,58 @@ def verify_stream(
             state.problem("malformed", name, state.expected_seq, f"cannot read segment: {exc}")
         if empty and not is_last:
             state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
-    if not state.parse:
-        _collect_recovery_warnings(stream_dir, report)
+    _check_torn_evidence(stream_dir, recoveries, state)
     return report
 
 
-def _collect_recovery_warnings(stream_dir: Path, report: StreamReport) -> None:
-    torn = stream_dir / "torn"
+def _recovery_entries(block: bytes) -> Iterator[dict[str, Any]]:
+    for raw in io.BytesIO(block):
+        if _RECOVERY_MARK in raw:
+            try:
+                entry = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # the chain check reports the line
+            if isinstance(entry, dict) and entry.get("kind") == "recovery":
+                yield entry
+
+
+def _check_torn_evidence(
+    stream_dir: Path, recoveries: list[dict[str, Any]], state: _StreamVerifier
+) -> None:
+    """Every torn tail the writer moved aside must still be in ``torn/``, unchanged."""
+    report = state.report
+    referenced: set[str] = set()
+    for entry in recoveries:
+        moved_to = str(entry.get("moved_to", ""))
+        seq = entry.get("seq") if isinstance(entry.get("seq"), int) else None
+        target = stream_dir / moved_to
+        if not moved_to.startswith(TORN_DIR + "/") or ".." in moved_to:
+            state.problem("malformed", str(stream_dir), seq,
+                          f"recovery entry points outside torn/: {moved_to!r}")
+            continue
+        referenced.add(moved_to)
+        try:
+            digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        except OSError:
+            state.problem("torn_evidence_missing", str(target), seq,
+                          "the torn tail this recovery entry moved aside is gone")
+            continue
+        if digest != entry.get("sha256"):
+            state.problem("torn_evidence_altered", str(target), seq,
+                          "the torn tail moved aside no longer matches its recorded sha256")
+            continue
+        report.warnings.append(
+            f"{report.path}: seq {seq}: torn tail recovered ({entry.get('length')} bytes of "
+            f"{entry.get('segment')} at byte {entry.get('offset')} kept at {moved_to})"
+        )
+    torn = stream_dir / TORN_DIR
     if torn.is_dir():
         for name in sorted(os.listdir(torn)):
-            report.warnings.append(f"{stream_dir.name}: torn tail kept at torn/{name}")
+            if f"{TORN_DIR}/{name}" not in referenced:
+                report.warnings.append(
+                    f"{report.path}: {TORN_DIR}/{name} has no recovery entry (the writer "
+                    "stopped between moving it aside and recording it)"
+                )
 
 
 def check_seals(

@@ -293,3 +293,24 @@ def test_files_have_private_modes(tmp_path: Path) -> None:
     writer.close()
     assert stat.S_IMODE(os.stat(writer.stream_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(writer.stream_dir / ".lock").st_mode) == 0o600
+
+
+def test_deleting_or_editing_moved_aside_torn_tails_is_detected(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 3)
+    writer.close()
+    with open(list_segments(writer.stream_dir)[-1].path, "ab") as handle:
+        handle.write(b'{"seq":4,"prev":"torn')
+    ChainWriter(tmp_path).close()
+    kept = next((writer.stream_dir / "torn").iterdir())
+    report = verify_tenant(tmp_path)
+    assert report.ok and any("torn tail recovered" in w for w in report.warnings)
+    kept.chmod(0o600)
+    kept.write_bytes(b"something else")
+    problems = verify_tenant(tmp_path).problems
+    assert [(p.reason, p.seq) for p in problems] == [("torn_evidence_altered", 4)]
+    kept.unlink()
+    problems = verify_tenant(tmp_path).problems
+    assert [(p.reason, p.seq, p.file) for p in problems] == [
+        ("torn_evidence_missing", 4, str(kept))
+    ]
