@@ -345,7 +345,7 @@ class ChainWriter:
             os.chmod(last.path, 0o444)
             self.segment_number = last.number + 1
         elif size:
-            self._open_active(size)
+            self._open_active()
         for event in torn_events:
             self.append(
                 {
@@ -362,22 +362,16 @@ class ChainWriter:
             )
 
     def _head_from_sealed(self, segments: list[Segment]) -> None:
+        """Continue after the last entry that parses (a damaged line stays for verify)."""
         for seg in reversed(segments):
-            last_line = None
-            with seg.open() as handle:
-                for line in handle:
-                    last_line = line
-            if last_line is None:
-                continue
-            parsed = split_line(last_line.rstrip(b"\n"))
-            if parsed is None:
-                raise ImmutableLogError(
-                    f"cannot continue the chain: last entry of sealed segment {seg.path} is "
-                    "malformed; run `immutable-log verify` on this directory"
-                )
-            self.seq, self.head = parsed[0], parsed[2]
-            self.written_seq = self.seq
-            return
+            parsed = None
+            for line in seg.lines():
+                if line.endswith(b"\n"):
+                    parsed = split_line(line[:-1]) or parsed
+            if parsed is not None:
+                self.seq, self.head = parsed[0], parsed[2]
+                self.written_seq = self.seq
+                return
 
     def _repair_active(self, seg: Segment) -> list[TornTail]:
         """Move a torn tail (bytes after the last newline) aside and find the chain head.
@@ -444,11 +438,11 @@ class ChainWriter:
         )
         return event
 
-    def _open_active(self, size: int) -> None:
+    def _open_active(self) -> None:
         path = self.stream_dir / segment_name(self.segment_number)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._segment_size = size
-        self._file_end = size
+        # The real size, never an assumption: a later failed write is cut back to it.
+        self._segment_size = self._file_end = os.fstat(self._fd).st_size
         self._segment_deadline = (
             time.monotonic() + self.max_age if self.max_age is not None else None
         )
@@ -474,14 +468,18 @@ class ChainWriter:
             ):
                 self._rotate()
             if self._fd is None:
-                self._open_active(0)
+                self._open_active()
             seq = self.seq + 1
             if self.payload_transform is not None:
                 payload = self.payload_transform(payload, seq, self.head, self.segment_number)
             line, digest = make_line(seq, self.head, canonical_payload(payload))
             mode = self.durability
             if mode == "flush" or mode == "always":
-                self._write(line, seq)  # raises before the chain moves on
+                if self._buf:  # an earlier entry (a seal) whose write failed: keep the order
+                    self._write(bytes(self._buf) + line, seq)
+                    self._buf = bytearray()
+                else:
+                    self._write(line, seq)  # raises before the chain moves on
                 self._advance(seq, digest, len(line))
                 if mode == "always":
                     self._sync()
@@ -630,7 +628,7 @@ class ChainWriter:
         if self._fd is not None and self.max_bytes and self._segment_size >= self.max_bytes:
             self._rotate()
         if self._fd is None:
-            self._open_active(0)
+            self._open_active()
         line, digest = make_line(self.seq + 1, self.head, canonical_payload(payload))
         self.seq += 1
         self.head = digest

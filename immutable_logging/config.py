@@ -93,7 +93,9 @@ class BackupConfig:
         for name, var in _ENV.items():
             if options.get(name) is None and env.get(var) not in (None, ""):
                 values[name] = env[var]
-        values.update({k: v for k, v in options.items() if v is not None})
+        # None means "not given" only where an environment variable could fill it in
+        # (s3_sse=None, for example, really means: no server-side encryption header).
+        values.update({k: v for k, v in options.items() if v is not None or k not in _ENV})
         config = cls(**values)
         config._normalise(log_directory)
         return config

@@ -21,6 +21,7 @@ from .errors import ConfigurationError, InvalidTenantError
 
 DEFAULT_TENANT = "default"
 _CHUNK = 1 << 20
+_MAX_LINE = 64 << 20
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SEGMENT_RE = re.compile(r"^(\d{8,})\.log(\.gz)?$")
 STREAM_META = "stream.json"
@@ -144,20 +145,24 @@ def _prefetch(blocks: Iterator[bytes]) -> Iterator[bytes]:
     slots: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
+    def hand_over(item: bytes | BaseException | None) -> bool:
+        """Put ``item`` unless the consumer went away; False when it did."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for block in blocks:
-                while not stop.is_set():
-                    try:
-                        slots.put(block, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(block):
                     return
-            slots.put(None)
+            hand_over(None)
         except BaseException as exc:  # handed to the consumer
-            slots.put(exc)
+            hand_over(exc)
 
     worker = threading.Thread(target=produce, name="immutable-logging-inflate", daemon=True)
     worker.start()
@@ -172,11 +177,15 @@ def _prefetch(blocks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _whole_lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Re-cut blocks at line ends. A "line" longer than 64 MiB is no entry: it is passed on
+    in pieces (verify reports it) instead of being buffered without bound."""
     pending = b""
     for block in blocks:
         if pending:
             block = pending + block
         cut = block.rfind(b"\n") + 1
+        if not cut and len(block) > _MAX_LINE:
+            cut = len(block)
         pending = block[cut:]
         if cut:
             yield block[:cut] if pending else block

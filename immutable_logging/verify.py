@@ -209,7 +209,8 @@ class _StreamVerifier:
             comma = raw.find(b",", 7)
             digits = raw[7:comma]
             if (
-                raw[comma : comma + 75] == link
+                len(raw) > 160  # as split_line: no entry is shorter
+                and raw[comma : comma + 75] == link
                 and raw[:7] == _SEQ_MEMBER
                 and raw[-76:-67] == _HASH_MEMBER
                 and raw[-3:] == b'"}\n'

@@ -314,3 +314,60 @@ def test_deleting_or_editing_moved_aside_torn_tails_is_detected(tmp_path: Path) 
     assert [(p.reason, p.seq, p.file) for p in problems] == [
         ("torn_evidence_missing", 4, str(kept))
     ]
+
+
+def test_entries_stay_in_order_when_a_seal_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import immutable_logging.chain as chain_module
+
+    class EveryHourSealer:
+        def __init__(self) -> None:
+            self.deadline = time.time() + 3600
+
+        def seal(self, now: float, last_seq: int, head: str) -> dict[str, object]:
+            self.deadline = now + 3600
+            return {"kind": "seal", "last_seq": last_seq, "head": head, "ts": now}
+
+        def close(self) -> None:
+            pass
+
+    clock = [time.time()]
+    writer = ChainWriter(tmp_path, stream="s")
+    writer.set_sealer(EveryHourSealer(), lambda: clock[0])  # type: ignore[arg-type]
+    _append(writer, 2)
+    clock[0] += 7200
+    real_write = os.write
+    failed: list[bool] = []
+
+    def enospc_once(fd: int, data: bytes) -> int:
+        if not failed and b'"kind":"seal"' in bytes(data):
+            failed.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(chain_module.os, "write", enospc_once)
+    _append(writer, 1)  # the seal's write fails; the entry after it must not overtake it
+    monkeypatch.undo()
+    _append(writer, 1)
+    writer.close()
+    assert failed
+    report = verify_tenant(tmp_path)
+    assert report.ok, report.problems
+    assert report.entries == 5
+
+
+def test_reopening_twice_after_a_damaged_line_works(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 3)
+    writer.close()
+    with open(list_segments(writer.stream_dir)[-1].path, "ab") as handle:
+        handle.write(b"damaged\n")
+    ChainWriter(tmp_path).close()  # nothing appended: the damaged segment is now sealed
+    again = ChainWriter(tmp_path)
+    assert again.seq == 3
+    _append(again, 1)
+    again.close()
+    assert verify_tenant(tmp_path).entries == 4

@@ -67,3 +67,25 @@ def test_plain_segment_compressed_between_listing_and_reading(tmp_path: Path) ->
 def test_validate_tenant_accepts_reasonable_ids() -> None:
     for tenant in ("acme", "ACME-2", "a.b_c", "0"):
         assert validate_tenant(tenant) == tenant
+
+
+@pytest.mark.parametrize("lines", [9_000, 14_000])  # 3 and 4 inflated blocks of <= 4 MiB
+def test_stopping_early_never_hangs_the_reader(tmp_path: Path, lines: int) -> None:
+    import threading
+    import time
+
+    path = tmp_path / segment_name(1, compressed=True)
+    line = b'{"x":"' + b"y" * 1000 + b'"}\n'
+    path.write_bytes(gzip.compress(line * lines, compresslevel=1))
+    done = threading.Event()
+
+    def read_one_block() -> None:
+        chunks = Segment(1, path, True).chunks()
+        next(chunks)
+        time.sleep(0.5)  # let the helper fill the queue and reach its last hand-over
+        chunks.close()  # the consumer goes away while the helper has more to hand over
+        done.set()
+
+    reader = threading.Thread(target=read_one_block, daemon=True)
+    reader.start()
+    assert done.wait(10), "closing a half-read compressed segment must not hang"

@@ -270,3 +270,64 @@ def test_backlog_ships_in_larger_batches_never_more_puts(tmp_path: Path) -> None
     assert _batches(bucket)[-1][1] == 2_550
     assert sum(b - a + 1 for a, b in _batches(bucket)) == 2_550
     writer.close()
+
+
+def test_verify_cloud_backup_notices_a_locally_truncated_or_deleted_stream(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from immutable_logging.replication.cloud import verify_cloud_backup
+
+    writer = ChainWriter(tmp_path / "logs", max_bytes=2_000)
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    _write(writer, 40)
+    writer.close()
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10).pump(force=True)
+    assert verify_cloud_backup(bucket, tmp_path / "logs", "default")["sync_status"] == "synced"
+    from immutable_logging.layout import list_segments
+
+    list_segments(writer.stream_dir)[-1].path.unlink()  # the newest entries cut off locally
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["sync_status"] == "corrupted"
+    assert [p["reason"] for p in check["problems"]] == ["missing_locally"]
+    shutil.rmtree(writer.stream_dir)
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert [p["reason"] for p in check["problems"]] == ["missing_locally"]
+
+
+def test_torn_tail_evidence_is_replicated_and_restored(tmp_path: Path) -> None:
+    from immutable_logging.layout import list_segments
+    from immutable_logging.replication.cloud import restore_tenant
+
+    writer = ChainWriter(tmp_path / "logs")
+    _write(writer, 5)
+    writer.close()
+    with open(list_segments(writer.stream_dir)[-1].path, "ab") as handle:
+        handle.write(b'{"seq":6,"pr')
+    again = ChainWriter(tmp_path / "logs")
+    _write(again, 2)
+    again.close()
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    Replicator(bucket, again.stream_dir, "default").pump(force=True)
+    restored = restore_tenant(bucket, tmp_path / "restored", "default")
+    assert restored["verified"], restored["problems"]
+    assert list((tmp_path / "restored" / "default" / again.stream / "torn").iterdir())
+
+
+def test_close_respects_its_timeout_with_a_slow_backend(tmp_path: Path) -> None:
+    class SlowBucket(LocalDirectoryBackend):
+        def _put_if_absent(self, name: str, data: bytes, metadata: dict[str, str]) -> None:
+            time.sleep(0.2)
+            super()._put_if_absent(name, data, metadata)
+
+    writer = ChainWriter(tmp_path / "logs")
+    _write(writer, 300)
+    writer.close()
+    replicator = Replicator(SlowBucket(tmp_path / "bucket"), writer.stream_dir, "default",
+                            batch_size=10, max_batch_factor=1)
+    replicator._latest_seq = 300
+    started = time.monotonic()
+    status = replicator.close(timeout=1.0)
+    assert time.monotonic() - started < 2.0
+    assert 0 < status.pending_entries < 300  # shipped some, the rest waits on disk

@@ -217,3 +217,13 @@ def test_every_single_byte_change_is_detected(tmp_path: Path, logger_name: str) 
         assert report.problems[0].seq in (first, first + 1), (position, report.problems[0])
     path.write_bytes(original)
     assert verify_tenant(tmp_path).ok
+
+
+def test_too_short_entries_fail_both_paths(tmp_path: Path) -> None:
+    stream = tmp_path / "default" / "h.0"
+    stream.mkdir(parents=True)
+    (stream / "stream.json").write_text("{}")
+    line, _ = make_line(1, "0" * 64, b"{}")  # an entry with an empty payload (158 bytes)
+    (stream / "00000001.log").write_bytes(line)
+    assert [p.reason for p in verify_tenant(tmp_path).problems] == ["malformed"]
+    assert [p.reason for p in verify_tenant(tmp_path, parse=True).problems] == ["malformed"]

@@ -22,10 +22,10 @@ import orjson
 from ..chain import atomic_write, compress_segment
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
-from ..layout import STREAM_META, list_segments, list_streams, segment_name, tenant_dir
+from ..layout import STREAM_META, TORN_DIR, list_segments, list_streams, segment_name, tenant_dir
 from ..verify import verify_tenant
 from .backend import ObjectNotFoundError, StorageBackend
-from .keys import BatchName, batches_prefix, parse_batch_key, stream_meta_key
+from .keys import BatchName, batches_prefix, parse_batch_key, stream_meta_key, torn_prefix
 
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
 
@@ -165,6 +165,7 @@ def verify_cloud_backup(
         hashes = local.get(stream, {})
         replica = remote.get(stream)
         matched = 0
+        only_remote: list[int] = []
         for seq, digest, _, _ in replica.lines if replica else []:
             local_digest = hashes.get(seq)
             if local_digest == digest:
@@ -172,6 +173,13 @@ def verify_cloud_backup(
             elif local_digest is not None:
                 problems.append(RemoteProblem(f"{tenant}/{stream}", seq, "differs_from_local",
                                               "replica and local log disagree on this entry"))
+            else:
+                only_remote.append(seq)
+        if only_remote:
+            problems.append(RemoteProblem(
+                f"{tenant}/{stream}", only_remote[0], "missing_locally",
+                f"{len(only_remote)} entries (seq {only_remote[0]}..{only_remote[-1]}) are in "
+                "the replica but not in the local log: it was truncated or deleted locally"))
         cloud_blocks += matched
         per_stream[stream] = {
             "local": len(hashes),
@@ -275,6 +283,11 @@ def _write_stream(
     except ObjectNotFoundError:
         meta = orjson.dumps({"format": 1, "tenant": tenant, "stream": remote.stream})
     atomic_write(stream_dir / STREAM_META, meta, 0o644)
+    torn_names = list(backend.list(torn_prefix(tenant, remote.stream)))
+    if torn_names:
+        (stream_dir / TORN_DIR).mkdir(exist_ok=True, mode=0o700)
+        for key in torn_names:
+            atomic_write(stream_dir / TORN_DIR / key.rsplit("/", 1)[-1], backend.get(key), 0o400)
     by_segment: dict[int, list[bytes]] = defaultdict(list)
     for _, _, segment, line in remote.lines:
         by_segment[segment].append(line)

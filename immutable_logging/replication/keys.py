@@ -6,6 +6,7 @@
     <tenant>/<stream>/segments/<segment:08d>.log.gz      sealed segment archives
     <tenant>/<stream>/checkpoints/<tree_size:012d>.note  signed checkpoints
     <tenant>/<stream>/stream.json
+    <tenant>/<stream>/torn/<name>                          torn tails moved aside
 
 Sequence numbers are zero-padded so that the lexicographic listing order is numeric order.
 The backend's own prefix comes in front of all of these.
@@ -34,6 +35,16 @@ def segment_key(tenant: str, stream: str, number: int) -> str:
 def checkpoint_key(tenant: str, stream: str, tree_size: int) -> str:
     """Name of the signed checkpoint at ``tree_size``."""
     return f"{tenant}/{stream}/checkpoints/{tree_size:012d}.note"
+
+
+def torn_key(tenant: str, stream: str, name: str) -> str:
+    """Name of a torn tail the writer moved aside (kept as evidence, restored too)."""
+    return f"{tenant}/{stream}/torn/{name}"
+
+
+def torn_prefix(tenant: str, stream: str) -> str:
+    """Listing prefix of a stream's torn tails."""
+    return f"{tenant}/{stream}/torn/"
 
 
 def stream_meta_key(tenant: str, stream: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,7 +36,7 @@ from ..chain import atomic_write
 from ..checkpoint import list_notes
 from ..entry import GENESIS_HASH, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError
-from ..layout import CHECKPOINT_DIR, STREAM_META, list_segments
+from ..layout import CHECKPOINT_DIR, STREAM_META, TORN_DIR, list_segments, segment_name
 from .backend import StorageBackend
 from .keys import (
     batch_key,
@@ -44,6 +45,7 @@ from .keys import (
     parse_batch_key,
     segment_key,
     stream_meta_key,
+    torn_key,
 )
 
 _log = logging.getLogger("immutable_logging.replication")
@@ -74,6 +76,7 @@ class Cursor:
     archived_through: int = 0
     checkpoints_through: int = 0
     meta_uploaded: bool = False
+    torn_uploaded: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +155,7 @@ class Replicator(QueueListener):
         self._latest_seq = 0
         self._needs_reconcile = True
         self._retry_at = 0.0
+        self._consecutive_failures = 0
         self._fatal: str | None = None
         self._started = False
         self._cursor_file = cursor_path(self.stream_dir, backend)
@@ -212,15 +216,16 @@ class Replicator(QueueListener):
         self._signaled = False
         self.try_pump()
 
-    def try_pump(self, force: bool = False) -> bool:
+    def try_pump(self, force: bool = False, deadline: float | None = None) -> bool:
         """Pump unless backing off; failures are recorded, never raised. True if caught up."""
         if self._fatal is not None or time.monotonic() < self._retry_at:
             return False
         try:
-            self.pump(force=force)
+            self.pump(force=force, deadline=deadline)
         except Exception as exc:  # never let the listener thread die silently
             self._record_failure(exc)
             return False
+        self._consecutive_failures = 0
         return not self._pending
 
     def _record_failure(self, exc: BaseException) -> None:
@@ -234,7 +239,8 @@ class Replicator(QueueListener):
             _log.error("replication of %s stopped: %s", self.stream_dir, exc)
             return
         status.state = "retrying"
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(status.failures, 10))
+        self._consecutive_failures += 1
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(self._consecutive_failures, 10))
         self._retry_at = time.monotonic() + delay
         _log.warning("replication of %s failed (%s); retrying in %.1f s; entries stay on disk",
                      self.stream_dir, exc, delay)
@@ -258,7 +264,7 @@ class Replicator(QueueListener):
         self.stop(timeout)
         self._retry_at = 0.0
         while time.monotonic() < deadline:
-            if self.try_pump(force=True) or self._fatal is not None:
+            if self.try_pump(force=True, deadline=deadline) or self._fatal is not None:
                 break
             if self.status.state == "retrying":
                 break  # the backend is failing: do not hold up the application's exit
@@ -278,41 +284,52 @@ class Replicator(QueueListener):
         status.pending_entries = status.local_seq - status.replicated_seq
 
     # ------------------------------------------------------------------ pumping
-    def pump(self, force: bool = False) -> int:
+    def pump(self, force: bool = False, deadline: float | None = None) -> int:
         """Ship every batch that is ready (all of them with ``force``); return entries shipped.
 
+        With a ``deadline`` (``time.monotonic()`` value) no new batch is started after it.
         Raises ReplicationError subclasses; :meth:`try_pump` is the non-raising form.
         """
-        with self._lock:
-            if self._needs_reconcile:
-                self._reconcile()
-            self._fill()
-            shipped = 0
-            while self._pending:
-                first_segment = self._pending[0].segment
-                run = 0
-                limit = min(self._batch_limit(), len(self._pending))
-                while run < limit and self._pending[run].segment == first_segment:
-                    run += 1
-                full = run >= self.batch_size
-                segment_done = run < len(self._pending) or self._is_sealed(first_segment)
-                waited = (
-                    self._pending_since is not None
-                    and time.monotonic() - self._pending_since >= self.flush_interval
-                )
-                if not (full or force or segment_done or waited):
-                    break
-                self._ship(self._pending[:run])
-                del self._pending[:run]
-                shipped += run
-                self._pending_since = time.monotonic() if self._pending else None
-                if len(self._pending) < self.batch_size:
-                    self._fill()
-            self._ship_side_objects()
-            if self.status.state != "stopped":
-                self.status.state = "ok"
-            self._update_status()
-            return shipped
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            return 0  # another pump holds the lock past the deadline
+        try:
+            return self._pump_locked(force, deadline)
+        finally:
+            self._lock.release()
+
+    def _pump_locked(self, force: bool, deadline: float | None) -> int:
+        if self._needs_reconcile:
+            self._reconcile()
+        self._fill()
+        shipped = 0
+        while self._pending:
+            first_segment = self._pending[0].segment
+            run = 0
+            limit = min(self._batch_limit(), len(self._pending))
+            while run < limit and self._pending[run].segment == first_segment:
+                run += 1
+            full = run >= self.batch_size
+            segment_done = run < len(self._pending) or self._is_sealed(first_segment)
+            waited = (
+                self._pending_since is not None
+                and time.monotonic() - self._pending_since >= self.flush_interval
+            )
+            if not (full or force or segment_done or waited):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self._ship(self._pending[:run])
+            del self._pending[:run]
+            shipped += run
+            self._pending_since = time.monotonic() if self._pending else None
+            if len(self._pending) < self.batch_size:
+                self._fill()
+        self._ship_side_objects()
+        if self.status.state != "stopped":
+            self.status.state = "ok"
+        self._update_status()
+        return shipped
 
     def _batch_limit(self) -> int:
         """``batch_size``, or a multiple of it (up to ``max_batch_factor``) while a backlog
@@ -376,8 +393,22 @@ class Replicator(QueueListener):
         self._pending.append(_Pending(seq, prev, digest, segment, end, line))
         self._latest_seq = max(self._latest_seq, seq)
 
+    def _make_durable(self, segment: int) -> None:
+        """``fdatasync`` a plain segment before its entries leave the host: the replica must
+        never hold entries that a power cut could still take from the local log."""
+        path = self.stream_dir / segment_name(segment)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # compressed meanwhile: sealed segments are synced before they are sealed
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
     def _ship(self, entries: list[_Pending]) -> None:
         first, last = entries[0], entries[-1]
+        self._make_durable(last.segment)
         raw = b"".join(e.line for e in entries)
         key = batch_key(self.tenant, self.stream, first.seq, last.seq)
         metadata = {
@@ -425,18 +456,26 @@ class Replicator(QueueListener):
                 self._put(stream_meta_key(self.tenant, self.stream), meta.read_bytes(), {}, None)
                 cursor.meta_uploaded = changed = True
         for seg in list_segments(self.stream_dir):
-            if (
-                seg.compressed
-                and cursor.archived_through < seg.number < cursor.segment
-            ):
-                self._put(
-                    segment_key(self.tenant, self.stream, seg.number),
-                    seg.path.read_bytes(),
-                    {"segment": str(seg.number), "format": "1"},
-                    None,
-                )
-                cursor.archived_through = seg.number
-                changed = True
+            if not cursor.archived_through < seg.number < cursor.segment:
+                continue
+            if not seg.compressed:
+                break  # not compressed yet: archive in order, never skip one
+            self._put(
+                segment_key(self.tenant, self.stream, seg.number),
+                seg.path.read_bytes(),
+                {"segment": str(seg.number), "format": "1"},
+                None,
+            )
+            cursor.archived_through = seg.number
+            changed = True
+        torn = self.stream_dir / TORN_DIR
+        if torn.is_dir():
+            for name in sorted(os.listdir(torn)):
+                if name not in cursor.torn_uploaded:
+                    self._put(torn_key(self.tenant, self.stream, name),
+                              (torn / name).read_bytes(), {"format": "1"}, None)
+                    cursor.torn_uploaded.append(name)
+                    changed = True
         for size, note in list_notes(self.stream_dir / CHECKPOINT_DIR):
             if cursor.checkpoints_through < size <= cursor.last_seq:
                 self._put(
