@@ -245,31 +245,43 @@ def _unwrap_structlog(record: logging.LogRecord) -> logging.LogRecord:
 
 
 def record_payload(record: logging.LogRecord, tenant: str) -> dict[str, Any]:
-    """Build the payload dict of a log entry from a record (see ``docs/FORMAT.md``)."""
-    if "_logger" in record.__dict__ and "_name" in record.__dict__:
+    """Build the payload dict of a log entry from a record (see ``docs/FORMAT.md``).
+
+    This runs for every record, so it reads the record's ``__dict__`` directly and skips
+    the extra-field scan when the record has no extras.
+    """
+    attrs = record.__dict__
+    has_extras = len(attrs) != _N_INIT
+    if has_extras and "_logger" in attrs and "_name" in attrs:
         record = _unwrap_structlog(record)
-    message, format_problem = render_message(record)
-    meta = record_metadata(record)
-    if format_problem:
-        meta.update(format_problem)
+        attrs = record.__dict__
+    try:
+        message = record.getMessage()
+        format_problem = None
+    except Exception:
+        message, format_problem = render_message(record)
     payload: dict[str, Any] = {
-        "ts": record.created,
-        "level": record.levelname,
-        "levelno": record.levelno,
-        "logger": record.name,
+        "ts": attrs["created"],
+        "level": attrs["levelname"],
+        "levelno": attrs["levelno"],
+        "logger": attrs["name"],
         "message": message,
         "tenant": tenant,
         "host": HOSTNAME,
-        "pid": record.process,
-        "thread": record.threadName,
-        "module": record.module,
-        "func": record.funcName,
-        "line": record.lineno,
+        "pid": attrs["process"],
+        "thread": attrs["threadName"],
+        "module": attrs["module"],
+        "func": attrs["funcName"],
+        "line": attrs["lineno"],
     }
-    if meta:
-        payload["metadata"] = meta
-    if record.exc_info or record.exc_text:
+    if has_extras or format_problem:
+        meta = record_metadata(record)
+        if format_problem:
+            meta.update(format_problem)
+        if meta:
+            payload["metadata"] = meta
+    if attrs["exc_info"] or attrs["exc_text"]:
         payload["exc"] = format_exception(record)
-    if record.stack_info:
-        payload["stack"] = record.stack_info
+    if attrs["stack_info"]:
+        payload["stack"] = attrs["stack_info"]
     return payload
