@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import abc
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from types import TracebackType
+from typing import Any
 
 from immutable_logging.errors import ConfigurationError, ReplicationError
 
@@ -42,6 +44,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_METADATA_BYTES",
     "RESERVED_SUFFIX",
+    "CloudClientBackend",
     "ObjectNotFoundError",
     "StorageBackend",
     "normalize_prefix",
@@ -245,6 +248,38 @@ class StorageBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+class CloudClientBackend(StorageBackend):
+    """Shared parts of the S3 and GCS backends: a bucket, an optional endpoint, and an SDK
+    client that is created lazily and, when the backend created it, closed by :meth:`close`.
+
+    Subclasses set ``scheme`` and, in ``__init__``, ``bucket``, ``endpoint_url``,
+    ``_client`` and ``_owns_client``.
+    """
+
+    scheme = ""
+    bucket: str
+    endpoint_url: str | None
+    _client: Any
+    _owns_client: bool
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__(prefix)
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """``<scheme>://bucket[/prefix]`` (plus the endpoint when one is configured)."""
+        location = self._location(self.scheme, self.bucket)
+        return f"{location} at {self.endpoint_url}" if self.endpoint_url else location
+
+    def close(self) -> None:
+        """Close the client this backend created (a later call creates a new one)."""
+        with self._lock:
+            client = self._client
+            if client is not None and self._owns_client:
+                self._client = None
+                client.close()
 
 
 def sorted_names(names: list[str]) -> list[str]:

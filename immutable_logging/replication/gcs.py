@@ -12,7 +12,6 @@ replicator can retry later from its cursor.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,14 +24,14 @@ from immutable_logging.errors import (
     RemoteIntegrityError,
     ReplicationError,
 )
-from immutable_logging.replication.backend import ObjectNotFoundError, StorageBackend
+from immutable_logging.replication.backend import CloudClientBackend, ObjectNotFoundError
 
 __all__ = ["GCSBackend"]
 
 _UNAVAILABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class GCSBackend(StorageBackend):
+class GCSBackend(CloudClientBackend):
     """A write-once replica in a Google Cloud Storage bucket.
 
     Args:
@@ -50,6 +49,8 @@ class GCSBackend(StorageBackend):
 
     Nothing here does network I/O; the client is created on first use.
     """
+
+    scheme = "gs"
 
     def __init__(
         self,
@@ -79,20 +80,7 @@ class GCSBackend(StorageBackend):
         self._owns_client = client is None
         self._retry: Any = None
         self._bucket_checked = False
-        self._lock = threading.Lock()
 
-    def describe(self) -> str:
-        """``gs://bucket[/prefix]`` (plus the endpoint when one is configured)."""
-        location = self._location("gs", self.bucket)
-        return f"{location} at {self.endpoint_url}" if self.endpoint_url else location
-
-    def close(self) -> None:
-        """Close the HTTP session of the client this backend created (reopened lazily)."""
-        with self._lock:
-            client = self._client
-            if client is not None and self._owns_client:
-                self._client = None
-                client.close()
 
     # ------------------------------------------------------------------ hooks
 

@@ -17,7 +17,6 @@ later from its cursor instead of blocking.
 from __future__ import annotations
 
 import datetime as _dt
-import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ from immutable_logging.errors import (
     ObjectExistsError,
     ReplicationError,
 )
-from immutable_logging.replication.backend import ObjectNotFoundError, StorageBackend
+from immutable_logging.replication.backend import CloudClientBackend, ObjectNotFoundError
 
 __all__ = ["S3Backend"]
 
@@ -52,7 +51,7 @@ _UNAVAILABLE_STATUS = frozenset({500, 502, 503, 504})
 _SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 
 
-class S3Backend(StorageBackend):
+class S3Backend(CloudClientBackend):
     """A write-once replica in an S3 bucket.
 
     Args:
@@ -79,6 +78,8 @@ class S3Backend(StorageBackend):
 
     Nothing here does network I/O; the client is created on first use.
     """
+
+    scheme = "s3"
 
     def __init__(
         self,
@@ -134,20 +135,7 @@ class S3Backend(StorageBackend):
         self._client: Any = client
         self._owns_client = client is None
         self._bucket_checked = False
-        self._lock = threading.Lock()
 
-    def describe(self) -> str:
-        """``s3://bucket[/prefix]`` (plus the endpoint when one is configured)."""
-        location = self._location("s3", self.bucket)
-        return f"{location} at {self.endpoint_url}" if self.endpoint_url else location
-
-    def close(self) -> None:
-        """Close the client this backend created (a later call creates a new one)."""
-        with self._lock:
-            client = self._client
-            if client is not None and self._owns_client:
-                self._client = None
-                client.close()
 
     # ------------------------------------------------------------------ hooks
 
