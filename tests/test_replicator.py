@@ -329,5 +329,5 @@ def test_close_respects_its_timeout_with_a_slow_backend(tmp_path: Path) -> None:
     replicator._latest_seq = 300
     started = time.monotonic()
     status = replicator.close(timeout=1.0)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0  # the deadline plus at most one slow batch
     assert 0 < status.pending_entries < 300  # shipped some, the rest waits on disk
