@@ -273,6 +273,20 @@ class CloudClientBackend(StorageBackend):
         location = self._location(self.scheme, self.bucket)
         return f"{location} at {self.endpoint_url}" if self.endpoint_url else location
 
+    def _get_client(self) -> Any:
+        """The SDK client, created on first use (never in a constructor)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    @abc.abstractmethod
+    def _make_client(self) -> Any:
+        """Create the SDK client (imported lazily by the subclass)."""
+
     def close(self) -> None:
         """Close the client this backend created (a later call creates a new one)."""
         with self._lock:

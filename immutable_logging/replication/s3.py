@@ -206,15 +206,6 @@ class S3Backend(CloudClientBackend):
 
     # ------------------------------------------------------------------ helpers
 
-    def _get_client(self) -> Any:
-        client = self._client
-        if client is not None:
-            return client
-        with self._lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
     def _make_client(self) -> Any:
         try:
             import boto3
