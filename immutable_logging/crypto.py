@@ -773,6 +773,20 @@ def _b64_field(enc: Mapping[str, Any], name: str) -> bytes:
         raise ValueError(f"member {name!r} is not valid base64") from None
 
 
+#: What an encrypting cipher caches per active key: kid, AESGCM.encrypt, the nonce
+#: counter's ``next`` and the compact text prefix ``"A256GCM.<kid>."``.
+_Sealer = tuple[str, Callable[[bytes, bytes, bytes | None], bytes], Callable[[], bytes], str]
+
+
+def _split_enc_text(enc: str) -> tuple[str, str, str]:
+    """Split the compact form ``"A256GCM.<kid>.<b64>"`` into alg, kid and the base64 part."""
+    alg, dot, rest = enc.partition(".")
+    kid, dot2, b64 = rest.rpartition(".")
+    if not dot or not dot2:
+        raise ValueError("expected 'A256GCM.<kid>.<base64>'")
+    return alg, kid, b64
+
+
 class PayloadCipher:
     """Encrypts and decrypts entry payloads with AES-256-GCM.
 
@@ -787,34 +801,38 @@ class PayloadCipher:
         self.keyring = keyring
         self.nonce_source = nonce_source
         self._cached_key: Key | None = None
-        self._enc: tuple[str, Callable[[bytes, bytes, bytes | None], bytes],
-                         Callable[[], bytes]] | None = None
+        self._enc: _Sealer | None = None
 
-    def _prepare(self, key: Key | None) -> tuple[str, Callable[[bytes, bytes, bytes | None],
-                                                               bytes], Callable[[], bytes]]:
+    def _prepare(self, key: Key | None) -> _Sealer:
         if key is None:
             raise ConfigurationError("cannot encrypt: the keyring has no active key")
         if self.nonce_source is None:
             raise ConfigurationError("cannot encrypt: this cipher has no NonceSource")
-        enc = (key.kid, key.aead.encrypt, self.nonce_source.counter(key.kid).next)
+        enc = (key.kid, key.aead.encrypt, self.nonce_source.counter(key.kid).next,
+               f"{ALG}.{key.kid}.")
         self._enc = enc
         self._cached_key = key
+        return enc
+
+    def _sealer(self) -> _Sealer:
+        """The cached sealer of the active key (re-read, so activate() takes effect)."""
+        key = self.keyring._active
+        enc = self._enc
+        if key is not self._cached_key or enc is None:
+            enc = self._prepare(key)
         return enc
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> dict[str, str]:
         """Encrypt ``plaintext`` bound to ``aad`` (see :func:`build_aad`).
 
         Returns ``{"alg": "A256GCM", "kid": ..., "nonce": b64, "ct": b64}`` where ``ct``
-        is the ciphertext followed by the 16-byte tag.
+        is the ciphertext followed by the 16-byte tag. :meth:`encrypt_text` is the
+        shorter form the chain writer stores.
 
         Raises:
             ConfigurationError: no active key, or no nonce source.
         """
-        key = self.keyring._active
-        enc = self._enc
-        if key is not self._cached_key or enc is None:
-            enc = self._prepare(key)
-        kid, seal, next_nonce = enc
+        kid, seal, next_nonce, _ = self._sealer()
         nonce = next_nonce()
         return {
             "alg": ALG,
@@ -823,15 +841,57 @@ class PayloadCipher:
             "ct": _b2a(seal(nonce, plaintext, aad), newline=False).decode("ascii"),
         }
 
+    def encrypt_text(self, plaintext: bytes, aad: bytes) -> str:
+        """Encrypt like :meth:`encrypt`, in the compact text form the chain stores.
+
+        ``"A256GCM.<kid>.<base64(nonce || ciphertext || tag)>"``: one string, about 40
+        bytes shorter per entry than the object form, and cheaper to build and encode.
+        The key id may contain dots; the base64 part never does.
+
+        Raises:
+            ConfigurationError: no active key, or no nonce source.
+        """
+        _, seal, next_nonce, prefix = self._sealer()
+        nonce = next_nonce()
+        return prefix + _b2a(nonce + seal(nonce, plaintext, aad), newline=False).decode("ascii")
+
+    def entry_sealer(self, tenant: str, stream: str) -> Callable[[bytes, int, int, str], str]:
+        """A fast ``f(plaintext, segment, seq, prev_hash_hex) -> str`` for one stream writer.
+
+        Equal to ``encrypt_text(plaintext, build_aad(tenant, stream, segment, seq, prev))``
+        under the key that is active *now*, with the AAD's fixed part, the key's AESGCM and
+        its nonce counter bound once. Ask for a new one after the active key changes.
+
+        Raises:
+            ConfigurationError: no active key, or no nonce source.
+        """
+        kid, seal, _, prefix = self._sealer()
+        assert self.nonce_source is not None  # _prepare checked it
+        counter = self.nonce_source.counter(kid)
+        fmt = f"{AAD_PREFIX}{len(tenant)}:{tenant}{len(stream)}:{stream}".encode(
+            "utf-8", "surrogatepass").replace(b"%", b"%%") + b"%d,%d,%s"
+        b2a = _b2a
+
+        def seal_entry(plaintext: bytes, segment: int, seq: int, prev: str) -> str:
+            # NonceCounter.next() inlined: the state is re-read on every call, so a
+            # refill or a fork (which invalidates the state) is always seen.
+            it, end = counter._state
+            n = next(it)
+            nonce = n.to_bytes(12, "big") if n < end else counter._refill()
+            aad = fmt % (segment, seq, prev.encode("utf-8", "surrogatepass"))
+            return prefix + b2a(nonce + seal(nonce, plaintext, aad), newline=False).decode()
+
+        return seal_entry
+
     def decrypt(
         self,
-        enc: Mapping[str, Any],
+        enc: Mapping[str, Any] | str,
         aad: bytes,
         *,
         file: str | None = None,
         seq: int | None = None,
     ) -> bytes:
-        """Decrypt an ``enc`` object produced by :meth:`encrypt`, checking ``aad``.
+        """Decrypt what :meth:`encrypt_text` or :meth:`encrypt` produced, checking ``aad``.
 
         Returns the plaintext only if authentication succeeds; never partial output.
 
@@ -841,18 +901,31 @@ class PayloadCipher:
                 nonce, or an AAD mismatch (entry moved). Both name ``file`` and ``seq``.
         """
         try:
-            if type(enc) is not dict and not isinstance(enc, Mapping):
-                raise ValueError(f"expected an object, got {type(enc).__name__}")
-            alg = enc.get("alg")
+            b64: str | None = None
+            alg: Any
+            kid: Any
+            if isinstance(enc, str):
+                alg, kid, b64 = _split_enc_text(enc)
+            elif isinstance(enc, Mapping):
+                alg, kid = enc.get("alg"), enc.get("kid")
+            else:
+                raise ValueError(f"expected a string or an object, got {type(enc).__name__}")
             if alg != ALG:
                 raise ValueError(f"unsupported alg {str(alg)[:40]!r}, expected {ALG!r}")
-            kid = enc.get("kid")
             if not isinstance(kid, str) or not kid:
                 raise ValueError("member 'kid' is missing or not a string")
-            nonce = _b64_field(enc, "nonce")
+            if b64 is not None:
+                try:
+                    raw = _a2b(b64, strict_mode=True)
+                except (binascii.Error, ValueError):
+                    raise ValueError("the base64 part is not valid base64") from None
+                nonce, ct = raw[:NONCE_SIZE], raw[NONCE_SIZE:]
+            else:
+                assert isinstance(enc, Mapping)
+                nonce = _b64_field(enc, "nonce")
+                ct = _b64_field(enc, "ct")
             if len(nonce) != NONCE_SIZE:
                 raise ValueError(f"nonce is {len(nonce)} bytes, expected {NONCE_SIZE}")
-            ct = _b64_field(enc, "ct")
             if len(ct) < TAG_SIZE:
                 raise ValueError(f"ciphertext is {len(ct)} bytes, shorter than the tag")
         except ValueError as exc:

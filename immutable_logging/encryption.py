@@ -1,9 +1,11 @@
 """Encrypting entry payloads on the way into the chain, and decrypting them on the way out.
 
 What is encrypted: ``message``, ``metadata``, ``exc`` and ``stack``. They are replaced by
-``"enc": {"alg": "A256GCM", "kid": ..., "nonce": ..., "ct": ...}``. Level, time, logger,
-source location, host and pid stay in clear so that entries can be filtered, counted and
-verified without the key. The chain hashes the ciphertext: ``verify`` never needs the key.
+``"enc": "A256GCM.<kid>.<base64(nonce || ciphertext || tag)>"`` (entries written by
+earlier versions hold the object form ``{"alg", "kid", "nonce", "ct"}``; both decrypt).
+Level, time, logger, source location, host and pid stay in clear so that entries can be
+filtered, counted and verified without the key. The chain hashes the ciphertext:
+``verify`` never needs the key.
 
 The AAD binds tenant, stream, segment number, sequence number and the previous entry's
 hash (:func:`immutable_logging.crypto.build_aad`), so a ciphertext copied to another place
@@ -27,7 +29,6 @@ from .crypto import (
     Keyring,
     NonceSource,
     PayloadCipher,
-    aad_builder,
     build_aad,
     decode_key_b64,
     key_from_passphrase,
@@ -36,6 +37,7 @@ from .entry import canonical_payload
 from .errors import ConfigurationError, DecryptionError
 
 SECRET_FIELDS = ("message", "metadata", "exc", "stack")
+_ABSENT: Any = object()
 NONCE_STATE = ".nonces.json"
 SALT_FILE = ".salt.json"
 _SEGMENT_NUMBER = re.compile(r"(\d{8,})\.log(?:\.gz)?$")
@@ -128,7 +130,11 @@ def stream_keyring(keyring: Keyring, tenant: str, stream: str) -> Keyring:
 
 
 class EntryEncryptor:
-    """The chain writer's payload transform: encrypt the secret fields of each entry."""
+    """The chain writer's payload transform: encrypt the secret fields of each entry.
+
+    The secret fields are replaced by ``"enc": "A256GCM.<kid>.<base64(nonce||ct||tag)>"``
+    (:meth:`PayloadCipher.encrypt_text`), bound by the AAD to the entry's position.
+    """
 
     def __init__(self, keyring: Keyring, tenant_directory: Path, tenant: str, stream: str) -> None:
         if keyring.active is None:
@@ -137,21 +143,32 @@ class EntryEncryptor:
         self._tenant, self._stream = tenant, stream
         self._nonces = NonceSource(tenant_directory / NONCE_STATE)
         self._active: Key | None = keyring.active
-        self._cipher = PayloadCipher(stream_keyring(keyring, tenant, stream), self._nonces)
-        self._aad = aad_builder(tenant, stream)
+        self._seal = PayloadCipher(stream_keyring(keyring, tenant, stream), self._nonces
+                                   ).entry_sealer(tenant, stream)
+
+    def _rekey(self) -> None:
+        """The keyring was rotated: encrypt under the stream key of the new active key."""
+        self._active = self._master.active
+        self._seal = PayloadCipher(
+            stream_keyring(self._master, self._tenant, self._stream), self._nonces
+        ).entry_sealer(self._tenant, self._stream)
 
     def __call__(
         self, payload: dict[str, Any], seq: int, prev: str, segment: int
     ) -> dict[str, Any]:
-        secret = {k: payload.pop(k) for k in SECRET_FIELDS if k in payload}
+        if "exc" in payload or "stack" in payload:
+            secret = {name: payload.pop(name) for name in SECRET_FIELDS if name in payload}
+        else:  # the common case: message and (usually) metadata
+            pop = payload.pop
+            metadata = pop("metadata", _ABSENT)
+            secret = {} if metadata is _ABSENT else {"metadata": metadata}
+            message = pop("message", _ABSENT)
+            if message is not _ABSENT:
+                secret["message"] = message
         if secret:
-            if self._master.active is not self._active:  # the keyring was rotated
-                self._active = self._master.active
-                self._cipher = PayloadCipher(
-                    stream_keyring(self._master, self._tenant, self._stream), self._nonces)
-            payload["enc"] = self._cipher.encrypt(
-                canonical_payload(secret), self._aad(segment, seq, prev)
-            )
+            if self._master._active is not self._active:
+                self._rekey()
+            payload["enc"] = self._seal(canonical_payload(secret), segment, seq, prev)
         return payload
 
 
@@ -179,8 +196,9 @@ class EntryDecryptor:
             raise DecryptionError("entry lacks seq/prev or lives outside a segment file",
                                   file=file, seq=seq if isinstance(seq, int) else None)
         enc = entry.get("enc")
-        if not isinstance(enc, Mapping):
-            raise DecryptionError("'enc' member is not an object", file=file, seq=seq)
+        if not isinstance(enc, str | Mapping):
+            raise DecryptionError("'enc' member is neither a string nor an object",
+                                  file=file, seq=seq)
         aad = build_aad(self._tenant, stream, int(match.group(1)), seq, prev)
         plaintext = self._cipher(stream).decrypt(enc, aad, file=file, seq=seq)
         try:

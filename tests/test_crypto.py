@@ -10,6 +10,7 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,57 @@ def test_tampering_is_detected(cipher: PayloadCipher, member: str, index: int) -
     assert info.value.seq == 5
 
 
+@pytest.mark.parametrize("size", [0, 1, 300, 1 << 20])
+def test_text_form_round_trip(cipher: PayloadCipher, key: Key, size: int) -> None:
+    plaintext = os.urandom(size)
+    aad = _aad(seq=7)
+    enc = cipher.encrypt_text(plaintext, aad)
+    alg, kid, b64 = enc.split(".")
+    assert (alg, kid) == (ALG, key.kid)
+    raw = base64.b64decode(b64, validate=True)
+    assert len(raw) == 12 + size + 16 and "\n" not in enc
+    assert cipher.decrypt(enc, aad, file="00000001.log", seq=7) == plaintext
+
+
+def test_text_form_with_dotted_key_id(nonces: NonceSource) -> None:
+    cipher = PayloadCipher(Keyring([key_from_bytes(os.urandom(32), kid="v2.2026.q3")]), nonces)
+    enc = cipher.encrypt_text(b"x", _aad())
+    assert enc.startswith("A256GCM.v2.2026.q3.")
+    assert cipher.decrypt(enc, _aad()) == b"x"
+
+
+def test_text_form_nonces_never_repeat_and_share_the_counter(cipher: PayloadCipher) -> None:
+    texts = [cipher.encrypt_text(b"same", _aad()) for _ in range(100)]
+    objects = [cipher.encrypt(b"same", _aad()) for _ in range(100)]
+    nonces = [base64.b64decode(t.rpartition(".")[2])[:12] for t in texts]
+    nonces += [base64.b64decode(o["nonce"]) for o in objects]
+    assert len(set(nonces)) == 200
+
+
+@pytest.mark.parametrize("index", [0, 11, 12, 150, -16, -1])  # nonce, ciphertext, tag
+def test_text_form_tampering_is_detected(cipher: PayloadCipher, index: int) -> None:
+    aad = _aad(seq=5)
+    prefix, _, b64 = cipher.encrypt_text(os.urandom(300), aad).rpartition(".")
+    with pytest.raises(DecryptionError, match="authentication failed") as info:
+        cipher.decrypt(f"{prefix}.{_flip(b64, index)}", aad, file="seg.log", seq=5)
+    assert info.value.seq == 5 and info.value.file == "seg.log"
+
+
+def test_text_form_truncated_or_extended_is_detected(cipher: PayloadCipher) -> None:
+    aad = _aad()
+    prefix, _, b64 = cipher.encrypt_text(os.urandom(64), aad).rpartition(".")
+    raw = base64.b64decode(b64)
+    for changed in (raw[:-1], raw + b"\x00", raw[:12] + raw[13:], raw[:28]):
+        with pytest.raises(DecryptionError):
+            cipher.decrypt(f"{prefix}.{base64.b64encode(changed).decode()}", aad)
+
+
+def test_text_form_moved_fails(cipher: PayloadCipher) -> None:
+    enc = cipher.encrypt_text(b"payload", _aad(seq=7))
+    with pytest.raises(DecryptionError, match="AAD mismatch"):
+        cipher.decrypt(enc, _aad(seq=8))
+
+
 def test_truncated_or_extended_ciphertext_is_detected(cipher: PayloadCipher) -> None:
     aad = _aad()
     enc = cipher.encrypt(os.urandom(64), aad)
@@ -263,8 +315,17 @@ def test_moved_ciphertext_fails(cipher: PayloadCipher, moved: dict[str, Any]) ->
 @pytest.mark.parametrize(
     ("enc", "match"),
     [
-        (None, "expected an object"),
-        ([], "expected an object"),
+        (None, "expected a string or an object"),
+        ([], "expected a string or an object"),
+        ("", "expected 'A256GCM.<kid>.<base64>'"),
+        ("A256GCM", "expected 'A256GCM.<kid>.<base64>'"),
+        ("A256GCM.AAAAAAAAAAAAAAAA" + "A" * 24, "expected 'A256GCM.<kid>.<base64>'"),
+        ("A128GCM.k." + "A" * 40, "unsupported alg"),
+        ("A256GCM.." + "A" * 40, "'kid'"),
+        ("A256GCM.k.!!" + "A" * 38, "not valid base64"),
+        ("A256GCM.k." + "A" * 39, "not valid base64"),
+        ("A256GCM.k.AAAAAAAA", "nonce is 6 bytes"),
+        ("A256GCM.k." + "A" * 36, "shorter than the tag"),
         ({}, "unsupported alg"),
         ({"alg": "A128GCM", "kid": "k", "nonce": "AAAAAAAAAAAAAAAA", "ct": "A" * 24},
          "unsupported alg"),
@@ -442,27 +503,55 @@ def test_nonces_unique_across_threads(tmp_path: Path) -> None:
     assert len({_counter(n) for n in flat}) == 40_000
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_forked_child_does_not_reuse_parent_block(tmp_path: Path) -> None:
-    source = NonceSource(tmp_path / "n.json", block_size=1000)
-    parent_first = source.next_nonce("k")
+def _nonces_of_forked_child(draw: Callable[[], bytes], count: int = 5) -> list[bytes]:
+    """The 12-byte nonces ``draw()`` returns in a forked child, ``count`` calls."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
             os.close(read_fd)
-            os.write(write_fd, b"".join(source.next_nonce("k") for _ in range(5)))
+            os.write(write_fd, b"".join(draw() for _ in range(count)))
         finally:
             os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as fh:
         child = fh.read()
     os.waitpid(pid, 0)
+    return [child[i : i + 12] for i in range(0, len(child), 12)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_does_not_reuse_parent_block(tmp_path: Path) -> None:
+    source = NonceSource(tmp_path / "n.json", block_size=1000)
+    parent_first = source.next_nonce("k")
+    child_nonces = _nonces_of_forked_child(lambda: source.next_nonce("k"))
     parent = [parent_first] + [source.next_nonce("k") for _ in range(5)]
-    child_nonces = [child[i : i + 12] for i in range(0, len(child), 12)]
     assert len(child_nonces) == 5
     assert all(_counter(n) >= 1000 for n in child_nonces)  # the child reserved a new block
     assert not set(parent) & set(child_nonces)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_entry_sealer_matches_encrypt_text_and_sees_refills_and_forks(
+    tmp_path: Path, key: Key,
+) -> None:
+    source = NonceSource(tmp_path / "n.json", block_size=3)
+    cipher = PayloadCipher(Keyring([key]), source)
+    seal = cipher.entry_sealer("acme", "web-1.3")
+
+    def nonce(text: str) -> bytes:
+        return base64.b64decode(text.rpartition(".")[2])[:12]
+
+    texts = [seal(b"p%d" % i, 4, i, PREV) for i in range(10)]  # crosses 3 refills
+    for i, text in enumerate(texts):
+        assert text.startswith(f"A256GCM.{key.kid}.")
+        assert cipher.decrypt(text, build_aad("acme", "web-1.3", 4, i, PREV)) == b"p%d" % i
+    parent = {nonce(t) for t in texts}
+    assert len(parent) == 10
+    child_nonces = set(_nonces_of_forked_child(lambda: nonce(seal(b"c", 4, 1, PREV))))
+    parent |= {nonce(seal(b"p", 4, 1, PREV)) for _ in range(5)}
+    assert len(child_nonces) == 5 and len(parent) == 15
+    assert not parent & child_nonces
 
 
 def test_corrupt_state_file_is_refused(tmp_path: Path) -> None:

@@ -22,6 +22,11 @@ def _active(tmp_path: Path, tenant: str = "default") -> Path:
     return list_segments(list_streams(tmp_path / tenant)[0])[-1].path
 
 
+def _kid(enc: str) -> str:
+    """The key id of a compact ``A256GCM.<kid>.<base64>`` value."""
+    return enc.partition(".")[2].rpartition(".")[0]
+
+
 def _write(tmp_path: Path, key: str, *messages: str, **options: object) -> None:
     with ImmutableLogger(tmp_path, encryption_key=key, **options) as log:
         for message in messages:
@@ -34,7 +39,7 @@ def test_payload_encrypted_on_disk_and_verifiable_without_key(tmp_path: Path) ->
     raw = _active(tmp_path).read_bytes()
     assert b"secret transfer" not in raw and b"4111" not in raw
     first = orjson.loads(raw.splitlines()[0])
-    assert first["level"] == "AUDIT" and first["enc"]["alg"] == "A256GCM"
+    assert first["level"] == "AUDIT" and first["enc"].startswith("A256GCM.")
     assert "message" not in first and "metadata" not in first
     with ImmutableLogger(tmp_path) as keyless:
         assert keyless.verify().ok  # integrity needs no key
@@ -58,7 +63,7 @@ def test_wrong_key_raises_decryption_error_naming_the_entry(tmp_path: Path) -> N
     # Same key id, different material: authentication must fail, not return garbage.
     from immutable_logging.crypto import Key, Keyring
 
-    kid = orjson.loads(_active(tmp_path).read_bytes().splitlines()[0])["enc"]["kid"]
+    kid = _kid(orjson.loads(_active(tmp_path).read_bytes().splitlines()[0])["enc"])
     impostor = Keyring([Key(b"\x01" * 32, kid=kid)])
     with ImmutableLogger(tmp_path, encryption_key=impostor) as log:
         with pytest.raises(DecryptionError) as info:
@@ -71,7 +76,7 @@ def test_key_rotation_keeps_old_entries_readable(tmp_path: Path) -> None:
     _write(tmp_path, old, "under old key")
     _write(tmp_path, new, "under new key", previous_keys=[old])
     lines = read_lines(_active(tmp_path))
-    kids = [orjson.loads(line)["enc"]["kid"] for line in lines]
+    kids = [_kid(orjson.loads(line)["enc"]) for line in lines]
     assert kids[0] != kids[1]
     with ImmutableLogger(tmp_path, encryption_key=new, previous_keys=[old]) as log:
         assert [e["message"] for e in log.read()] == ["under old key", "under new key"]
@@ -138,7 +143,7 @@ def test_corrupted_tag_is_reported_as_tampering(tmp_path: Path) -> None:
     path = _active(tmp_path)
     lines = read_lines(path)
     obj = orjson.loads(lines[0])
-    ct = obj["enc"]["ct"]
+    ct = obj["enc"]
     flipped = ct[:-3] + ("A" if ct[-3] != "A" else "B") + ct[-2:]
     lines[0] = lines[0].replace(ct.encode(), flipped.encode())
     write_lines(path, lines)
@@ -189,3 +194,30 @@ def test_each_stream_encrypts_under_its_own_derived_key(tmp_path: Path) -> None:
     assert sorted(e["message"] for e in first.read()) == ["from stream one", "from stream two"]
     first.shutdown()
     second.shutdown()
+
+
+def test_entries_in_the_earlier_object_form_still_decrypt(tmp_path: Path) -> None:
+    from immutable_logging.crypto import NonceSource, PayloadCipher, build_aad
+    from immutable_logging.encryption import build_keyring, stream_keyring
+
+    key = generate_key()
+    _write(tmp_path, key, "written as an object")
+    path = _active(tmp_path)
+    obj = orjson.loads(read_lines(path)[0])
+    assert isinstance(obj["enc"], str)
+    ring = build_keyring(tmp_path / "default", encryption_key=key)
+    assert ring is not None
+    cipher = PayloadCipher(stream_keyring(ring, "default", path.parent.name),
+                           NonceSource(tmp_path / "other-nonces.json"))
+    aad = build_aad("default", path.parent.name, 1, obj["seq"], obj["prev"])
+    payload = {k: v for k, v in obj.items() if k not in ("seq", "prev", "hash")}
+    payload["enc"] = cipher.encrypt(cipher.decrypt(obj["enc"], aad), aad)  # the object form
+    line, _ = make_line(obj["seq"], obj["prev"],
+                        orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
+    write_lines(path, [line])
+    assert verify_tenant(tmp_path).ok
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        entries = log.read()
+        assert [e["message"] for e in entries] == ["written as an object"]
+        assert entries[0]["metadata"] == {"card": "4111-1111", "amount": 42}
+        assert log.verify(parse=True).ok
