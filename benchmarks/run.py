@@ -173,13 +173,15 @@ def bench_big(entries: int) -> dict[str, Any]:
     try:
         build_s, _ = _timed(lambda: _build_big_log(directory, entries))
         rows: dict[str, Any] = {"entries": entries, "build_s": build_s}
-        seconds, report = _timed(lambda: verify_tenant(directory, "big"))
-        assert report.ok and report.entries == entries
-        rows["verify (re-hash)"] = {"seconds": seconds, "entries_per_s": entries / seconds}
-        seconds, report = _timed(lambda: verify_tenant(directory, "big", parse=True))
-        assert report.ok
-        rows["verify (parse + canonical)"] = {"seconds": seconds,
-                                              "entries_per_s": entries / seconds}
+        for label, parse in (("re-hash", False), ("parse + canonical", True)):
+            for workers in (1, None):
+                seconds, report = _timed(lambda p=parse, w=workers: verify_tenant(
+                    directory, "big", parse=p, workers=w))
+                assert report.ok and report.entries == entries
+                used = report.streams[0].workers
+                mode = f"{used} worker processes" if used else "1 process"
+                rows[f"verify ({label}, {mode})"] = {
+                    "seconds": seconds, "entries_per_s": entries / seconds}
         needle = f"User login {entries - 1}"
         seconds, found = _timed(lambda: search_entries(
             iter_entries(directory, "big", line_filter=search_filter(needle)), needle))

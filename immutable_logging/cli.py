@@ -85,6 +85,16 @@ def _table(out: TextIO, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -
         out.write(text.rstrip() + "\n")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _tenants(args: argparse.Namespace) -> list[str]:
     if args.tenant:
         return [args.tenant]
@@ -164,6 +174,7 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
                 seed=_seed_arg(args),
                 checkpoint_key=args.checkpoint_key,
                 anchors=args.anchors,
+                workers=args.workers,
             ).streams
         )
     if args.json:
@@ -448,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchors", metavar="DIR", action="append",
                    help="directory of checkpoints kept elsewhere (<tenant>/<stream>/"
                    "checkpoints/<size>.note); repeatable")
+    p.add_argument("--workers", type=_non_negative_int, metavar="N",
+                   help="verify sealed segments in up to N worker processes (default: one "
+                   "per CPU for logs of 8 MiB or more; 1 = none)")
 
     p = sub.add_parser("read", help="print entries")
     common(p)

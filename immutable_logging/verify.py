@@ -29,6 +29,7 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,14 @@ from .layout import (
     CHECKPOINT_DIR,
     STREAM_META,
     TORN_DIR,
+    Segment,
     list_segments,
     list_streams,
     list_tenants,
     tenant_dir,
 )
 from .sealing import DEFAULT_TOLERANCE, SealChecker, _TenantKeys, load_grid
+from .workers import forked_pool, worker_count
 
 _ERRORS: dict[str, type[VerificationError]] = {
     "hash_mismatch": HashMismatchError,
@@ -79,8 +82,6 @@ _ERRORS: dict[str, type[VerificationError]] = {
 }
 
 _RECOVERY_MARK = b'"kind":"recovery"'
-_SEQ_MEMBER = b'{"seq":'
-_PREV_MEMBER = b',"prev":"'
 _HASH_MEMBER = b',"hash":"'
 
 #: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
@@ -127,6 +128,8 @@ class StreamReport:
     sealed_seq: int | None = None
     unsealed_trailing: int | None = None
     checkpoints_verified: int | None = None
+    #: Worker processes that verified sealed segments (0: all in this process).
+    workers: int = 0
 
     @property
     def ok(self) -> bool:
@@ -201,26 +204,21 @@ class _StreamVerifier:
             return
         sha256 = hashlib.sha256
         expected = self.expected_seq
-        prev = self.prev.encode("utf-8", "replace")
-        link = _PREV_MEMBER + prev + b'",'  # what must follow the seq digits
+        # What the next entry must start with: its seq and the previous entry's hash.
+        head = b'{"seq":%d,"prev":"%s",' % (expected, self.prev.encode("utf-8", "replace"))
         count = 0
         stored = b""
         for raw in io.BytesIO(block):
-            comma = raw.find(b",", 7)
-            digits = raw[7:comma]
             if (
-                len(raw) > 160  # as split_line: no entry is shorter
-                and raw[comma : comma + 75] == link
-                and raw[:7] == _SEQ_MEMBER
+                raw.startswith(head)
                 and raw[-76:-67] == _HASH_MEMBER
-                and raw[-3:] == b'"}\n'
-                and digits.isdigit()
-                and int(digits) == expected
-                and sha256(raw[:-76] + b"}").hexdigest().encode() == raw[-67:-3]
+                and raw.endswith(b'"}\n')
+                and len(raw) > 160  # as split_line: no entry is shorter
+                and sha256(raw[:-76] + b"}").hexdigest().encode() == (digest := raw[-67:-3])
             ):
-                stored = raw[-67:-3]
-                link = _PREV_MEMBER + stored + b'",'
+                stored = digest
                 expected += 1
+                head = b'{"seq":%d,"prev":"%s",' % (expected, stored)
                 count += 1
                 continue
             self._commit_fast(count, expected, stored)
@@ -229,7 +227,7 @@ class _StreamVerifier:
             expected = self.expected_seq
             # After a malformed line the thread is lost: the slow path re-syncs line by line.
             prev = self.prev.encode("utf-8", "replace") if self.prev else b"-" * 64
-            link = _PREV_MEMBER + prev + b'",'
+            head = b'{"seq":%d,"prev":"%s",' % (expected, prev)
         self._commit_fast(count, expected, stored)
 
     def _commit_fast(self, count: int, expected: int, stored: bytes) -> None:
@@ -303,9 +301,20 @@ class _StreamVerifier:
 
 
 def verify_stream(
-    stream_dir: Path, tenant: str, *, parse: bool = False, decrypt: Decryptor | None = None
+    stream_dir: Path,
+    tenant: str,
+    *,
+    parse: bool = False,
+    decrypt: Decryptor | None = None,
+    workers: int | None = None,
 ) -> StreamReport:
-    """Verify one stream directory (``decrypt`` also authenticates encrypted entries)."""
+    """Verify one stream directory (``decrypt`` also authenticates encrypted entries).
+
+    ``workers``: sealed segments may be verified by up to this many forked processes
+    (``None``: one per CPU for logs of at least
+    :data:`~immutable_logging.workers.PARALLEL_MIN_BYTES`; ``1``: never). The report is
+    the same either way; see :mod:`immutable_logging.workers` for when forking is done.
+    """
     report = StreamReport(tenant=tenant, stream=stream_dir.name, path=str(stream_dir))
     segments = list_segments(stream_dir)
     report.segments = len(segments)
@@ -320,43 +329,136 @@ def verify_stream(
             "missing_segment", str(segments[0].path), 1,
             f"segments 1..{segments[0].number - 1} are missing",
         )
-    for index, segment in enumerate(segments):
-        name = str(segment.path)
-        if segment.number != expected_number:
-            state.problem(
-                "missing_segment", name, state.expected_seq,
-                f"segment(s) {expected_number}..{segment.number - 1} missing before this one",
-            )
-        expected_number = segment.number + 1
-        is_last = index == len(segments) - 1
-        empty = True
-        try:
-            for block in segment.chunks():
-                empty = False
-                cut = block.rfind(b"\n") + 1
-                if cut:
-                    state.block(block[:cut] if cut < len(block) else block, name)
-                    if _RECOVERY_MARK in block:
-                        recoveries.extend(_recovery_entries(block[:cut]))
-                if cut < len(block):
-                    raw = block[cut:]
-                    if is_last and not segment.compressed:
-                        state.problem(
-                            "torn_tail", name, state.expected_seq,
-                            f"last line is incomplete ({len(raw)} bytes without newline): a "
-                            "crash mid-write; the writer moves it aside on next open",
-                        )
-                    else:
-                        state.problem(
-                            "truncation", name, state.expected_seq,
-                            "sealed segment ends in the middle of an entry",
-                        )
-        except (OSError, EOFError, zlib.error) as exc:
-            state.problem("malformed", name, state.expected_seq, f"cannot read segment: {exc}")
-        if empty and not is_last:
-            state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
+    sealed = segments[:-1]  # the last segment may still grow: always checked here
+    count = 0 if decrypt is not None else worker_count(
+        workers, len(sealed), sum(_size(s.path) for s in sealed))
+    pool = forked_pool(count) if count else None
+    report.workers = count
+    try:
+        pending = [pool.submit(_verify_alone, s, parse, tenant, stream_dir.name)
+                   for s in sealed] if pool is not None else []
+        for index, segment in enumerate(segments):
+            name = str(segment.path)
+            if segment.number != expected_number:
+                state.problem(
+                    "missing_segment", name, state.expected_seq,
+                    f"segment(s) {expected_number}..{segment.number - 1} missing before this one",
+                )
+            expected_number = segment.number + 1
+            is_last = index == len(segments) - 1
+            done = _collect(pending[index], state, recoveries) if index < len(pending) else None
+            empty = done if done is not None else _verify_segment(
+                state, segment, is_last, recoveries)
+            if empty and not is_last:
+                state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     _check_torn_evidence(stream_dir, recoveries, state)
     return report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _verify_segment(
+    state: _StreamVerifier, segment: Segment, is_last: bool, recoveries: list[dict[str, Any]]
+) -> bool:
+    """Verify one segment's lines onto ``state``; True when the segment was empty."""
+    name = str(segment.path)
+    empty = True
+    try:
+        for block in segment.chunks():
+            empty = False
+            cut = block.rfind(b"\n") + 1
+            if cut:
+                state.block(block[:cut] if cut < len(block) else block, name)
+                if _RECOVERY_MARK in block:
+                    recoveries.extend(_recovery_entries(block[:cut]))
+            if cut < len(block):
+                raw = block[cut:]
+                if is_last and not segment.compressed:
+                    state.problem(
+                        "torn_tail", name, state.expected_seq,
+                        f"last line is incomplete ({len(raw)} bytes without newline): a "
+                        "crash mid-write; the writer moves it aside on next open",
+                    )
+                else:
+                    state.problem(
+                        "truncation", name, state.expected_seq,
+                        "sealed segment ends in the middle of an entry",
+                    )
+    except (OSError, EOFError, zlib.error) as exc:
+        state.problem("malformed", name, state.expected_seq, f"cannot read segment: {exc}")
+    return empty
+
+
+@dataclass
+class _SegmentResult:
+    """A sealed segment verified on its own, from the position its first entry claims."""
+
+    start: tuple[int, str] | None  # (seq, prev) of the first entry, None if unreadable
+    report: StreamReport
+    expected_seq: int
+    prev: str
+    recoveries: list[dict[str, Any]]
+    empty: bool
+
+
+def _verify_alone(segment: Segment, parse: bool, tenant: str, stream: str) -> _SegmentResult:
+    """Worker process side: verify ``segment`` assuming its first entry is in place."""
+    report = StreamReport(tenant=tenant, stream=stream, path="")
+    state = _StreamVerifier(report, parse, None)
+    start = _first_position(segment)
+    recoveries: list[dict[str, Any]] = []
+    empty = True
+    if start is not None:
+        state.expected_seq, state.prev = start
+        empty = _verify_segment(state, segment, False, recoveries)
+    return _SegmentResult(start, report, state.expected_seq, state.prev, recoveries, empty)
+
+
+def _first_position(segment: Segment) -> tuple[int, str] | None:
+    try:
+        with segment.open() as handle:
+            first = handle.readline(1 << 20)
+    except (OSError, EOFError, zlib.error):
+        return None
+    parsed = split_line(first[:-1]) if first.endswith(b"\n") else None
+    return None if parsed is None else (parsed[0], parsed[1])
+
+
+def _collect(
+    future: Future[_SegmentResult], state: _StreamVerifier, recoveries: list[dict[str, Any]]
+) -> bool | None:
+    """Fold a worker's result into ``state`` if it started where ``state`` stands.
+
+    Returns the segment's emptiness, or None when the segment must be verified here: the
+    worker failed, or the segment does not continue the chain exactly (then the serial
+    pass produces the diagnosis, so the report never depends on the worker count).
+    """
+    try:
+        done = future.result()
+    except Exception:  # a broken pool, a killed worker: fall back to the serial pass
+        return None
+    if done.start is None or not state.prev or done.start != (state.expected_seq, state.prev):
+        return None
+    report, part = state.report, done.report
+    report.problems.extend(part.problems)
+    report.warnings.extend(part.warnings)
+    if part.entries:
+        if report.first_seq is None:
+            report.first_seq = part.first_seq
+        report.entries += part.entries
+        report.last_seq = part.last_seq
+        report.head = part.head
+    state.expected_seq, state.prev = done.expected_seq, done.prev
+    recoveries.extend(done.recoveries)
+    return done.empty
 
 
 def _recovery_entries(block: bytes) -> Iterator[dict[str, Any]]:
@@ -474,10 +576,12 @@ def verify_tenant(
     checkpoint_key: str | None = None,
     anchors: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    workers: int | None = None,
 ) -> VerificationReport:
     """Verify every stream of one tenant.
 
     Args:
+        workers: worker processes for sealed segments (see :func:`verify_stream`).
         seed: the seal seed (``ils1-...`` text or 32 bytes): also check every seal.
         checkpoint_key: a note verifier key (``name+id+base64``): also check signed
             checkpoints, the stream's own and those under *anchors*.
@@ -488,7 +592,8 @@ def verify_tenant(
     tdir = tenant_dir(root, tenant)
     streams = list_streams(tdir)
     report = VerificationReport(
-        [verify_stream(s, tenant, parse=parse, decrypt=decrypt) for s in streams]
+        [verify_stream(s, tenant, parse=parse, decrypt=decrypt, workers=workers)
+         for s in streams]
     )
     if seed is not None:
         keys = _TenantKeys(_seed_bytes(seed))
@@ -554,10 +659,14 @@ def _missing_streams(tenant: str, local: set[str], anchors: list[Path]) -> list[
 
 
 def verify_directory(
-    root: str | os.PathLike[str], tenants: Iterable[str] | None = None, *, parse: bool = False
+    root: str | os.PathLike[str],
+    tenants: Iterable[str] | None = None,
+    *,
+    parse: bool = False,
+    workers: int | None = None,
 ) -> VerificationReport:
     """Verify every stream of every tenant under ``root`` (or of the given tenants)."""
     report = VerificationReport()
     for tenant in tenants if tenants is not None else list_tenants(Path(root)):
-        report.streams.extend(verify_tenant(root, tenant, parse=parse).streams)
+        report.streams.extend(verify_tenant(root, tenant, parse=parse, workers=workers).streams)
     return report

@@ -214,3 +214,23 @@ def test_corrupt_segment_is_a_clear_error_not_a_traceback(
     assert "SegmentReadError" in capsys.readouterr().err
     code, text = run("verify", str(tmp_path))
     assert code == 1 and "cannot read segment" in text
+
+
+def test_verify_workers_option(tmp_path: Path, logger_name: str) -> None:
+    from .helpers import write_log
+
+    write_log(tmp_path, logger_name, 300, max_bytes=10_000)
+    command = [sys.executable, "-m", "immutable_logging.cli", "verify", str(tmp_path), "--json"]
+    root = Path(__file__).resolve().parent.parent
+    forked = subprocess.run([*command, "--workers", "2"], capture_output=True, cwd=root,
+                            timeout=120)
+    serial = subprocess.run([*command, "--workers", "1"], capture_output=True, cwd=root,
+                            timeout=120)
+    assert forked.returncode == serial.returncode == 0, forked.stderr
+    forked_report, serial_report = orjson.loads(forked.stdout), orjson.loads(serial.stdout)
+    assert [s["workers"] for s in forked_report["streams"]] == [2]
+    assert [s["workers"] for s in serial_report["streams"]] == [0]
+    assert forked_report["entries"] == serial_report["entries"] == 300
+    bad = subprocess.run([*command, "--workers", "-1"], capture_output=True, cwd=root,
+                         timeout=120)
+    assert bad.returncode == 2 and b"must be 0 or more" in bad.stderr
