@@ -17,6 +17,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +28,7 @@ import orjson
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.chain import ChainWriter
 from immutable_logging.crypto import generate_key
-from immutable_logging.query import (
-    iter_entries,
-    query_entries,
-    query_filter,
-    search_entries,
-    search_filter,
-)
+from immutable_logging.matching import DocumentQuery, Match, TextSearch, find_entries
 from immutable_logging.replication.local import LocalDirectoryBackend
 from immutable_logging.replication.replicator import Replicator
 from immutable_logging.verify import verify_tenant
@@ -172,27 +167,30 @@ def bench_big(entries: int) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="bench-big-"))
     try:
         build_s, _ = _timed(lambda: _build_big_log(directory, entries))
-        rows: dict[str, Any] = {"entries": entries, "build_s": build_s}
+        rows: dict[str, Any] = {"entries": entries, "build_s": build_s,
+                                # worker processes are only forked from one thread
+                                "threads_alive": threading.active_count()}
         for label, parse in (("re-hash", False), ("parse + canonical", True)):
             for workers in (1, None):
                 seconds, report = _timed(lambda p=parse, w=workers: verify_tenant(
                     directory, "big", parse=p, workers=w))
                 assert report.ok and report.entries == entries
-                used = report.streams[0].workers
-                mode = f"{used} worker processes" if used else "1 process"
-                rows[f"verify ({label}, {mode})"] = {
-                    "seconds": seconds, "entries_per_s": entries / seconds}
+                rows[f"verify ({label}), workers={workers or 'auto'}"] = {
+                    "seconds": seconds, "entries_per_s": entries / seconds,
+                    "worker_processes": report.streams[0].workers}
         needle = f"User login {entries - 1}"
-        seconds, found = _timed(lambda: search_entries(
-            iter_entries(directory, "big", line_filter=search_filter(needle)), needle))
-        rows["search (1 hit)"] = {"seconds": seconds, "hits": len(found)}
-        document = {"level": "REVENUE", "metadata.amount": {"$gte": 4000}}
-        seconds, found = _timed(lambda: query_entries(
-            iter_entries(directory, "big", line_filter=query_filter(document)), document))
-        rows["query level+amount"] = {"seconds": seconds, "hits": len(found)}
-        document = {"metadata.amount": {"$gte": 4990}}
-        seconds, found = _timed(lambda: query_entries(iter_entries(directory, "big"), document))
-        rows["query amount only (full parse)"] = {"seconds": seconds, "hits": len(found)}
+        matches: dict[str, Match] = {
+            "search (1 hit)": TextSearch(needle),
+            "query level+amount": DocumentQuery(
+                {"level": "REVENUE", "metadata.amount": {"$gte": 4000}}),
+            "query amount only (full parse)": DocumentQuery({"metadata.amount": {"$gte": 4990}}),
+        }
+        for label, match in matches.items():
+            for workers in (1, None):
+                seconds, found = _timed(lambda m=match, w=workers: find_entries(
+                    directory, "big", m, workers=w))
+                rows[f"{label}, workers={workers or 'auto'}"] = {
+                    "seconds": seconds, "hits": len(found)}
         return rows
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -249,19 +247,22 @@ def _print_table(results: dict[str, Any]) -> None:
         extra = (f"  lag max {row['max_durability_lag_ms']:.1f} ms"
                  if "max_durability_lag_ms" in row else "")
         if "encryption_adds_us" in row:
-            extra = (f"  +{row['encryption_adds_us']:.2f} µs/entry over "
+            extra = (f"  {row['encryption_adds_us']:+.2f} µs/entry over "
                      f"{row['encryption_adds_vs']}")
         print(f"{name:52} {row['us_per_record']:8.2f} {row['records_per_s']:10,.0f} "
               f"{row['ratio_vs_filehandler']:14.2f}{extra}")
     lat = results["facade_latency"]
     print(f"{'facade log call latency':52} p50 {lat['p50_us']:.1f} µs, p99 {lat['p99_us']:.1f} µs")
     big = results["big_log"]
-    print(f"\n{big['entries']:,} entries (gzip'ed 16 MiB segments):")
+    print(f"\n{big['entries']:,} entries (gzip'ed 16 MiB segments; workers=auto forks one "
+          f"process per CPU when the caller runs one thread: {big['threads_alive']} now):")
     for name, row in big.items():
         if isinstance(row, dict):
             rate = f", {row['entries_per_s']:,.0f} entries/s" if "entries_per_s" in row else ""
             hits = f", {row['hits']} hits" if "hits" in row else ""
-            print(f"  {name:40} {row['seconds']:6.2f} s{rate}{hits}")
+            used = (f" ({row['worker_processes']} worker processes)"
+                    if row.get("worker_processes") else "")
+            print(f"  {name:48} {row['seconds']:6.2f} s{rate}{hits}{used}")
     print("\nreplication (pump from disk):")
     for name, row in results["replication"].items():
         if "skipped" in row:

@@ -21,16 +21,13 @@ from .config import BackupConfig
 from .encryption import EntryDecryptor, keyring_from_cli_env
 from .errors import ImmutableLogError
 from .layout import DEFAULT_TENANT, list_tenants, tenant_dir, validate_stream_name
+from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
     Entry,
     LineFilter,
     disk_usage,
     iter_entries,
-    query_entries,
-    query_filter,
     read_entries,
-    search_entries,
-    search_filter,
     summarise,
 )
 from .replication.backend import StorageBackend
@@ -115,6 +112,18 @@ def _entries(args: argparse.Namespace, line_filter: LineFilter | None = None) ->
         )
 
 
+def _find(args: argparse.Namespace, match: Match) -> list[Entry]:
+    """Matches across the selected tenants, tenant by tenant, up to ``--limit``."""
+    found: list[Entry] = []
+    for tenant in _tenants(args):
+        remaining = None if args.limit is None else args.limit - len(found)
+        if remaining is not None and remaining <= 0:
+            break
+        found += find_entries(args.directory, tenant, match, decrypt=_decryptor(args, tenant),
+                              limit=remaining)
+    return found
+
+
 def _print_entries(args: argparse.Namespace, out: TextIO, entries: list[Entry]) -> None:
     if args.json:
         _json_out(out, entries)
@@ -195,13 +204,7 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
 
 @_command("search")
 def _search(args: argparse.Namespace, out: TextIO) -> int:
-    found = search_entries(
-        _entries(args, search_filter(args.text, case_sensitive=args.case_sensitive)),
-        args.text,
-        case_sensitive=args.case_sensitive,
-        limit=args.limit,
-    )
-    _print_entries(args, out, found)
+    _print_entries(args, out, _find(args, TextSearch(args.text, args.case_sensitive)))
     return EXIT_OK
 
 
@@ -211,8 +214,7 @@ def _query(args: argparse.Namespace, out: TextIO) -> int:
         document = orjson.loads(args.document)
     except orjson.JSONDecodeError as exc:
         raise _UsageError(f"query must be a JSON object: {exc}") from None
-    found = query_entries(_entries(args, query_filter(document)), document, limit=args.limit)
-    _print_entries(args, out, found)
+    _print_entries(args, out, _find(args, DocumentQuery(document)))
     return EXIT_OK
 
 

@@ -26,16 +26,13 @@ from .errors import ConfigurationError
 from .handler import ImmutableHandler
 from .layout import DEFAULT_TENANT
 from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
+from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
     Entry,
     LineFilter,
     disk_usage,
     iter_entries,
-    query_entries,
-    query_filter,
     read_entries,
-    search_entries,
-    search_filter,
     summarise,
 )
 from .replication.backend import StorageBackend
@@ -152,16 +149,17 @@ class ImmutableLogger:
         self, text: str, *, case_sensitive: bool = False, limit: int | None = None
     ) -> list[Entry]:
         """Entries whose message, metadata or exception contains ``text``."""
-        return search_entries(
-            self._entries(search_filter(text, case_sensitive=case_sensitive)),
-            text,
-            case_sensitive=case_sensitive,
-            limit=limit,
-        )
+        return self._find(TextSearch(text, case_sensitive), limit)
 
     def query(self, document: Mapping[str, Any], *, limit: int | None = None) -> list[Entry]:
         """Entries matching a MongoDB-style query document (see :mod:`.query`)."""
-        return query_entries(self._entries(query_filter(document)), document, limit=limit)
+        return self._find(DocumentQuery(document), limit)
+
+    def _find(self, match: Match, limit: int | None) -> list[Entry]:
+        if not self._closed:
+            self.handler.flush()
+        return find_entries(self.directory, self.tenant, match,
+                            decrypt=self.handler.decryptor, limit=limit)
 
     def stats(self) -> dict[str, Any]:
         """Entry counts by level/logger/stream, time span, disk usage and handler health."""

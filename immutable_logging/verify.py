@@ -62,7 +62,7 @@ from .layout import (
     tenant_dir,
 )
 from .sealing import DEFAULT_TOLERANCE, SealChecker, _TenantKeys, load_grid
-from .workers import forked_pool, worker_count
+from .workers import forked_pool, total_size, worker_count
 
 _ERRORS: dict[str, type[VerificationError]] = {
     "hash_mismatch": HashMismatchError,
@@ -331,7 +331,7 @@ def verify_stream(
         )
     sealed = segments[:-1]  # the last segment may still grow: always checked here
     count = 0 if decrypt is not None else worker_count(
-        workers, len(sealed), sum(_size(s.path) for s in sealed))
+        workers, len(sealed), total_size(s.path for s in sealed))
     pool = forked_pool(count) if count else None
     report.workers = count
     try:
@@ -357,12 +357,6 @@ def verify_stream(
     _check_torn_evidence(stream_dir, recoveries, state)
     return report
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _verify_segment(

@@ -10,10 +10,13 @@ with the same results.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 #: Below this many bytes of segment files, forking costs more than it saves.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
@@ -47,3 +50,12 @@ def worker_count(requested: int | None, items: int, total_bytes: int) -> int:
 def forked_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` forked processes (see the module docstring for when)."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def total_size(paths: Iterable[Path]) -> int:
+    """Bytes in ``paths`` (a file that vanished counts 0)."""
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total

@@ -1,0 +1,179 @@
+"""Find the entries of a tenant that match a text search or a query document.
+
+The same results as :func:`~immutable_logging.query.search_entries` and
+:func:`~immutable_logging.query.query_entries` over
+:func:`~immutable_logging.query.iter_entries`, but sealed segments of large logs are
+scanned by forked worker processes (see :mod:`immutable_logging.workers`): each returns
+the matching entries of one segment, in order, and the parent merges them. A segment a
+worker cannot finish on its own (a read error, or encrypted entries, which only the
+parent may decrypt) is scanned again by the parent, which then decrypts it or raises
+exactly what the serial reader raises.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import zlib
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import QueryError, SegmentReadError
+from .layout import Segment, list_segments, list_streams, tenant_dir
+from .query import (
+    Decryptor,
+    Entry,
+    LineFilter,
+    Predicate,
+    _entries_of,
+    _sort_key,
+    _text_of,
+    compile_query,
+    query_filter,
+    search_filter,
+    with_timestamp,
+)
+from .workers import forked_pool, total_size, worker_count
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    """Entries whose message, metadata or exception text contains ``text``."""
+
+    text: str
+    case_sensitive: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text:
+            raise QueryError("search text must be a non-empty string")
+
+    def line_filter(self) -> LineFilter | None:
+        """A safe raw-line pre-filter (see :func:`~immutable_logging.query.search_filter`)."""
+        return search_filter(self.text, case_sensitive=self.case_sensitive)
+
+    def predicate(self) -> Predicate:
+        """Whether one decoded entry matches."""
+        if self.case_sensitive:
+            needle = self.text
+            return lambda entry: needle in _text_of(entry)
+        folded = self.text.lower()
+        return lambda entry: folded in _text_of(entry).lower()
+
+
+@dataclass(frozen=True)
+class DocumentQuery:
+    """Entries matching a MongoDB-style query document (see :mod:`.query`)."""
+
+    document: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        compile_query(self.document)  # raise QueryError now, not in a worker
+
+    def line_filter(self) -> LineFilter | None:
+        """A safe raw-line pre-filter (see :func:`~immutable_logging.query.query_filter`)."""
+        return query_filter(self.document)
+
+    def predicate(self) -> Predicate:
+        """Whether one decoded entry matches."""
+        return compile_query(self.document)
+
+
+Match = TextSearch | DocumentQuery
+
+
+class _Encrypted(Exception):
+    """A worker met an encrypted entry: the parent must scan the segment."""
+
+
+def _scan(segment: Segment, stream: str, match: Match) -> list[Entry]:
+    """Worker process side: the matching entries of one sealed segment, in order."""
+    predicate = match.predicate()
+    found = []
+    for entry in _entries_of(segment.chunks(), stream, str(segment.path), None,
+                             match.line_filter(), False):
+        if "enc" in entry:
+            raise _Encrypted
+        if predicate(entry):
+            found.append(entry)
+    return found
+
+
+def _scan_here(
+    segment: Segment, stream: str, match: Match, predicate: Predicate,
+    decrypt: Decryptor | None,
+) -> Iterator[Entry]:
+    path = str(segment.path)
+    try:
+        for entry in _entries_of(segment.chunks(), stream, path, decrypt,
+                                 match.line_filter(), False):
+            if predicate(entry):
+                yield entry
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SegmentReadError(
+            f"cannot read segment {path}: {exc}; run `immutable-log verify`") from exc
+
+
+def _stream_matches(
+    stream_dir: Path,
+    segments: list[Segment],
+    pending: list[Future[list[Entry]]],
+    match: Match,
+    decrypt: Decryptor | None,
+) -> Iterator[Entry]:
+    predicate = match.predicate()
+    stream = stream_dir.name
+    for index, segment in enumerate(segments):
+        if index < len(pending):
+            try:
+                found = pending[index].result()
+            except Exception:  # read error, encrypted entries, a broken pool: do it here
+                pass
+            else:
+                yield from found
+                continue
+        yield from _scan_here(segment, stream, match, predicate, decrypt)
+
+
+def find_entries(
+    root: str | os.PathLike[str],
+    tenant: str,
+    match: Match,
+    *,
+    decrypt: Decryptor | None = None,
+    limit: int | None = None,
+    workers: int | None = None,
+) -> list[Entry]:
+    """The first ``limit`` entries of ``tenant`` that ``match``, in time order.
+
+    ``workers``: sealed segments may be scanned by up to this many forked processes
+    (``None``: one per CPU for logs of at least
+    :data:`~immutable_logging.workers.PARALLEL_MIN_BYTES`; ``1``: never). The result is
+    the same either way.
+
+    Raises:
+        QueryError: a bad search text, query document or limit.
+        SegmentReadError: a segment cannot be read.
+        DecryptionError: an encrypted entry cannot be decrypted.
+    """
+    if limit is not None and limit < 0:
+        raise QueryError("limit must be >= 0")
+    streams = [(s, list_segments(s)) for s in list_streams(tenant_dir(root, tenant))]
+    sealed = [(stream, seg) for stream, segments in streams for seg in segments[:-1]]
+    count = worker_count(workers, len(sealed), total_size(seg.path for _, seg in sealed))
+    pool: ProcessPoolExecutor | None = forked_pool(count) if count else None
+    try:
+        iterators = []
+        for stream_dir, segments in streams:
+            pending = [pool.submit(_scan, seg, stream_dir.name, match)
+                       for seg in segments[:-1]] if pool is not None else []
+            iterators.append(_stream_matches(stream_dir, segments, pending, match, decrypt))
+        merged = iterators[0] if len(iterators) == 1 else heapq.merge(*iterators, key=_sort_key)
+        return [with_timestamp(e) for e in itertools.islice(merged, limit)]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+

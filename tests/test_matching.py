@@ -1,0 +1,131 @@
+"""find_entries: the serial reader's results, whether sealed segments are scanned by
+forked worker processes or not (compared in a fresh, single-threaded interpreter)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from immutable_logging.crypto import generate_key
+from immutable_logging.errors import QueryError
+from immutable_logging.layout import list_segments, list_streams
+from immutable_logging.matching import DocumentQuery, TextSearch, find_entries
+
+from .helpers import write_log
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_RUN = """
+import json, sys
+from immutable_logging import matching
+from immutable_logging.matching import DocumentQuery, TextSearch, find_entries
+from immutable_logging.query import iter_entries, query_entries, search_entries
+pools = []
+real_pool = matching.forked_pool
+matching.forked_pool = lambda n: pools.append(n) or real_pool(n)
+root, matches = sys.argv[1], json.loads(sys.argv[2])
+from pathlib import Path
+from immutable_logging.encryption import EntryDecryptor, build_keyring
+key = sys.argv[3] if len(sys.argv) > 3 else None  # no key: what the facade and CLI pass
+decrypt = EntryDecryptor(build_keyring(Path(root) / "default", encryption_key=key), "default")
+out = []
+for kind, arg, limit in matches:
+    match = TextSearch(arg) if kind == "search" else DocumentQuery(arg)
+    result = {}
+    for label, workers in (("serial", 1), ("forked", 2)):
+        try:
+            result[label] = find_entries(root, "default", match, decrypt=decrypt, limit=limit,
+                                         workers=workers)
+        except Exception as exc:
+            result[label] = f"{type(exc).__name__}: {exc}"
+    entries = iter_entries(root, "default", decrypt=decrypt)
+    try:
+        result["reader"] = (search_entries(entries, arg, limit=limit) if kind == "search"
+                            else query_entries(entries, arg, limit=limit))
+    except Exception as exc:
+        result["reader"] = f"{type(exc).__name__}: {exc}"
+    out.append(result)
+print(json.dumps({"pools": pools, "results": out}))
+"""
+
+
+def _run(root: Path, matches: list[tuple[str, Any, int | None]], key: str | None = None
+         ) -> dict[str, Any]:
+    argv = [sys.executable, "-c", _RUN, str(root), json.dumps(matches)]
+    done = subprocess.run([*argv, *([key] if key else [])], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+MATCHES: list[tuple[str, Any, int | None]] = [
+    ("search", "event 17", None),
+    ("search", "EVENT 1", 25),
+    ("search", "u3", None),
+    ("search", "no such text", None),
+    ("query", {"level": "INFO", "metadata.index": {"$gte": 590}}, None),
+    ("query", {"metadata.user": "u5"}, 10),
+    ("query", {"metadata.index": {"$in": [3, 333, 599, 777]}}, None),
+    ("query", {"$or": [{"metadata.index": 1}, {"message": {"$regex": "^event 4[0-9]$"}}]}, None),
+]
+
+
+def test_forked_scan_equals_the_serial_reader_across_streams(
+    tmp_path: Path, logger_name: str
+) -> None:
+    write_log(tmp_path, f"{logger_name}.a", 600, max_bytes=12_000, stream="a")
+    write_log(tmp_path, f"{logger_name}.b", 300, max_bytes=12_000, stream="b")
+    assert all(len(list_segments(s)) >= 4 for s in list_streams(tmp_path / "default"))
+    run = _run(tmp_path, MATCHES)
+    assert run["pools"] == [2] * len(MATCHES)  # workers were really forked
+    for (kind, arg, _), result in zip(MATCHES, run["results"], strict=True):
+        assert result["forked"] == result["serial"] == result["reader"], (kind, arg)
+    counts = [len(r["serial"]) for r in run["results"]]
+    assert counts[0] == 2 * 11 and counts[1] == 25 and counts[3] == 0 and counts[5] == 10
+
+
+def test_encrypted_segments_are_decrypted_by_the_parent(tmp_path: Path, logger_name: str) -> None:
+    key = generate_key()
+    write_log(tmp_path, logger_name, 400, max_bytes=12_000, encryption_key=key)
+    matches: list[tuple[str, Any, int | None]] = [
+        ("search", "event 12", None), ("query", {"metadata.user": "u2"}, 5)]
+    run = _run(tmp_path, matches, key)
+    for result in run["results"]:
+        assert result["forked"] == result["serial"] == result["reader"]
+        assert result["serial"] and all(e["encrypted"] for e in result["serial"])
+    keyless = _run(tmp_path, matches)
+    for result in keyless["results"]:
+        assert result["forked"] == result["serial"] == result["reader"]
+        assert result["serial"].startswith("KeyUnavailableError")
+
+
+def test_unreadable_segment_raises_what_the_serial_reader_raises(
+    tmp_path: Path, logger_name: str
+) -> None:
+    write_log(tmp_path, logger_name, 400, max_bytes=12_000)
+    damaged = list_segments(list_streams(tmp_path / "default")[0])[1].path
+    data = damaged.read_bytes()
+    damaged.chmod(0o600)
+    damaged.write_bytes(data[: len(data) // 2])
+    run = _run(tmp_path, [("search", "event", None), ("query", {"level": "INFO"}, None)])
+    for result in run["results"]:
+        assert result["forked"] == result["serial"]
+        assert result["serial"].startswith("SegmentReadError") and str(damaged) in result["serial"]
+
+
+def test_bad_input_is_a_query_error(tmp_path: Path) -> None:
+    with pytest.raises(QueryError):
+        TextSearch("")
+    with pytest.raises(QueryError):
+        DocumentQuery({"level": {"$bogus": 1}})
+    with pytest.raises(QueryError):
+        DocumentQuery(["not", "a", "mapping"])  # type: ignore[arg-type]
+    with pytest.raises(QueryError):
+        find_entries(tmp_path, "default", TextSearch("x"), limit=-1)
+    assert find_entries(tmp_path, "default", TextSearch("x")) == []  # no log yet
