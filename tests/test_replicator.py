@@ -6,6 +6,7 @@ import gzip
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -331,3 +332,33 @@ def test_close_respects_its_timeout_with_a_slow_backend(tmp_path: Path) -> None:
     status = replicator.close(timeout=1.0)
     assert time.monotonic() - started < 3.0  # the deadline plus at most one slow batch
     assert 0 < status.pending_entries < 300  # shipped some, the rest waits on disk
+
+
+def _other_prev(line: bytes) -> bytes:
+    """The line with the first hex digit of its prev hash changed (same shape)."""
+    at = line.index(b'"prev":"') + 8
+    return line[:at] + (b"1" if line[at:at + 1] == b"0" else b"0") + line[at + 1:]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda lines: lines[:40] + lines[41:], "breaks at seq 42 (expected seq 41)"),
+    (lambda lines: [*lines[:40], b"garbage\n", *lines[41:]], "is malformed"),
+    (lambda lines: [*lines[:40], _other_prev(lines[40]), *lines[41:]], "breaks at seq 41"),
+])
+def test_a_local_chain_broken_mid_segment_stops_replication_before_the_break(
+    tmp_path: Path, damage: Any, message: str,
+) -> None:
+    writer = ChainWriter(tmp_path / "logs", durability="none")
+    _write(writer, 100)
+    writer.close()
+    path = next(writer.stream_dir.glob("*.log"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(damage(lines)))
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                            max_batch_factor=1)
+    assert replicator.try_pump(force=True) is False
+    assert replicator.status.state == "stopped"
+    assert message in (replicator.status.last_error or "")
+    assert replicator.cursor.last_seq == 40  # everything before the break, nothing after
+    assert _batches(bucket)[-1][1] == 40

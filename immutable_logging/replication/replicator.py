@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from logging.handlers import QueueListener
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import orjson
 
@@ -53,6 +53,9 @@ _log = logging.getLogger("immutable_logging.replication")
 _WAKE = object()
 _TICK = object()
 MAX_BACKOFF = 60.0
+
+
+_HASH_MEMBER = b',"hash":"'
 
 
 class _Pending(NamedTuple):
@@ -148,6 +151,10 @@ class Replicator(QueueListener):
         self.max_pending = max_pending or max(2 * self.max_batch_factor * batch_size, 2000)
         self._lock = threading.RLock()
         self._signaled = False
+        self._woken_at = 0  # seq of the notification that last woke the thread
+        # Woken once the largest batch could be filled: a fast producer gets few, large
+        # PUTs (each costs a few fsyncs); a slow one is served by the tick.
+        self._wake_every = self.batch_size * self.max_batch_factor
         self._pending: list[_Pending] = []
         self._pending_since: float | None = None
         self._read_segment = 0
@@ -157,6 +164,7 @@ class Replicator(QueueListener):
         self._retry_at = 0.0
         self._consecutive_failures = 0
         self._fatal: str | None = None
+        self._broken: RemoteIntegrityError | None = None
         self._started = False
         self._cursor_file = cursor_path(self.stream_dir, backend)
         self.cursor = self._load_cursor()
@@ -194,10 +202,18 @@ class Replicator(QueueListener):
         super().start()
 
     def notify(self, seq: int) -> None:
-        """Commit listener: entries up to ``seq`` reached the OS."""
+        """Commit listener: entries up to ``seq`` reached the OS.
+
+        The thread is woken once ``batch_size * max_batch_factor`` entries have been
+        written since the last wake-up; fewer are shipped by the periodic tick (full
+        batches at once, a partial one after ``flush_interval``). Waking for every write
+        made the thread re-read the segment for a handful of entries and ship many small
+        batches (each with a few fsyncs), which slowed the application's own writes.
+        """
         self._latest_seq = seq
-        if self._started and not self._signaled:
+        if self._started and not self._signaled and seq - self._woken_at >= self._wake_every:
             self._signaled = True
+            self._woken_at = seq
             self._queue.put_nowait(_WAKE)
 
     def dequeue(self, block: bool) -> Any:
@@ -301,6 +317,7 @@ class Replicator(QueueListener):
     def _pump_locked(self, force: bool, deadline: float | None) -> int:
         if self._needs_reconcile:
             self._reconcile()
+        self._broken = None
         self._fill()
         shipped = 0
         while self._pending:
@@ -315,7 +332,7 @@ class Replicator(QueueListener):
                 self._pending_since is not None
                 and time.monotonic() - self._pending_since >= self.flush_interval
             )
-            if not (full or force or segment_done or waited):
+            if not (full or force or segment_done or waited or self._broken):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -323,8 +340,10 @@ class Replicator(QueueListener):
             del self._pending[:run]
             shipped += run
             self._pending_since = time.monotonic() if self._pending else None
-            if len(self._pending) < self.batch_size:
+            if len(self._pending) < self.batch_size and self._broken is None:
                 self._fill()
+        if self._broken is not None:  # the entries before the damage are shipped; stop
+            raise self._broken
         self._ship_side_objects()
         if self.status.state != "stopped":
             self.status.state = "ok"
@@ -341,7 +360,17 @@ class Replicator(QueueListener):
         return any(s.number > segment for s in list_segments(self.stream_dir))
 
     def _fill(self) -> None:
-        """Read complete entries after the read position into the pending list."""
+        """Read complete entries after the read position into the pending list.
+
+        Damage in the local chain stops the reading (kept in ``_broken``): the entries
+        before it are still shipped, then the pump raises it.
+        """
+        try:
+            self._fill_pending()
+        except RemoteIntegrityError as exc:
+            self._broken = exc
+
+    def _fill_pending(self) -> None:
         room = self.max_pending - len(self._pending)
         if room <= 0:
             return
@@ -355,15 +384,42 @@ class Replicator(QueueListener):
             with seg.open() as handle:
                 if self._read_offset:
                     handle.seek(self._read_offset)
-                offset = self._read_offset
-                for line in handle:
-                    if not line.endswith(b"\n"):
-                        break  # being written (or torn): not an entry yet
-                    offset += len(line)
-                    self._take(line, seg.number, offset)
-                    self._read_offset = offset
-                    if len(self._pending) >= self.max_pending:
-                        return
+                if self._take_lines(handle, seg.number):
+                    return
+
+    def _take_lines(self, handle: IO[bytes], segment: int) -> bool:
+        """Take the complete lines of ``handle`` (positioned at the read offset); True when
+        the pending list is full. The common line, the entry right after the last one
+        taken, is recognised by its expected prefix; anything else goes through
+        :meth:`_take`, which skips replicated entries or explains the damage."""
+        pending, limit = self._pending, self.max_pending
+        offset = self._read_offset
+        head = b""
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # being written (or torn): not an entry yet
+            offset += len(line)
+            if not head and pending:
+                last = pending[-1]
+                head = b'{"seq":%d,"prev":"%s",' % (last.seq + 1, last.hash.encode())
+            if head and line.startswith(head) and line[-76:-67] == _HASH_MEMBER and (
+                line.endswith(b'"}\n')
+            ):
+                last = pending[-1]
+                digest = line[-67:-3]
+                pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
+                                        offset, line))
+                head = b'{"seq":%d,"prev":"%s",' % (last.seq + 2, digest)
+            else:
+                self._take(line, segment, offset)
+                head = b""
+            self._read_offset = offset
+            if len(pending) >= limit:
+                self._latest_seq = max(self._latest_seq, pending[-1].seq)
+                return True
+        if pending:
+            self._latest_seq = max(self._latest_seq, pending[-1].seq)
+        return False
 
     def _take(self, line: bytes, segment: int, end: int) -> None:
         parsed = split_line(line[:-1])
