@@ -134,7 +134,9 @@ def compress_segment(plain: Path) -> Path:
     target = plain.with_name(plain.name + ".gz")
     tmp = plain.with_name(f".{plain.name}.gz.tmp")
     with open(plain, "rb") as src, open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+        # Level 1: about 3x faster than 6 for ~12% larger files on JSON lines, and this
+        # runs for every byte ever logged; inflating is equally fast for both.
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             shutil.copyfileobj(src, gz, 1 << 20)
         raw.flush()
         os.fsync(raw.fileno())
