@@ -114,6 +114,8 @@ def _entries(args: argparse.Namespace, line_filter: LineFilter | None = None) ->
 
 def _find(args: argparse.Namespace, match: Match) -> list[Entry]:
     """Matches across the selected tenants, tenant by tenant, up to ``--limit``."""
+    if args.limit is not None and args.limit < 0:
+        raise _UsageError(f"--limit must be 0 or more, got {args.limit}")
     found: list[Entry] = []
     for tenant in _tenants(args):
         remaining = None if args.limit is None else args.limit - len(found)

@@ -1,8 +1,9 @@
 """AES-256-GCM payload encryption, key sources, key ids and nonce management.
 
 This module is pure: it performs no logging and knows nothing about segments or
-handlers. The entry builder calls :func:`build_aad` and :meth:`PayloadCipher.encrypt`
-per record; readers and the verifier call :meth:`PayloadCipher.decrypt`.
+handlers. The chain writer encrypts through :meth:`PayloadCipher.entry_sealer` (the AAD
+of :func:`build_aad`, the compact form of :meth:`PayloadCipher.encrypt_text`) per record;
+readers and the verifier call :meth:`PayloadCipher.decrypt`.
 
 Keys
     A :class:`Key` is 32 bytes of key material plus a short key id (``kid``). Keys come

@@ -146,20 +146,29 @@ class ImmutableLogger:
         )
 
     def search(
-        self, text: str, *, case_sensitive: bool = False, limit: int | None = None
+        self, text: str, *, case_sensitive: bool = False, limit: int | None = None,
+        workers: int | None = None,
     ) -> list[Entry]:
-        """Entries whose message, metadata or exception contains ``text``."""
-        return self._find(TextSearch(text, case_sensitive), limit)
+        """Entries whose message, metadata or exception contains ``text``.
 
-    def query(self, document: Mapping[str, Any], *, limit: int | None = None) -> list[Entry]:
-        """Entries matching a MongoDB-style query document (see :mod:`.query`)."""
-        return self._find(DocumentQuery(document), limit)
+        ``limit``: at most this many (``None``: all; a negative limit is a QueryError).
+        ``workers``: see :func:`~immutable_logging.matching.find_entries`.
+        """
+        return self._find(TextSearch(text, case_sensitive), limit, workers)
 
-    def _find(self, match: Match, limit: int | None) -> list[Entry]:
+    def query(
+        self, document: Mapping[str, Any], *, limit: int | None = None,
+        workers: int | None = None,
+    ) -> list[Entry]:
+        """Entries matching a MongoDB-style query document (see :mod:`.query`); ``limit``
+        and ``workers`` as for :meth:`search`."""
+        return self._find(DocumentQuery(document), limit, workers)
+
+    def _find(self, match: Match, limit: int | None, workers: int | None) -> list[Entry]:
         if not self._closed:
             self.handler.flush()
         return find_entries(self.directory, self.tenant, match,
-                            decrypt=self.handler.decryptor, limit=limit)
+                            decrypt=self.handler.decryptor, limit=limit, workers=workers)
 
     def stats(self) -> dict[str, Any]:
         """Entry counts by level/logger/stream, time span, disk usage and handler health."""
@@ -184,6 +193,7 @@ class ImmutableLogger:
         seed: bytes | str | None = None,
         checkpoint_key: str | None = None,
         anchors: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
+        workers: int | None = None,
     ) -> VerificationReport:
         """Verify every stream of this tenant; see :class:`VerificationReport`.
 
@@ -193,6 +203,8 @@ class ImmutableLogger:
                 also check every forward-secure seal.
             checkpoint_key: the checkpoint verifier key (vkey): check signed checkpoints,
                 those under ``anchors`` (e.g. a copy of the replica) included.
+            workers: worker processes for sealed segments (``1``: none; see
+                :func:`~immutable_logging.verify.verify_stream`).
 
         With an encryption key configured, every encrypted entry is also authenticated (a
         ciphertext whose hash was recomputed after tampering is ``decryption_failed``).
@@ -207,6 +219,7 @@ class ImmutableLogger:
             seed=seed,
             checkpoint_key=checkpoint_key,
             anchors=anchors,
+            workers=workers,
         )
 
     # ------------------------------------------------------------------ cloud backup

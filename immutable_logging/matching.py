@@ -2,17 +2,17 @@
 
 The same results as :func:`~immutable_logging.query.search_entries` and
 :func:`~immutable_logging.query.query_entries` over
-:func:`~immutable_logging.query.iter_entries`, but sealed segments of large logs are
-scanned by forked worker processes (see :mod:`immutable_logging.workers`): each returns
-the matching entries of one segment, in order, and the parent merges them. A segment a
-worker cannot finish on its own (a read error, or encrypted entries, which only the
-parent may decrypt) is scanned again by the parent, which then decrypts it or raises
-exactly what the serial reader raises.
+:func:`~immutable_logging.query.iter_entries`, but the sealed segments of a large
+single-stream tenant are scanned by forked worker processes (see
+:mod:`immutable_logging.workers`): each returns the matching entries of one segment, in
+order, and the parent takes them in segment order, asking for a segment's result only
+while it still wants entries. A segment a worker cannot finish on its own (a read error,
+or encrypted entries, which only the parent may decrypt) is scanned again by the parent,
+which then decrypts it or raises exactly what the serial reader raises.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import os
 import zlib
@@ -30,9 +30,9 @@ from .query import (
     LineFilter,
     Predicate,
     _entries_of,
-    _sort_key,
     _text_of,
     compile_query,
+    iter_entries,
     query_filter,
     search_filter,
     with_timestamp,
@@ -122,9 +122,11 @@ def _stream_matches(
     segments: list[Segment],
     pending: list[Future[list[Entry]]],
     match: Match,
+    predicate: Predicate,
     decrypt: Decryptor | None,
 ) -> Iterator[Entry]:
-    predicate = match.predicate()
+    """One stream's matches in order: a worker's result where it has one, else read here
+    (a result is only asked for when the caller still wants entries)."""
     stream = stream_dir.name
     for index, segment in enumerate(segments):
         if index < len(pending):
@@ -147,33 +149,44 @@ def find_entries(
     limit: int | None = None,
     workers: int | None = None,
 ) -> list[Entry]:
-    """The first ``limit`` entries of ``tenant`` that ``match``, in time order.
+    """The first ``limit`` entries of ``tenant`` that ``match``, in reading order.
 
-    ``workers``: sealed segments may be scanned by up to this many forked processes
-    (``None``: one per CPU for logs of at least
-    :data:`~immutable_logging.workers.PARALLEL_MIN_BYTES`; ``1``: never). The result is
-    the same either way.
+    Exactly ``search_entries``/``query_entries`` over
+    :func:`~immutable_logging.query.iter_entries`. ``workers``: the sealed segments of a
+    tenant with one stream may be scanned by up to this many forked processes (``None``:
+    one per CPU for 8 MiB or more of sealed segments; ``1``: never). A tenant with several
+    streams is always read here: its streams are merged entry by entry, and which
+    matches come first can depend on entries that do not match.
 
     Raises:
         QueryError: a bad search text, query document or limit.
         SegmentReadError: a segment cannot be read.
         DecryptionError: an encrypted entry cannot be decrypted.
     """
-    if limit is not None and limit < 0:
-        raise QueryError("limit must be >= 0")
-    streams = [(s, list_segments(s)) for s in list_streams(tenant_dir(root, tenant))]
-    sealed = [(stream, seg) for stream, segments in streams for seg in segments[:-1]]
-    count = worker_count(workers, len(sealed), total_size(seg.path for _, seg in sealed))
-    pool: ProcessPoolExecutor | None = forked_pool(count) if count else None
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise QueryError(f"limit must be None or an int >= 0, got {limit!r}")
+    streams = list_streams(tenant_dir(root, tenant))
+    predicate = match.predicate()
+    if len(streams) != 1:
+        found: Iterator[Entry] = (
+            entry for entry in iter_entries(root, tenant, decrypt=decrypt,
+                                            line_filter=match.line_filter())
+            if predicate(entry))
+        return [with_timestamp(e) for e in itertools.islice(found, limit)]
+    segments = list_segments(streams[0])
+    sealed = segments[:-1]  # the last segment may still grow: always read here
+    count = worker_count(workers, len(sealed), total_size(s.path for s in sealed))
+    pool: ProcessPoolExecutor | None = None
+    pending: list[Future[list[Entry]]] = []
     try:
-        iterators = []
-        for stream_dir, segments in streams:
-            pending = [pool.submit(_scan, seg, stream_dir.name, match)
-                       for seg in segments[:-1]] if pool is not None else []
-            iterators.append(_stream_matches(stream_dir, segments, pending, match, decrypt))
-        merged = iterators[0] if len(iterators) == 1 else heapq.merge(*iterators, key=_sort_key)
-        return [with_timestamp(e) for e in itertools.islice(merged, limit)]
+        if count:
+            try:
+                pool = forked_pool(count)
+                pending = [pool.submit(_scan, seg, streams[0].name, match) for seg in sealed]
+            except (OSError, RuntimeError):  # no fork today (process limit...): read here
+                pending = []
+        found = _stream_matches(streams[0], segments, pending, match, predicate, decrypt)
+        return [with_timestamp(e) for e in itertools.islice(found, limit)]
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-

@@ -29,7 +29,7 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,15 @@ class VerificationReport:
         }
 
 
+def _expected_head(seq: int, prev: str) -> bytes | None:
+    """What the line of entry ``seq`` must start with when the previous entry's hash is
+    ``prev``; None (every line goes to the diagnosing slow path) unless ``prev`` is a
+    64-character ASCII hash."""
+    if len(prev) != 64 or not prev.isascii():
+        return None
+    return b'{"seq":%d,"prev":"%s",' % (seq, prev.encode("ascii"))
+
+
 class _StreamVerifier:
     """State machine over the lines of one stream."""
 
@@ -204,13 +213,13 @@ class _StreamVerifier:
             return
         sha256 = hashlib.sha256
         expected = self.expected_seq
-        # What the next entry must start with: its seq and the previous entry's hash.
-        head = b'{"seq":%d,"prev":"%s",' % (expected, self.prev.encode("utf-8", "replace"))
+        head = _expected_head(expected, self.prev)
         count = 0
         stored = b""
         for raw in io.BytesIO(block):
             if (
-                raw.startswith(head)
+                head is not None
+                and raw.startswith(head)
                 and raw[-76:-67] == _HASH_MEMBER
                 and raw.endswith(b'"}\n')
                 and len(raw) > 160  # as split_line: no entry is shorter
@@ -225,9 +234,8 @@ class _StreamVerifier:
             count, stored = 0, b""
             self.line(raw[:-1], file)
             expected = self.expected_seq
-            # After a malformed line the thread is lost: the slow path re-syncs line by line.
-            prev = self.prev.encode("utf-8", "replace") if self.prev else b"-" * 64
-            head = b'{"seq":%d,"prev":"%s",' % (expected, prev)
+            # After a malformed line the thread is lost (prev ""): the slow path re-syncs.
+            head = _expected_head(expected, self.prev)
         self._commit_fast(count, expected, stored)
 
     def _commit_fast(self, count: int, expected: int, stored: bytes) -> None:
@@ -332,11 +340,17 @@ def verify_stream(
     sealed = segments[:-1]  # the last segment may still grow: always checked here
     count = 0 if decrypt is not None else worker_count(
         workers, len(sealed), total_size(s.path for s in sealed))
-    pool = forked_pool(count) if count else None
-    report.workers = count
+    pool: ProcessPoolExecutor | None = None
+    pending: list[Future[_SegmentResult]] = []
     try:
-        pending = [pool.submit(_verify_alone, s, parse, tenant, stream_dir.name)
-                   for s in sealed] if pool is not None else []
+        if count:
+            try:
+                pool = forked_pool(count)
+                pending = [pool.submit(_verify_alone, s, parse, tenant, stream_dir.name)
+                           for s in sealed]
+                report.workers = count
+            except (OSError, RuntimeError):  # no fork today (process limit...): do it here
+                pending = []
         for index, segment in enumerate(segments):
             name = str(segment.path)
             if segment.number != expected_number:

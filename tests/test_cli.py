@@ -234,3 +234,10 @@ def test_verify_workers_option(tmp_path: Path, logger_name: str) -> None:
     bad = subprocess.run([*command, "--workers", "-1"], capture_output=True, cwd=root,
                          timeout=120)
     assert bad.returncode == 2 and b"must be 0 or more" in bad.stderr
+
+
+def test_negative_limit_is_a_usage_error(logdir: Path) -> None:
+    for command in (["search", str(logdir), "Order"], ["query", str(logdir), '{"level": "INFO"}']):
+        assert run(*command, "--limit", "-1")[0] == 2
+        code, text = run(*command, "--limit", "0", "--json")
+        assert code == 0 and orjson.loads(text) == []

@@ -219,3 +219,17 @@ def test_verify_with_seal_seed_reports_the_validated_span(tmp_path: Path) -> Non
     assert stream.unsealed_trailing == 1
     assert not log.verify(seed=encode_seed(generate_seed())).ok  # the wrong seed
     log.shutdown()
+
+
+def test_search_and_query_limits(tmp_path: Path) -> None:
+    with ImmutableLogger(tmp_path) as log:
+        for i in range(5):
+            log.info(f"hello {i}", {"i": i})
+        assert log.search("hello", limit=0) == [] and log.query({"metadata.i": 1}, limit=0) == []
+        assert [e["message"] for e in log.search("hello", limit=2)] == ["hello 0", "hello 1"]
+        assert len(log.search("hello", workers=1)) == 5
+        for bad in (-1, 1.5):
+            with pytest.raises(QueryError):
+                log.search("hello", limit=bad)  # type: ignore[arg-type]
+            with pytest.raises(QueryError):
+                log.query({"metadata.i": 1}, limit=bad)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -334,6 +335,13 @@ def test_close_respects_its_timeout_with_a_slow_backend(tmp_path: Path) -> None:
     assert 0 < status.pending_entries < 300  # shipped some, the rest waits on disk
 
 
+def _payload_less(previous: bytes) -> bytes:
+    """A correctly linked and hashed entry with no payload: shorter than any real entry."""
+    seq = int(previous[7:previous.index(b",")]) + 1
+    body = b'{"seq":%d,"prev":"%s"}' % (seq, previous[-67:-3])
+    return body[:-1] + b',"hash":"%s"}\n' % hashlib.sha256(body).hexdigest().encode()
+
+
 def _other_prev(line: bytes) -> bytes:
     """The line with the first hex digit of its prev hash changed (same shape)."""
     at = line.index(b'"prev":"') + 8
@@ -344,6 +352,9 @@ def _other_prev(line: bytes) -> bytes:
     (lambda lines: lines[:40] + lines[41:], "breaks at seq 42 (expected seq 41)"),
     (lambda lines: [*lines[:40], b"garbage\n", *lines[41:]], "is malformed"),
     (lambda lines: [*lines[:40], _other_prev(lines[40]), *lines[41:]], "breaks at seq 41"),
+    (lambda lines: [*lines[:40], _payload_less(lines[39]), *lines[41:]], "is malformed"),
+    (lambda lines: [*lines[:40], lines[40][:-10] + b"\xff" + lines[40][-9:], *lines[41:]],
+     "is malformed"),  # a byte of the stored hash rotted
 ])
 def test_a_local_chain_broken_mid_segment_stops_replication_before_the_break(
     tmp_path: Path, damage: Any, message: str,

@@ -227,3 +227,29 @@ def test_too_short_entries_fail_both_paths(tmp_path: Path) -> None:
     (stream / "00000001.log").write_bytes(line)
     assert [p.reason for p in verify_tenant(tmp_path).problems] == ["malformed"]
     assert [p.reason for p in verify_tenant(tmp_path, parse=True).problems] == ["malformed"]
+
+
+def test_a_rotted_hash_byte_cannot_be_chained_onto(tmp_path: Path) -> None:
+    """After a stored hash with a non-ASCII byte, a next entry that "links" to its
+    replacement-decoded form is no entry (the fast path must not accept it either)."""
+    import hashlib
+
+    from immutable_logging.chain import ChainWriter
+
+    writer = ChainWriter(tmp_path, durability="none")
+    for i in range(3):
+        writer.append({"ts": 1.0, "level": "INFO", "message": f"m{i}" + "x" * 80})
+    writer.close()
+    path = list_segments(writer.stream_dir)[-1].path
+    lines = read_lines(path)
+    lines[2] = lines[2][:-10] + b"\xff" + lines[2][-9:]
+    prev = lines[2][-67:-3].decode("ascii", "replace").encode("utf-8")  # 66 bytes
+    body = b'{"seq":4,"prev":"%s","level":"INFO","message":"forged%s","ts":2.0}' % (
+        prev, b"x" * 80)
+    lines.append(body[:-1] + b',"hash":"%s"}\n' % hashlib.sha256(body).hexdigest().encode())
+    write_lines(path, lines)
+    for parse in (False, True):
+        report = verify_tenant(tmp_path, parse=parse)
+        assert ("hash_mismatch", 3) in [(p.reason, p.seq) for p in report.problems]
+        assert ("malformed", 4) in [(p.reason, p.seq) for p in report.problems]
+        assert report.entries == 3

@@ -131,3 +131,25 @@ def test_forked_workers_give_the_serial_report_for_every_tamper(
         forked.pop("workers")
         assert forked == serial, name
         assert bool(serial["problems"]) == (name != "clean"), name
+
+
+def test_a_failing_fork_falls_back_to_this_process(
+    tmp_path: Path, logger_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from immutable_logging.matching import TextSearch, find_entries
+    from immutable_logging.verify import verify_stream
+
+    write_log(tmp_path, logger_name, 300, max_bytes=12_000)
+    stream = only_stream(tmp_path)
+    serial = verify_stream(stream, "default", workers=1)
+    found = find_entries(tmp_path, "default", TextSearch("event 1"), workers=1)
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # so a fork is attempted
+    monkeypatch.setattr("os.fork", no_fork)
+    report = verify_stream(stream, "default", workers=2)
+    assert report.workers == 0 and report.ok and report.entries == serial.entries == 300
+    assert find_entries(tmp_path, "default", TextSearch("event 1"), workers=2) == found
+    assert len(found) == 111

@@ -121,7 +121,8 @@ class Replicator(QueueListener):
         batch_size: entries per batch (at most one PUT per ``batch_size`` entries).
             While a backlog waits, batches grow to multiples of it (at most
             ``max_batch_factor`` times), so a fast producer needs fewer PUTs, never more.
-        flush_interval: seconds a partial batch may wait before it is shipped.
+        flush_interval: seconds a partial batch may wait before it is shipped (plus up to
+            one ``tick``: the thread notices new entries at a wake-up or a tick).
         tick: how often the thread wakes without a notification.
         max_pending: entries read ahead from disk at most (bounds memory after an outage).
     """
@@ -402,11 +403,15 @@ class Replicator(QueueListener):
             if not head and pending:
                 last = pending[-1]
                 head = b'{"seq":%d,"prev":"%s",' % (last.seq + 1, last.hash.encode())
-            if head and line.startswith(head) and line[-76:-67] == _HASH_MEMBER and (
-                line.endswith(b'"}\n')
+            if (
+                head
+                and line.startswith(head)
+                and len(line) > 160  # as split_line: no entry is shorter
+                and line[-76:-67] == _HASH_MEMBER
+                and line.endswith(b'"}\n')
+                and (digest := line[-67:-3]).isascii()
             ):
                 last = pending[-1]
-                digest = line[-67:-3]
                 pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
                                         offset, line))
                 head = b'{"seq":%d,"prev":"%s",' % (last.seq + 2, digest)
@@ -423,7 +428,7 @@ class Replicator(QueueListener):
 
     def _take(self, line: bytes, segment: int, end: int) -> None:
         parsed = split_line(line[:-1])
-        if parsed is None:
+        if parsed is None or not (parsed[1].isascii() and parsed[2].isascii()):
             raise RemoteIntegrityError(
                 f"local entry in segment {segment} of {self.stream_dir} at byte {end - len(line)}"
                 " is malformed; run `immutable-log verify` before replicating"
