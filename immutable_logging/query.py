@@ -134,9 +134,17 @@ def _sort_key(entry: Entry) -> tuple[float, str, int]:
 
 def resolve_path(entry: Mapping[str, Any], path: str) -> Any:
     """Value at a dotted path (``metadata.user.id``), or a private sentinel if absent."""
+    return _resolve_parts(entry, path.split("."))
+
+
+def _resolve_parts(entry: Mapping[str, Any], parts: list[str]) -> Any:
     value: Any = entry
-    for part in path.split("."):
-        if isinstance(value, Mapping) and part in value:
+    for part in parts:
+        if type(value) is dict:  # decoded entries: skip the (slow) ABC check
+            value = value.get(part, _MISSING)
+            if value is _MISSING:
+                return _MISSING
+        elif isinstance(value, Mapping) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
@@ -214,7 +222,7 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
     else:
 
         def get(entry: Entry) -> Any:
-            return resolve_path(entry, path)
+            return _resolve_parts(entry, parts)
 
     if len(checks) == 1:
         check, operand = checks[0]
