@@ -42,7 +42,11 @@ import orjson
 
 GENESIS_HASH = "0" * 64
 HASH_SUFFIX_LEN = 75  # len(',"hash":"') + 64 + len('"}')
-_HASH_MEMBER = b',"hash":"'
+HASH_MEMBER = b',"hash":"'
+_HASH_MEMBER = HASH_MEMBER
+#: ``LINE_PREFIX % (seq, prev_hash_bytes)``: how every entry line starts (a format, not a
+#: function, so that the verify and replication loops pay no call per line).
+LINE_PREFIX = b'{"seq":%d,"prev":"%s",'
 _DUMPS_OPTS = orjson.OPT_SORT_KEYS
 _sha256 = hashlib.sha256
 

@@ -17,7 +17,7 @@ import itertools
 import os
 import zlib
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from .query import (
     search_filter,
     with_timestamp,
 )
-from .workers import forked_pool, total_size, worker_count
+from .workers import in_workers, total_size, worker_count
 
 
 @dataclass(frozen=True)
@@ -176,17 +176,6 @@ def find_entries(
     segments = list_segments(streams[0])
     sealed = segments[:-1]  # the last segment may still grow: always read here
     count = worker_count(workers, len(sealed), total_size(s.path for s in sealed))
-    pool: ProcessPoolExecutor | None = None
-    pending: list[Future[list[Entry]]] = []
-    try:
-        if count:
-            try:
-                pool = forked_pool(count)
-                pending = [pool.submit(_scan, seg, streams[0].name, match) for seg in sealed]
-            except (OSError, RuntimeError):  # no fork today (process limit...): read here
-                pending = []
+    with in_workers(count, _scan, sealed, streams[0].name, match) as pending:
         found = _stream_matches(streams[0], segments, pending, match, predicate, decrypt)
         return [with_timestamp(e) for e in itertools.islice(found, limit)]
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)

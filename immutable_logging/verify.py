@@ -29,7 +29,7 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,15 @@ from typing import Any
 import orjson
 
 from .checkpoint import verify_checkpoints
-from .entry import GENESIS_HASH, canonical_payload, entry_hash, hashed_bytes, split_line
+from .entry import (
+    GENESIS_HASH,
+    HASH_MEMBER,
+    LINE_PREFIX,
+    canonical_payload,
+    entry_hash,
+    hashed_bytes,
+    split_line,
+)
 from .errors import (
     ChainLinkError,
     CheckpointError,
@@ -62,7 +70,7 @@ from .layout import (
     tenant_dir,
 )
 from .sealing import DEFAULT_TOLERANCE, SealChecker, _TenantKeys, load_grid
-from .workers import forked_pool, total_size, worker_count
+from .workers import in_workers, total_size, worker_count
 
 _ERRORS: dict[str, type[VerificationError]] = {
     "hash_mismatch": HashMismatchError,
@@ -82,7 +90,6 @@ _ERRORS: dict[str, type[VerificationError]] = {
 }
 
 _RECOVERY_MARK = b'"kind":"recovery"'
-_HASH_MEMBER = b',"hash":"'
 
 #: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
@@ -187,7 +194,7 @@ def _expected_head(seq: int, prev: str) -> bytes | None:
     64-character ASCII hash."""
     if len(prev) != 64 or not prev.isascii():
         return None
-    return b'{"seq":%d,"prev":"%s",' % (seq, prev.encode("ascii"))
+    return LINE_PREFIX % (seq, prev.encode("ascii"))
 
 
 class _StreamVerifier:
@@ -220,14 +227,14 @@ class _StreamVerifier:
             if (
                 head is not None
                 and raw.startswith(head)
-                and raw[-76:-67] == _HASH_MEMBER
+                and raw[-76:-67] == HASH_MEMBER
                 and raw.endswith(b'"}\n')
                 and len(raw) > 160  # as split_line: no entry is shorter
                 and sha256(raw[:-76] + b"}").hexdigest().encode() == (digest := raw[-67:-3])
             ):
                 stored = digest
                 expected += 1
-                head = b'{"seq":%d,"prev":"%s",' % (expected, stored)
+                head = LINE_PREFIX % (expected, stored)
                 count += 1
                 continue
             self._commit_fast(count, expected, stored)
@@ -340,17 +347,8 @@ def verify_stream(
     sealed = segments[:-1]  # the last segment may still grow: always checked here
     count = 0 if decrypt is not None else worker_count(
         workers, len(sealed), total_size(s.path for s in sealed))
-    pool: ProcessPoolExecutor | None = None
-    pending: list[Future[_SegmentResult]] = []
-    try:
-        if count:
-            try:
-                pool = forked_pool(count)
-                pending = [pool.submit(_verify_alone, s, parse, tenant, stream_dir.name)
-                           for s in sealed]
-                report.workers = count
-            except (OSError, RuntimeError):  # no fork today (process limit...): do it here
-                pending = []
+    with in_workers(count, _verify_alone, sealed, parse, tenant, stream_dir.name) as pending:
+        report.workers = count if pending else 0
         for index, segment in enumerate(segments):
             name = str(segment.path)
             if segment.number != expected_number:
@@ -365,9 +363,6 @@ def verify_stream(
                 state, segment, is_last, recoveries)
             if empty and not is_last:
                 state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     _check_torn_evidence(stream_dir, recoveries, state)
     return report
 

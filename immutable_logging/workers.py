@@ -14,9 +14,12 @@ import contextlib
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: Below this many bytes of segment files, forking costs more than it saves.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
@@ -50,6 +53,30 @@ def worker_count(requested: int | None, items: int, total_bytes: int) -> int:
 def forked_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` forked processes (see the module docstring for when)."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+@contextlib.contextmanager
+def in_workers(
+    workers: int, func: Callable[..., T], items: Sequence[Any], *args: Any
+) -> Iterator[list[Future[T]]]:
+    """Futures of ``func(item, *args)`` for every item, run by ``workers`` forked processes.
+
+    Yields ``[]`` (do everything in this process) when ``workers`` is 0 or forking fails
+    (a process limit...). A future may also fail later (a killed worker): callers redo
+    that piece themselves. The pool is shut down on exit, pending work cancelled.
+    """
+    if not workers:
+        yield []
+        return
+    pool = forked_pool(workers)
+    try:
+        try:
+            futures = [pool.submit(func, item, *args) for item in items]
+        except (OSError, RuntimeError):
+            futures = []
+        yield futures
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def total_size(paths: Iterable[Path]) -> int:

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _RUN = """
 import json, sys
-from immutable_logging import matching
+from immutable_logging import workers as pool_module
 from immutable_logging.matching import DocumentQuery, TextSearch, find_entries
 from immutable_logging.query import (iter_entries, query_entries, query_filter,
                                      search_entries, search_filter)
 pools = []
-real_pool = matching.forked_pool
-matching.forked_pool = lambda n: pools.append(n) or real_pool(n)
+real_pool = pool_module.forked_pool
+pool_module.forked_pool = lambda n: pools.append(n) or real_pool(n)
 root, matches = sys.argv[1], json.loads(sys.argv[2])
 from pathlib import Path
 from immutable_logging.encryption import EntryDecryptor, build_keyring

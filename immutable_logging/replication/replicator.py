@@ -35,7 +35,7 @@ import orjson
 
 from ..chain import atomic_write
 from ..checkpoint import list_notes
-from ..entry import GENESIS_HASH, split_line
+from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError
 from ..layout import CHECKPOINT_DIR, STREAM_META, TORN_DIR, list_segments, segment_name
 from .backend import StorageBackend
@@ -54,9 +54,6 @@ _log = logging.getLogger("immutable_logging.replication")
 _WAKE = object()
 _TICK = object()
 MAX_BACKOFF = 60.0
-
-
-_HASH_MEMBER = b',"hash":"'
 
 
 class _Pending(NamedTuple):
@@ -413,19 +410,19 @@ class Replicator(QueueListener):
             offset += len(line)
             if not head and pending:
                 last = pending[-1]
-                head = b'{"seq":%d,"prev":"%s",' % (last.seq + 1, last.hash.encode())
+                head = LINE_PREFIX % (last.seq + 1, last.hash.encode())
             if (
                 head
                 and line.startswith(head)
                 and len(line) > 160  # as split_line: no entry is shorter
-                and line[-76:-67] == _HASH_MEMBER
+                and line[-76:-67] == HASH_MEMBER
                 and line.endswith(b'"}\n')
                 and (digest := line[-67:-3]).isascii()
             ):
                 last = pending[-1]
                 pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
                                         offset, line))
-                head = b'{"seq":%d,"prev":"%s",' % (last.seq + 2, digest)
+                head = LINE_PREFIX % (last.seq + 2, digest)
             else:
                 self._take(line, segment, offset)
                 head = b""
