@@ -16,7 +16,13 @@ from typing import Any, TextIO
 
 import orjson
 
-from .checkpoint import DEFAULT_KEY_NAME, prove_consistency, prove_inclusion
+from .checkpoint import (
+    DEFAULT_KEY_NAME,
+    ConsistencyProof,
+    InclusionProof,
+    prove_consistency,
+    prove_inclusion,
+)
 from .config import BackupConfig
 from .encryption import EntryDecryptor, keyring_from_cli_env
 from .errors import ImmutableLogError
@@ -325,36 +331,36 @@ def _stream_dir(args: argparse.Namespace) -> Path:
     return stream
 
 
+def _report_proof(
+    args: argparse.Namespace, out: TextIO, proof: InclusionProof | ConsistencyProof,
+    header: str, label: str,
+) -> int:
+    """Print a proof (its nodes as ``label[i]``) or its JSON; exit 1 if it does not verify."""
+    valid = proof.verify()
+    if args.json:
+        _json_out(out, {**proof.to_dict(), "valid": valid})
+    else:
+        out.write(header)
+        for i, node in enumerate(proof.proof):
+            out.write(f"{label}[{i}] {node.hex()}\n")
+        out.write("proof verifies\n" if valid else "PROOF DOES NOT VERIFY\n")
+    return EXIT_OK if valid else EXIT_TAMPERED
+
+
 @_command("prove-inclusion")
 def _prove_inclusion(args: argparse.Namespace, out: TextIO) -> int:
     proof = prove_inclusion(_stream_dir(args), args.seq, args.size)
-    if args.json:
-        _json_out(out, {**proof.to_dict(), "valid": proof.verify()})
-    else:
-        out.write(
-            f"entry seq {proof.seq} (hash {proof.entry_hash}) is leaf {proof.seq - 1} of the "
-            f"tree of {proof.tree_size} entries\nroot  {proof.root.hex()}\n"
-        )
-        for i, node in enumerate(proof.proof):
-            out.write(f"path[{i}] {node.hex()}\n")
-        out.write("proof verifies\n" if proof.verify() else "PROOF DOES NOT VERIFY\n")
-    return EXIT_OK if proof.verify() else EXIT_TAMPERED
+    return _report_proof(args, out, proof, (
+        f"entry seq {proof.seq} (hash {proof.entry_hash}) is leaf {proof.seq - 1} of the "
+        f"tree of {proof.tree_size} entries\nroot  {proof.root.hex()}\n"), "path")
 
 
 @_command("prove-consistency")
 def _prove_consistency(args: argparse.Namespace, out: TextIO) -> int:
     proof = prove_consistency(_stream_dir(args), args.old, args.new)
-    if args.json:
-        _json_out(out, {**proof.to_dict(), "valid": proof.verify()})
-    else:
-        out.write(
-            f"tree of {proof.old_size} entries is a prefix of the tree of {proof.new_size}\n"
-            f"old root {proof.old_root.hex()}\nnew root {proof.new_root.hex()}\n"
-        )
-        for i, node in enumerate(proof.proof):
-            out.write(f"proof[{i}] {node.hex()}\n")
-        out.write("proof verifies\n" if proof.verify() else "PROOF DOES NOT VERIFY\n")
-    return EXIT_OK if proof.verify() else EXIT_TAMPERED
+    return _report_proof(args, out, proof, (
+        f"tree of {proof.old_size} entries is a prefix of the tree of {proof.new_size}\n"
+        f"old root {proof.old_root.hex()}\nnew root {proof.new_root.hex()}\n"), "proof")
 
 
 def _backend(args: argparse.Namespace) -> StorageBackend:
