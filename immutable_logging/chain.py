@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import logging
 import math
 import os
 import queue
 import re
-import shutil
 import threading
 import time
 import weakref
@@ -40,6 +38,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .compression import compress_stream
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
 from .layout import (
@@ -140,10 +139,7 @@ def compress_segment(plain: Path) -> Path:
     target = plain.with_name(plain.name + ".gz")
     tmp = plain.with_name(f".{plain.name}.gz.tmp")
     with open(plain, "rb") as src, open(tmp, "wb") as raw:
-        # Level 1: about 3x faster than 6 for ~12% larger files on JSON lines, and this
-        # runs for every byte ever logged; inflating is equally fast for both.
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-            shutil.copyfileobj(src, gz, 1 << 20)
+        compress_stream(src, raw)
         raw.flush()
         os.fsync(raw.fileno())
     os.chmod(tmp, 0o444)

@@ -5,18 +5,15 @@ See ``docs/FORMAT.md``. This module only names and lists files; it never writes 
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
-import queue
 import re
-import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO
 
+from .compression import inflate_blocks, open_read
 from .errors import ConfigurationError, InvalidTenantError
 
 DEFAULT_TENANT = "default"
@@ -79,28 +76,31 @@ class Segment:
         opening; the compressed file, complete by then, is opened instead.
         """
         if self.compressed:
-            return cast(IO[bytes], gzip.open(self.path, "rb"))
+            return open_read(self.path)
         try:
             return open(self.path, "rb")
         except FileNotFoundError:
             gz = self.path.with_name(self.path.name + ".gz")
             if not gz.exists():
                 raise
-            return cast(IO[bytes], gzip.open(gz, "rb"))
+            return open_read(gz)
 
     def chunks(self) -> Iterator[bytes]:
         """The segment's content in blocks of whole lines (about 1 MiB each); only the very
         last block may end without ``\n`` (a torn tail or an entry being written).
 
-        Compressed segments are inflated by zlib in a helper thread (zlib releases the GIL),
-        one block ahead of the consumer: iterating a ``GzipFile`` line by line costs several
-        times more.
+        Compressed segments are inflated block by block in this thread
+        (:mod:`~immutable_logging.compression`): iterating a ``GzipFile`` line by line costs
+        several times more, and a helper thread would cost more than it saves, because it
+        waits up to a GIL switch interval (5 ms) for every hand-over while this thread
+        works through a block.
 
         Raises:
-            OSError/EOFError/zlib.error: unreadable, corrupt or truncated compressed data.
+            Any of :data:`~immutable_logging.compression.READ_ERRORS`: unreadable, corrupt
+            or truncated compressed data.
         """
         if self.compressed:
-            yield from _whole_lines(_prefetch(_inflate(self.path)))
+            yield from _whole_lines(inflate_blocks(self.path))
             return
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 - closed by the `with` below
@@ -117,63 +117,6 @@ class Segment:
         """Every line of the segment, ``\n`` included (only the last may lack it)."""
         for chunk in self.chunks():
             yield from io.BytesIO(chunk)
-
-
-def _inflate(path: Path) -> Iterator[bytes]:
-    """Decompressed blocks of at most 4 MiB each (a crafted file cannot balloon memory)."""
-    limit = 4 * _CHUNK
-    with open(path, "rb") as raw:
-        inflater = zlib.decompressobj(wbits=31)
-        while chunk := raw.read(_CHUNK):
-            while chunk:
-                data = inflater.decompress(chunk, limit)
-                chunk = inflater.unconsumed_tail
-                if inflater.eof and inflater.unused_data:  # a further gzip member
-                    chunk = inflater.unused_data + chunk
-                    inflater = zlib.decompressobj(wbits=31)
-                if data:
-                    yield data
-        if not inflater.eof:
-            raise EOFError(f"{path}: compressed segment is truncated")
-        tail = inflater.flush()
-        if tail:
-            yield tail
-
-
-def _prefetch(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """Run ``blocks`` in a helper thread, one block ahead; re-raise its errors here."""
-    slots: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def hand_over(item: bytes | BaseException | None) -> bool:
-        """Put ``item`` unless the consumer went away; False when it did."""
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for block in blocks:
-                if not hand_over(block):
-                    return
-            hand_over(None)
-        except BaseException as exc:  # handed to the consumer
-            hand_over(exc)
-
-    worker = threading.Thread(target=produce, name="immutable-logging-inflate", daemon=True)
-    worker.start()
-    try:
-        while (item := slots.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _whole_lines(blocks: Iterator[bytes]) -> Iterator[bytes]:

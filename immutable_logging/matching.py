@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compression import READ_ERRORS
 from .errors import QueryError, SegmentReadError
 from .layout import Segment, list_segments, list_streams, tenant_dir
 from .query import (
@@ -112,7 +112,7 @@ def _scan_here(
                                  match.line_filter(), False):
             if predicate(entry):
                 yield entry
-    except (OSError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         raise SegmentReadError(
             f"cannot read segment {path}: {exc}; run `immutable-log verify`") from exc
 

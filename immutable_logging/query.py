@@ -20,7 +20,6 @@ import heapq
 import io
 import os
 import re
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from .compression import READ_ERRORS
 from .errors import QueryError, SegmentReadError
 from .layout import list_segments, list_streams, tenant_dir
 
@@ -53,7 +53,7 @@ def _iter_stream(
             yield from _entries_of(
                 segment.chunks(), stream, path, decrypt, line_filter, include_system
             )
-        except (OSError, EOFError, zlib.error) as exc:
+        except READ_ERRORS as exc:
             raise SegmentReadError(
                 f"cannot read segment {path}: {exc}; run `immutable-log verify`"
             ) from exc

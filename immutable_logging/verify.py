@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 import orjson
 
 from .checkpoint import verify_checkpoints
+from .compression import READ_ERRORS
 from .entry import (
     GENESIS_HASH,
     HASH_MEMBER,
@@ -224,13 +224,17 @@ class _StreamVerifier:
         count = 0
         stored = b""
         for raw in io.BytesIO(block):
+            # A line is {"seq":N,"prev":"<64 hex>",<payload>,"hash":"<64 hex>"}\n, and the
+            # hash covers the line without its last 76 bytes, plus "}".
             if (
                 head is not None
                 and raw.startswith(head)
-                and raw[-76:-67] == HASH_MEMBER
-                and raw.endswith(b'"}\n')
                 and len(raw) > 160  # as split_line: no entry is shorter
-                and sha256(raw[:-76] + b"}").hexdigest().encode() == (digest := raw[-67:-3])
+                and raw.endswith(
+                    HASH_MEMBER
+                    + (digest := sha256(raw[:-76] + b"}").hexdigest().encode())
+                    + b'"}\n'
+                )
             ):
                 stored = digest
                 expected += 1
@@ -395,7 +399,7 @@ def _verify_segment(
                         "truncation", name, state.expected_seq,
                         "sealed segment ends in the middle of an entry",
                     )
-    except (OSError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         state.problem("malformed", name, state.expected_seq, f"cannot read segment: {exc}")
     return empty
 
@@ -429,7 +433,7 @@ def _first_position(segment: Segment) -> tuple[int, str] | None:
     try:
         with segment.open() as handle:
             first = handle.readline(1 << 20)
-    except (OSError, EOFError, zlib.error):
+    except READ_ERRORS:
         return None
     parsed = split_line(first[:-1]) if first.endswith(b"\n") else None
     return None if parsed is None else (parsed[0], parsed[1])

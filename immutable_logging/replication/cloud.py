@@ -7,10 +7,8 @@ the content. Problems name the object key, the sequence number and a reason.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,6 +18,7 @@ from typing import Any
 import orjson
 
 from ..chain import atomic_write, compress_segment
+from ..compression import READ_ERRORS, decompress
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
 from ..layout import STREAM_META, TORN_DIR, list_segments, list_streams, segment_name, tenant_dir
@@ -81,8 +80,8 @@ def load_remote_stream(
                 f"batch overlaps entries already present (up to seq {expected_seq - 1})"))
             continue
         try:
-            raw = gzip.decompress(backend.get(name.key))
-        except (OSError, EOFError, zlib.error) as exc:
+            raw = decompress(backend.get(name.key))
+        except READ_ERRORS as exc:
             result.problems.append(RemoteProblem(name.key, name.first_seq, "corrupt_object",
                                                  f"cannot decompress: {exc}"))
             expected_seq, prev = name.last_seq + 1, ""
@@ -214,7 +213,7 @@ def find_entry(
     wanted = block_hash.strip().lower().encode("ascii", "replace")
     for stream, names in remote_streams(backend, tenant).items():
         for name in names:
-            raw = gzip.decompress(backend.get(name.key))
+            raw = decompress(backend.get(name.key))
             for line in raw.splitlines():
                 if wanted not in line:
                     continue

@@ -19,7 +19,6 @@ notifications (never records), its thread wakes on each one or every ``tick`` se
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ import orjson
 
 from ..chain import atomic_write
 from ..checkpoint import list_notes
+from ..compression import compress, decompress
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError
 from ..layout import CHECKPOINT_DIR, STREAM_META, TORN_DIR, list_segments, segment_name
@@ -492,7 +492,7 @@ class Replicator(QueueListener):
             "created": f"{time.time():.6f}",
             "format": "1",
         }
-        self._put(key, gzip.compress(raw, compresslevel=1, mtime=0), metadata, raw)
+        self._put(key, compress(raw), metadata, raw)
         self.status.batches_uploaded += 1
         self.status.entries_uploaded += len(entries)
         cursor = self.cursor
@@ -507,7 +507,7 @@ class Replicator(QueueListener):
         except ObjectExistsError:
             existing = self.backend.get(key)
             same = (
-                gzip.decompress(existing) == raw if raw is not None else existing == data
+                decompress(existing) == raw if raw is not None else existing == data
             )
             if not same:
                 raise RemoteIntegrityError(
