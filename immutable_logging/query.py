@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
+import operator
 import os
 import re
 from collections import Counter
@@ -67,32 +68,32 @@ def _entries_of(
     line_filter: LineFilter | None,
     include_system: bool,
 ) -> Iterator[Entry]:
+    loads, damaged = orjson.loads, orjson.JSONDecodeError
     for chunk in chunks:
-        if line_filter is not None and b'"enc":' not in chunk:
-            lines: Iterable[bytes] = line_filter.lines(chunk)  # only candidate lines
+        # In a block without encrypted lines the filter picks the candidate lines itself;
+        # otherwise each plain line is tested, and encrypted lines are judged after
+        # decryption.
+        plain = b'"enc":' not in chunk
+        if line_filter is not None and plain:
+            lines: Iterable[bytes] = line_filter.lines(chunk)
         else:
             lines = io.BytesIO(chunk)
+        test = line_filter.matches if line_filter is not None and not plain else None
         for raw in lines:
-            entry = _decode(raw, line_filter, include_system)
-            if entry is not None:
-                entry["stream"] = stream
-                if decrypt is not None and "enc" in entry:
-                    entry = decrypt(entry, stream, path)
-                yield entry
-
-
-def _decode(raw: bytes, line_filter: LineFilter | None, include_system: bool) -> Entry | None:
-    if raw[-1:] != b"\n":
-        return None  # an entry being written, or a torn tail
-    if line_filter is not None and b'"enc":' not in raw and not line_filter.matches(raw):
-        return None  # cannot match; encrypted lines are judged after decryption
-    try:
-        entry = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None  # damaged lines are verify's business, not the reader's
-    if type(entry) is not dict or (not include_system and "kind" in entry):
-        return None
-    return entry
+            if raw[-1:] != b"\n":
+                continue  # an entry being written, or a torn tail
+            if test is not None and b'"enc":' not in raw and not test(raw):
+                continue  # cannot match
+            try:
+                entry = loads(raw)
+            except damaged:
+                continue  # damaged lines are verify's business, not the reader's
+            if type(entry) is not dict or (not include_system and "kind" in entry):
+                continue
+            entry["stream"] = stream
+            if decrypt is not None and "enc" in entry:
+                entry = decrypt(entry, stream, path)
+            yield entry
 
 
 def iter_entries(
@@ -153,12 +154,30 @@ def _resolve_parts(entry: Mapping[str, Any], parts: list[str]) -> Any:
     return value
 
 
-def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+def _getter(parts: list[str]) -> Callable[[Entry], Any]:
+    """``entry -> value at the path`` (or ``_MISSING``), with the common depths inlined."""
+    if len(parts) == 1:
+        key = parts[0]
+        return lambda entry: entry.get(key, _MISSING)
+    if len(parts) == 2:
+        outer, inner = parts
+
+        def get(entry: Entry) -> Any:
+            value = entry.get(outer)
+            if type(value) is dict:
+                return value.get(inner, _MISSING)
+            return _resolve_parts(entry, parts)  # lists, other mappings, absent
+
+        return get
+    return lambda entry: _resolve_parts(entry, parts)
+
+
+def _compare(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], bool]:
     def check(value: Any, operand: Any) -> bool:
         if value is _MISSING or value is None:
             return False
         try:
-            return op(value, operand)
+            return bool(op(value, operand))
         except TypeError:  # e.g. "abc" > 5: different types never match
             return False
 
@@ -179,10 +198,10 @@ def _contains(value: Any, operand: Any) -> bool:
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$eq": lambda v, o: v is not _MISSING and v == o,
     "$ne": lambda v, o: v is _MISSING or v != o,
-    "$gt": _compare(lambda v, o: bool(v > o)),
-    "$gte": _compare(lambda v, o: bool(v >= o)),
-    "$lt": _compare(lambda v, o: bool(v < o)),
-    "$lte": _compare(lambda v, o: bool(v <= o)),
+    "$gt": _compare(operator.gt),
+    "$gte": _compare(operator.ge),
+    "$lt": _compare(operator.lt),
+    "$lte": _compare(operator.le),
     "$in": lambda v, o: v is not _MISSING and v in o,
     "$nin": lambda v, o: v is _MISSING or v not in o,
     "$contains": _contains,
@@ -212,18 +231,7 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
                 raise QueryError(f"invalid $regex for field {path!r}: {exc}") from None
         checks.append((_OPERATORS[op], operand))
 
-    parts = path.split(".")
-    if len(parts) == 1:
-        key = parts[0]
-
-        def get(entry: Entry) -> Any:
-            return entry.get(key, _MISSING)
-
-    else:
-
-        def get(entry: Entry) -> Any:
-            return _resolve_parts(entry, parts)
-
+    get = _getter(path.split("."))
     if len(checks) == 1:
         check, operand = checks[0]
         return lambda entry: check(get(entry), operand)
