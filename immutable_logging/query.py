@@ -18,13 +18,15 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
+import math
 import operator
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate, compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -319,33 +321,125 @@ def _text_of(entry: Entry) -> str:
     return "\n".join(parts)
 
 
+#: A JSON number, or ``true``/``false`` (which compare as 1/0), right after a key.
+_NUMBER_VALUE = rb"(-?[0-9][0-9.eE+-]*|true|false)"
+
+
+def _number(token: bytes) -> int | float | bool | None:
+    """The value of a token matched by ``_NUMBER_VALUE``, as orjson decodes it (None when
+    it is not a valid number: the decoder then decides)."""
+    if token == b"true" or token == b"false":
+        return token == b"true"
+    try:
+        return int(token)
+    except ValueError:
+        try:
+            return float(token)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class NumberBound:
+    """A line can only match if a number (or ``true``/``false``) right after ``key`` (the
+    key's JSON bytes plus ``:``) passes every ``(operator, operand)`` check.
+
+    A key name can occur at several depths, and also as the tail of a longer key (``"a\\"b"``
+    ends in ``"b"``); the bound admits a line when any occurrence passes, so it only ever
+    lets extra lines through. Inside a string value the key's closing quote would be
+    escaped, so string contents never match.
+    """
+
+    key: bytes
+    checks: tuple[tuple[Callable[[Any, Any], Any], int | float], ...]
+    pattern: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", re.compile(re.escape(self.key) + _NUMBER_VALUE))
+
+    def admits(self, token: bytes) -> bool:
+        """Whether the value token of one occurrence passes every check."""
+        value = _number(token)
+        return value is None or all(op(value, operand) for op, operand in self.checks)
+
+    def in_line(self, line: bytes) -> bool:
+        """Whether some occurrence of the key in ``line`` has a passing value."""
+        return any(self.admits(m[1]) for m in self.pattern.finditer(line))
+
+    def offsets(self, chunk: bytes) -> list[int]:
+        """Where in ``chunk`` the occurrences of the key with a passing value start.
+
+        Done in bulk (split, int, compare over whole lists) because most lines fail: one
+        Python call per line would cost more than decoding the lines that pass.
+        """
+        pieces = self.pattern.split(chunk)  # text, value, text, value, ..., text
+        tokens = pieces[1::2]
+        try:
+            values = list(map(int, tokens))
+        except ValueError:  # a float, true/false: one call per token
+            passing = list(map(self.admits, tokens))
+        else:
+            passing = [True] * len(values)
+            for op, operand in self.checks:
+                passing = list(map(operator.and_, passing, map(op, values, repeat(operand))))
+        if not any(passing):
+            return []
+        # Occurrence i starts after pieces[0..2i] and i keys (split drops the keys).
+        ends = list(accumulate(map(len, pieces)))
+        size = len(self.key)
+        return [ends[2 * i] + i * size for i in compress(range(len(passing)), passing)]
+
+
 @dataclass(frozen=True)
 class LineFilter:
-    """Byte strings that a plain (unencrypted) line must all contain to possibly match.
+    """What a plain (unencrypted) line must contain to possibly match: every byte string
+    of ``needles``, and for every :class:`NumberBound` a passing number.
 
     Used to skip decoding lines that cannot match a search or a query; it never decides a
-    match by itself. ``fold_case`` compares ASCII case-insensitively (needles are lower).
+    match by itself. ``fold_case`` compares needles ASCII case-insensitively (they are
+    lower case).
     """
 
     needles: tuple[bytes, ...]
     fold_case: bool = False
+    bounds: tuple[NumberBound, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.needles and not self.bounds:
+            raise QueryError("a line filter needs a needle or a number bound")
 
     def matches(self, raw: bytes) -> bool:
-        """Whether one line contains every needle."""
+        """Whether one line passes the filter."""
         hay = raw.lower() if self.fold_case else raw
-        return all(n in hay for n in self.needles)
+        return all(n in hay for n in self.needles) and all(b.in_line(raw) for b in self.bounds)
 
     def lines(self, chunk: bytes) -> Iterator[bytes]:
-        """The lines of a block of whole lines that contain every needle."""
+        """The lines of a block of whole lines that pass the filter."""
+        if not self.needles:
+            yield from self._bounded_lines(chunk)
+            return
         hay = chunk.lower() if self.fold_case else chunk
         first, rest = self.needles[0], self.needles[1:]
         pos = hay.find(first)
         while pos >= 0:
             start = hay.rfind(b"\n", 0, pos) + 1
             end = hay.find(b"\n", pos) + 1 or len(hay)
-            if all(n in hay[start:end] for n in rest):
+            if all(n in hay[start:end] for n in rest) and all(
+                b.in_line(chunk[start:end]) for b in self.bounds
+            ):
                 yield chunk[start:end]
             pos = hay.find(first, end)
+
+    def _bounded_lines(self, chunk: bytes) -> Iterator[bytes]:
+        first, rest = self.bounds[0], self.bounds[1:]
+        end = 0
+        for offset in first.offsets(chunk):
+            if offset < end:
+                continue  # another passing occurrence in a line already taken
+            start = chunk.rfind(b"\n", 0, offset) + 1
+            end = chunk.find(b"\n", offset) + 1 or len(chunk)
+            if all(b.in_line(chunk[start:end]) for b in rest):
+                yield chunk[start:end]
 
 
 #: Fields the reader adds after decoding: they are never in the stored line.
@@ -368,21 +462,53 @@ def search_filter(text: str, *, case_sensitive: bool = False) -> LineFilter | No
     return LineFilter((needle.lower(),), fold_case=True)
 
 
+_BOUND_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "$eq": operator.eq, "$gt": operator.gt, "$gte": operator.ge,
+    "$lt": operator.lt, "$lte": operator.le,
+}
+
+
+def _number_checks(spec: Any) -> tuple[tuple[Callable[[Any, Any], Any], int | float], ...]:
+    """The checks of a field condition made only of number comparisons (``5``,
+    ``{"$gte": 10, "$lt": 20}``); empty for any other condition."""
+    if not isinstance(spec, Mapping) or not any(str(k).startswith("$") for k in spec):
+        spec = {"$eq": spec}
+    checks = []
+    for op, operand in spec.items():
+        if (op not in _BOUND_OPERATORS or type(operand) not in (int, float)
+                or not math.isfinite(operand)):
+            return ()
+        checks.append((_BOUND_OPERATORS[op], operand))
+    return tuple(checks)
+
+
 def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
-    """A raw-line pre-filter for :func:`query_entries`: every top-level string equality
-    (``{"level": "REVENUE"}``, ``{"metadata.user": {"$eq": "bob"}}``) must appear verbatim
-    in the canonical line. None when the query has no such condition."""
+    """A raw-line pre-filter for :func:`query_entries`, from the top-level field conditions:
+
+    * a string equality (``{"level": "REVENUE"}``, ``{"metadata.user": {"$eq": "bob"}}``)
+      must appear verbatim in the canonical line;
+    * number comparisons (``{"metadata.amount": {"$gte": 4000}}``, ``{"line": 42}``) need a
+      passing number after the field's key (see :class:`NumberBound`).
+
+    None when the query has no such condition.
+    """
     needles: list[bytes] = []
+    bounds: list[NumberBound] = []
     if not isinstance(document, Mapping):
         return None
     for key, spec in document.items():
         if not isinstance(key, str) or key.startswith("$") or key in _READER_FIELDS:
             continue
+        last = key.rsplit(".", 1)[-1]
+        if last.isdigit():  # a list index: no key in the line
+            continue
+        name = orjson.dumps(last)[1:-1]
         value = spec.get("$eq") if isinstance(spec, Mapping) else spec
-        field = key.rsplit(".", 1)[-1]
-        if isinstance(value, str) and not field.isdigit():
-            needles.append(b'"%s":%s' % (orjson.dumps(field)[1:-1], orjson.dumps(value)))
-    return LineFilter(tuple(needles)) if needles else None
+        if isinstance(value, str):
+            needles.append(b'"%s":%s' % (name, orjson.dumps(value)))
+        elif checks := _number_checks(spec):
+            bounds.append(NumberBound(b'"%s":' % name, checks))
+    return LineFilter(tuple(needles), bounds=tuple(bounds)) if needles or bounds else None
 
 
 def search_entries(

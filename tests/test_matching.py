@@ -76,6 +76,7 @@ MATCHES: list[tuple[str, Any, int | None]] = [
     ("query", {"level": "INFO", "metadata.index": {"$gte": 590}}, None),
     ("query", {"metadata.user": "u5"}, 10),
     ("query", {"metadata.index": {"$in": [3, 333, 599, 777]}}, None),
+    ("query", {"metadata.index": {"$gt": 100, "$lte": 105}}, None),  # number bounds only
     ("query", {"$or": [{"metadata.index": 1}, {"message": {"$regex": "^event 4[0-9]$"}}]}, None),
 ]
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import orjson
 import pytest
 
 from immutable_logging import ImmutableLogger
 from immutable_logging.crypto import generate_key
 from immutable_logging.errors import QueryError
 from immutable_logging.query import (
+    LineFilter,
     compile_query,
     iter_entries,
     query_entries,
@@ -103,3 +105,95 @@ def test_reader_fields_and_odd_operands(logdir: Path) -> None:
     assert query_filter(document) is None  # `stream` is added by the reader, not stored
     assert len(query_entries(iter_entries(logdir), document)) == len(entries)
     assert query_entries(iter_entries(logdir), {"metadata": {"$contains": ["a"]}}) == []
+
+
+_TRICKY_AMOUNTS: list[object] = [
+    4990, 5000, -3, 0, -0.0, 0.5, 1.0, 4990.5, 1e20, -2.5e-7, 2**63 - 1, True, False, None,
+    "5000", [5000], {"amount": 5000}, {"amount": "x"}, 12,
+]
+
+
+@pytest.fixture
+def numbers_dir(tmp_path: Path) -> Path:
+    with ImmutableLogger(tmp_path, max_bytes=6_000) as log:
+        for i, amount in enumerate(_TRICKY_AMOUNTS * 3):
+            log.info(f'sale {i} "amount":9999 in the text', {"amount": amount, "i": i})
+        log.info("nested only", {"order": {"amount": 7000}})  # the key at another depth
+        log.info("escaped key", {'say"amount': 9999, "amount": 1})  # ends in "amount"
+        log.info("no amount at all", {"other": 9999})
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"metadata.amount": {"$gte": 4990}},
+        {"metadata.amount": {"$gt": 0, "$lt": 1}},
+        {"metadata.amount": {"$lte": 0}},  # false, 0, -0.0 and negatives
+        {"metadata.amount": 5000},
+        {"metadata.amount": {"$eq": 1}},  # 1, 1.0 and true
+        {"metadata.amount": 1e20},
+        {"metadata.amount": {"$lt": 1e-6}},
+        {"metadata.amount": {"$gte": 2**63 - 1}},
+        {"metadata.order.amount": {"$gt": 6000}},
+        {"metadata.amount": 9999},  # only in the text, a longer key and another field
+        {"metadata.amount": {"$gte": 4990}, "level": "INFO"},
+        {"metadata.i": {"$gte": 5}, "metadata.amount": {"$lt": 100}},
+    ],
+)
+def test_number_bounds_never_change_results(numbers_dir: Path, document: dict[str, object]) -> None:
+    line_filter = query_filter(document)
+    assert line_filter is not None and line_filter.bounds
+    slow = query_entries(iter_entries(numbers_dir), document)
+    fast = query_entries(iter_entries(numbers_dir, line_filter=line_filter), document)
+    assert [e["hash"] for e in fast] == [e["hash"] for e in slow]
+
+
+def test_number_bounds_skip_lines_and_agree_line_by_line(numbers_dir: Path) -> None:
+    from immutable_logging.layout import list_segments, list_streams
+
+    document = {"metadata.amount": {"$gte": 4990}}
+    line_filter = query_filter(document)
+    assert line_filter is not None
+    predicate = compile_query(document)
+    total = kept = 0
+    for stream in list_streams(numbers_dir / "default"):
+        for segment in list_segments(stream):
+            for chunk in segment.chunks():
+                bound = line_filter.bounds[0]
+                assert bound.offsets(chunk) == [
+                    m.start() for m in bound.pattern.finditer(chunk) if bound.admits(m[1])]
+                lines = chunk.splitlines(keepends=True)
+                chosen = list(line_filter.lines(chunk))
+                assert chosen == [line for line in lines if line_filter.matches(line)]
+                for line in lines:  # a line that is left out can never match
+                    entry = orjson.loads(line)
+                    if line not in chosen:
+                        assert not predicate(entry), line
+                total, kept = total + len(lines), kept + len(chosen)
+    assert 0 < kept < total / 2
+
+
+def test_number_checks_only_for_plain_number_comparisons() -> None:
+    for document in (
+        {"metadata.amount": {"$gte": True}},  # a bool operand: left to the decoder
+        {"metadata.amount": {"$gte": float("nan")}},
+        {"metadata.amount": {"$lt": float("inf")}},
+        {"metadata.amount": {"$gte": 5, "$ne": 7}},  # mixed with another operator
+        {"metadata.amount": {"$in": [1, 2]}},
+        {"metadata.amount": {"$gte": "5"}},
+        {"metadata.amount": {"value": 5}},  # equality with an object
+        {"metadata.items.0": 5},  # a list index has no key in the line
+        {"$or": [{"metadata.amount": 5}]},
+    ):
+        assert query_filter(document) is None, document
+    with pytest.raises(QueryError):
+        LineFilter(())
+
+
+def test_a_token_that_is_no_number_is_left_to_the_decoder() -> None:
+    line_filter = query_filter({"metadata.amount": {"$gte": 10}})
+    assert line_filter is not None
+    bound = line_filter.bounds[0]
+    assert bound.admits(b"1-2") and bound.admits(b"1e") and bound.admits(b"99")
+    assert not bound.admits(b"9") and not bound.admits(b"true")
