@@ -197,6 +197,28 @@ def _expected_head(seq: int, prev: str) -> bytes | None:
     return LINE_PREFIX % (seq, prev.encode("ascii"))
 
 
+def _canonical_payload_at(raw: bytes, start: int) -> bool:
+    """Whether the entry line ``raw`` (newline included) decodes to a JSON object whose
+    payload (every member but seq/prev/hash), encoded canonically, is exactly the bytes
+    from ``start`` (just after ``"prev":"...",``) to the hash member: what
+    :meth:`_StreamVerifier._check_canonical` accepts, for a line that starts as expected."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    if type(obj) is not dict:
+        return False
+    for name in ("seq", "prev", "hash"):
+        obj.pop(name, None)
+    if not obj:
+        return False
+    try:
+        payload = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # let the diagnosing path decide
+        return False
+    return len(payload) - 2 == len(raw) - 76 - start and raw.startswith(payload[1:-1], start)
+
+
 class _StreamVerifier:
     """State machine over the lines of one stream."""
 
@@ -213,11 +235,13 @@ class _StreamVerifier:
     def block(self, block: bytes, file: str) -> None:
         """Verify a block of whole lines. The common case (a well-formed entry that links to
         the previous one) is checked inline with bytes slicing; anything else goes through
-        :meth:`line`, which diagnoses it."""
-        if self.parse or not self.prev:
+        :meth:`line`, which diagnoses it. With ``parse`` the inline check also requires a
+        canonical payload (:func:`_canonical_payload_at`)."""
+        if self.decrypt is not None or not self.prev:
             for raw in io.BytesIO(block):
                 self.line(raw[:-1], file)
             return
+        parse = self.parse
         sha256 = hashlib.sha256
         expected = self.expected_seq
         head = _expected_head(expected, self.prev)
@@ -235,6 +259,7 @@ class _StreamVerifier:
                     + (digest := sha256(raw[:-76] + b"}").hexdigest().encode())
                     + b'"}\n'
                 )
+                and (not parse or _canonical_payload_at(raw, len(head)))
             ):
                 stored = digest
                 expected += 1

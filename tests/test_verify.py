@@ -189,6 +189,69 @@ def test_non_canonical_payload_detected_by_parse_path(tmp_path: Path, logger_nam
     assert [(p.reason, p.seq) for p in report.problems] == [("non_canonical", 3)]
 
 
+_NON_CANONICAL = {
+    "spaces": lambda payload: orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).replace(
+        b'","', b'", "', 1),
+    "indent": lambda payload: orjson.dumps(
+        payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).replace(b"\n", b""),
+    "escaped_unicode": lambda payload: orjson.dumps(
+        {**payload, "message": "caf\u00e9"}, option=orjson.OPT_SORT_KEYS).replace(
+        "é".encode(), b"\\u00e9"),
+    "float_spelling": lambda payload: orjson.dumps(
+        {**payload, "z": 1.5}, option=orjson.OPT_SORT_KEYS).replace(b'"z":1.5', b'"z":15e-1'),
+    "duplicate_key": lambda payload: orjson.dumps(
+        payload, option=orjson.OPT_SORT_KEYS)[:-1] + b',"level":"INFO"}',
+    "nested_order": lambda payload: orjson.dumps(
+        {**payload, "zz": {"a": 1, "b": 2}}, option=orjson.OPT_SORT_KEYS).replace(
+        b'{"a":1,"b":2}', b'{"b":2,"a":1}'),
+    "seq_in_payload": lambda payload: b'{"seq":7,' + orjson.dumps(
+        payload, option=orjson.OPT_SORT_KEYS)[1:],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_NON_CANONICAL))
+def test_parse_path_rejects_every_non_canonical_spelling(
+    tmp_path: Path, logger_name: str, variant: str
+) -> None:
+    """Each payload decodes to a plausible entry and is correctly hashed: only the parse
+    path notices, at the right entry, and the entries around it stay clean."""
+    write_log(tmp_path, logger_name, 5)
+    path = list_segments(only_stream(tmp_path))[-1].path
+    lines = read_lines(path)
+    seq, prev, _, _hashed = split_line(lines[4].rstrip(b"\n"))  # type: ignore[misc]
+    obj = orjson.loads(lines[4])
+    payload = {key: v for key, v in obj.items() if key not in ("seq", "prev", "hash")}
+    if variant == "escaped_unicode":
+        payload["message"] = "café"
+    spelled = _NON_CANONICAL[variant](payload)
+    assert spelled != orjson.dumps(orjson.loads(spelled), option=orjson.OPT_SORT_KEYS)
+    lines[4] = make_line(seq, prev, spelled)[0]
+    write_lines(path, lines)
+    assert verify_tenant(tmp_path).ok  # the re-hash path cannot tell
+    report = verify_tenant(tmp_path, parse=True)
+    assert [(p.reason, p.seq) for p in report.problems] == [("non_canonical", 5)]
+    assert report.entries == 5
+
+
+def test_clean_entries_never_take_the_diagnosing_path(
+    rotated_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both depths check clean entries inline; only damage goes through ``line``."""
+    from immutable_logging import verify
+
+    diagnosed: list[bytes] = []
+    real_line = verify._StreamVerifier.line
+
+    def counting_line(self: verify._StreamVerifier, raw: bytes, file: str) -> None:
+        diagnosed.append(raw)
+        real_line(self, raw, file)
+
+    monkeypatch.setattr(verify._StreamVerifier, "line", counting_line)
+    for parse in (False, True):
+        assert verify_tenant(rotated_log, parse=parse, workers=1).ok
+    assert diagnosed == []
+
+
 def test_problem_errors_are_verification_errors(rotated_log: Path) -> None:
     path, lines = _segment_with(only_stream(rotated_log))
     lines[1] = b"not json at all\n"
