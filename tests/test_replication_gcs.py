@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from immutable_logging import ImmutableLogger
 from immutable_logging.replication.cloud import remote_streams
 from immutable_logging.replication.gcs import GCSBackend
@@ -81,8 +83,9 @@ def test_server_killed_mid_stream_then_restarted_all_synced_no_duplicates(
     assert covered == list(range(1, 4_001)), "every entry exactly once"
 
 
+@pytest.mark.parametrize("body", [gzip.compress(b"somebody else's bytes\n"), b"not gzip at all"])
 def test_conflicting_remote_object_stops_replication(
-    fake_gcs_server: FakeGcsServer, tmp_path: Path
+    fake_gcs_server: FakeGcsServer, tmp_path: Path, body: bytes
 ) -> None:
     create_gcs_bucket(fake_gcs_server, "conflict")
     with ImmutableLogger(tmp_path / "logs", **_options(fake_gcs_server, "conflict"),
@@ -90,7 +93,7 @@ def test_conflicting_remote_object_stops_replication(
         stream = log.handler.writer.stream
         gcs_client(fake_gcs_server).bucket("conflict").blob(
             f"default/{stream}/batches/000000000001-000000000005.jsonl.gz"
-        ).upload_from_string(gzip.compress(b"somebody else's bytes\n"))
+        ).upload_from_string(body)
         for i in range(5):
             log.info(f"mine {i}")
         assert log.flush_backup() is False

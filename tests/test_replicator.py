@@ -258,6 +258,26 @@ def test_local_chain_diverging_from_replica_stops_replication(tmp_path: Path) ->
     rewritten.close()
 
 
+@pytest.mark.parametrize("body", [gzip.compress(b"somebody else's bytes\n"), b"not gzip at all"])
+def test_an_object_taken_after_reconciling_stops_replication(tmp_path: Path, body: bytes) -> None:
+    """Another writer takes the next batch's key after this replicator reconciled: whether
+    or not that object is even gzip, replication stops; it never retries forever."""
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=5,
+                            max_batch_factor=1)
+    _write(writer, 5)
+    assert replicator.try_pump(force=True) is True
+    bucket.put_if_absent(f"default/{writer.stream}/batches/000000000006-000000000010.jsonl.gz",
+                         body, {})
+    _write(writer, 5)
+    assert replicator.try_pump(force=True) is False
+    assert replicator.status.state == "stopped"
+    assert "already exists with different content" in (replicator.status.last_error or "")
+    assert _batches(bucket) == [(1, 5), (6, 10)]
+    writer.close()
+
+
 def test_remote_streams_lists_by_stream(tmp_path: Path) -> None:
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
     for stream in ("a.0", "a.1"):

@@ -34,7 +34,7 @@ import orjson
 
 from ..chain import atomic_write
 from ..checkpoint import list_notes
-from ..compression import compress, decompress
+from ..compression import READ_ERRORS, compress, decompress
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError
 from ..layout import CHECKPOINT_DIR, STREAM_META, TORN_DIR, list_segments, segment_name
@@ -506,9 +506,12 @@ class Replicator(QueueListener):
             self.backend.put_if_absent(key, data, metadata)
         except ObjectExistsError:
             existing = self.backend.get(key)
-            same = (
-                decompress(existing) == raw if raw is not None else existing == data
-            )
+            try:
+                same = (
+                    decompress(existing) == raw if raw is not None else existing == data
+                )
+            except READ_ERRORS:  # not even gzip: somebody else's object all the same
+                same = False
             if not same:
                 raise RemoteIntegrityError(
                     f"{self.backend.describe()}: object {key} already exists with different "
