@@ -325,18 +325,26 @@ def _text_of(entry: Entry) -> str:
 _NUMBER_VALUE = rb"(-?[0-9][0-9.eE+-]*|true|false)"
 
 
+#: Integers orjson decodes as ``int``; beyond this range it gives the nearest ``float``.
+_INT_MIN, _INT_END = -(1 << 63), 1 << 64
+
+
 def _number(token: bytes) -> int | float | bool | None:
     """The value of a token matched by ``_NUMBER_VALUE``, as orjson decodes it (None when
     it is not a valid number: the decoder then decides)."""
     if token == b"true" or token == b"false":
         return token == b"true"
     try:
-        return int(token)
+        value = int(token)
     except ValueError:
-        try:
-            return float(token)
-        except ValueError:
-            return None
+        pass
+    else:
+        if _INT_MIN <= value < _INT_END:
+            return value
+    try:
+        return float(token)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -377,6 +385,9 @@ class NumberBound:
         try:
             values = list(map(int, tokens))
         except ValueError:  # a float, true/false: one call per token
+            values = []
+        if len(values) != len(tokens) or (
+                values and (min(values) < _INT_MIN or max(values) >= _INT_END)):
             passing = list(map(self.admits, tokens))
         else:
             passing = [True] * len(values)

@@ -197,3 +197,27 @@ def test_a_token_that_is_no_number_is_left_to_the_decoder() -> None:
     bound = line_filter.bounds[0]
     assert bound.admits(b"1-2") and bound.admits(b"1e") and bound.admits(b"99")
     assert not bound.admits(b"9") and not bound.admits(b"true")
+
+
+@pytest.mark.parametrize("token", [
+    b"0", b"-0", b"7", b"-12", b"1.5", b"-2.5e-7", b"1e20", b"1E3", b"0.1",
+    b"9223372036854775807", b"-9223372036854775808", b"-9223372036854775809",
+    b"18446744073709551615", b"18446744073709551616", b"123456789012345678901234567890",
+    b"true", b"false",
+])
+def test_number_tokens_read_as_orjson_decodes_them(token: bytes) -> None:
+    from immutable_logging.query import _number
+
+    decoded = orjson.loads(token)
+    assert _number(token) == decoded and type(_number(token)) is type(decoded)
+
+
+def test_bulk_offsets_follow_orjson_beyond_64_bit_integers() -> None:
+    """orjson decodes integers outside the 64-bit range as the nearest float."""
+    line_filter = query_filter({"metadata.amount": float(2**64)})
+    assert line_filter is not None
+    bound = line_filter.bounds[0]
+    chunk = b'{"metadata":{"amount":5}}\n{"metadata":{"amount":18446744073709551617}}\n'
+    assert orjson.loads(chunk.splitlines()[1])["metadata"]["amount"] == float(2**64)
+    assert bound.offsets(chunk) == [chunk.index(b'"amount":1844')]
+    assert list(line_filter.lines(chunk)) == [chunk.splitlines(keepends=True)[1]]
