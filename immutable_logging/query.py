@@ -487,7 +487,7 @@ def _number_checks(spec: Any) -> tuple[tuple[Callable[[Any, Any], Any], int | fl
     checks = []
     for op, operand in spec.items():
         if (op not in _BOUND_OPERATORS or type(operand) not in (int, float)
-                or not math.isfinite(operand)):
+                or (type(operand) is float and not math.isfinite(operand))):
             return ()
         checks.append((_BOUND_OPERATORS[op], operand))
     return tuple(checks)
@@ -513,10 +513,14 @@ def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
         last = key.rsplit(".", 1)[-1]
         if last.isdigit():  # a list index: no key in the line
             continue
-        name = orjson.dumps(last)[1:-1]
         value = spec.get("$eq") if isinstance(spec, Mapping) else spec
-        if isinstance(value, str):
-            needles.append(b'"%s":%s' % (name, orjson.dumps(value)))
+        try:
+            name = orjson.dumps(last)[1:-1]
+            text = orjson.dumps(value) if isinstance(value, str) else None
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate: no line holds it verbatim
+            continue
+        if text is not None:
+            needles.append(b'"%s":%s' % (name, text))
         elif checks := _number_checks(spec):
             bounds.append(NumberBound(b'"%s":' % name, checks))
     return LineFilter(tuple(needles), bounds=tuple(bounds)) if needles or bounds else None

@@ -589,7 +589,7 @@ def check_seals(
                     if obj is not None and obj.get("kind") == "seal":
                         last_seal_seq = seq
                     last_seq = seq
-        except (OSError, EOFError):
+        except READ_ERRORS:
             continue  # the chain pass reports it
     summary = checker.finish(max(0, last_seq - last_seal_seq))
     report.sealed_from = summary.sealed_from

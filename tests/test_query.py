@@ -221,3 +221,19 @@ def test_bulk_offsets_follow_orjson_beyond_64_bit_integers() -> None:
     assert orjson.loads(chunk.splitlines()[1])["metadata"]["amount"] == float(2**64)
     assert bound.offsets(chunk) == [chunk.index(b'"amount":1844')]
     assert list(line_filter.lines(chunk)) == [chunk.splitlines(keepends=True)[1]]
+
+
+def test_odd_keys_and_operands_get_no_filter_and_no_crash(logdir: Path) -> None:
+    for document in (
+        {"metadata.\ud800": 1},  # a lone surrogate (json.loads accepts "\\ud800")
+        {"metadata.user": "\ud800"},
+        {"metadata.\ud800": {"$exists": True}},
+    ):
+        assert query_filter(document) is None
+        assert query_entries(iter_entries(logdir), document) == []
+    huge = {"metadata.amount": {"$lt": 10**400}}  # an int no float can hold
+    line_filter = query_filter(huge)
+    assert line_filter is not None
+    slow = query_entries(iter_entries(logdir), huge)
+    fast = query_entries(iter_entries(logdir, line_filter=line_filter), huge)
+    assert [e["hash"] for e in fast] == [e["hash"] for e in slow] and slow

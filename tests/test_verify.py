@@ -301,3 +301,19 @@ def test_a_rotted_hash_byte_cannot_be_chained_onto(tmp_path: Path) -> None:
         assert ("hash_mismatch", 3) in [(p.reason, p.seq) for p in report.problems]
         assert ("malformed", 4) in [(p.reason, p.seq) for p in report.problems]
         assert report.entries == 3
+
+
+def test_a_corrupt_compressed_segment_is_reported_with_a_seal_seed_too(
+    rotated_log: Path,
+) -> None:
+    """The seal pass skips what it cannot read; the chain pass reports it."""
+    gz = list_segments(only_stream(rotated_log))[0].path
+    damaged = bytearray(gz.read_bytes())
+    damaged[30:60] = b"\xff" * 30
+    gz.chmod(0o644)
+    gz.write_bytes(bytes(damaged))
+    plain = verify_tenant(rotated_log)
+    sealed = verify_tenant(rotated_log, seed=b"k" * 32)
+    assert not plain.ok and plain.problems[0].reason == "malformed"
+    assert [p.reason for p in sealed.problems][:len(plain.problems)] == [
+        p.reason for p in plain.problems]
