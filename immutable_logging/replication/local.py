@@ -202,7 +202,9 @@ class LocalDirectoryBackend(StorageBackend):
         """True if the root exists; create it or raise BucketNotFoundError as configured."""
         if self._root.is_dir():
             return True
-        if os.path.lexists(self._root) and not self._root.is_dir():  # not a racing mkdir
+        if os.path.lexists(self._root):
+            if self._root.is_dir():  # made meanwhile by another process
+                return True
             raise ConfigurationError(f"{self._root} exists but is not a directory")
         if not self._create:
             raise BucketNotFoundError(f"directory {self._root} does not exist")
