@@ -372,7 +372,7 @@ class NumberBound:
 
     def in_line(self, line: bytes) -> bool:
         """Whether some occurrence of the key in ``line`` has a passing value."""
-        return any(self.admits(m[1]) for m in self.pattern.finditer(line))
+        return bool(self.offsets(line))
 
     def offsets(self, chunk: bytes) -> list[int]:
         """Where in ``chunk`` the occurrences of the key with a passing value start.
@@ -399,6 +399,11 @@ class NumberBound:
         ends = list(accumulate(map(len, pieces)))
         size = len(self.key)
         return [ends[2 * i] + i * size for i in compress(range(len(passing)), passing)]
+
+
+def _line_around(chunk: bytes, pos: int) -> tuple[int, int]:
+    """Start and end (after its newline) of the line of ``chunk`` that holds ``pos``."""
+    return chunk.rfind(b"\n", 0, pos) + 1, chunk.find(b"\n", pos) + 1 or len(chunk)
 
 
 @dataclass(frozen=True)
@@ -433,8 +438,7 @@ class LineFilter:
         first, rest = self.needles[0], self.needles[1:]
         pos = hay.find(first)
         while pos >= 0:
-            start = hay.rfind(b"\n", 0, pos) + 1
-            end = hay.find(b"\n", pos) + 1 or len(hay)
+            start, end = _line_around(hay, pos)
             if all(n in hay[start:end] for n in rest) and all(
                 b.in_line(chunk[start:end]) for b in self.bounds
             ):
@@ -447,8 +451,7 @@ class LineFilter:
         for offset in first.offsets(chunk):
             if offset < end:
                 continue  # another passing occurrence in a line already taken
-            start = chunk.rfind(b"\n", 0, offset) + 1
-            end = chunk.find(b"\n", offset) + 1 or len(chunk)
+            start, end = _line_around(chunk, offset)
             if all(b.in_line(chunk[start:end]) for b in rest):
                 yield chunk[start:end]
 
