@@ -244,6 +244,12 @@ class ChainWriter:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.buffer_bytes = buffer_bytes
+        # What append() reads on every entry, worked out once.
+        self._rotate_at: float = max_bytes or math.inf
+        self._write_through = durability in ("flush", "always")
+        self._grouped = durability == "group"
+        self._max_pending = _MAX_PENDING_FACTOR * buffer_bytes
+        self._timed = max_age is not None  # or a sealer attached: rotation/seal deadlines
         self.compress = compress
         self.payload_transform: PayloadTransform | None = None
         self.stats = WriterStats()
@@ -459,50 +465,57 @@ class ChainWriter:
     def append(self, payload: dict[str, Any]) -> tuple[int, str]:
         """Chain one payload; return its ``(seq, hash)``."""
         with self._lock:
-            if self._closed:
-                raise ImmutableLogError(f"writer for {self.stream_dir} is closed")
-            if self._sealer is not None and self._seal_clock() >= self._seal_deadline:
-                self._seal_due()
-            if self._fd is not None and (
-                (self.max_bytes and self._segment_size >= self.max_bytes)
-                or (
-                    self._segment_deadline is not None
-                    and time.monotonic() >= self._segment_deadline
-                )
-            ):
-                self._rotate()
-            if self._fd is None:
-                self._open_active()
+            if self._fd is None or self._segment_size >= self._rotate_at or self._timed:
+                self._prepare_segment()
             seq = self.seq + 1
             if self.payload_transform is not None:
                 payload = self.payload_transform(payload, seq, self.head, self.segment_number)
             line, digest = make_line(seq, self.head, canonical_payload(payload))
-            mode = self.durability
-            if mode == "flush" or mode == "always":
+            if self._write_through:  # flush / always
                 if self._buf:  # an earlier entry (a seal) whose write failed: keep the order
                     self._write(bytes(self._buf) + line, seq)
                     self._buf = bytearray()
                 else:
                     self._write(line, seq)  # raises before the chain moves on
                 self._advance(seq, digest, len(line))
-                if mode == "always":
+                if self.durability == "always":
                     self._sync()
                 return seq, digest
-            if len(self._buf) >= _MAX_PENDING_FACTOR * self.buffer_bytes:
+            buf = self._buf
+            if len(buf) >= self._max_pending:
                 # Writes keep failing: refuse (the handler reports it) rather than grow.
                 self._write_buffer()
-            if not self._buf:
+                buf = self._buf
+            if not buf:
                 self._first_unsynced = time.monotonic()
-            self._buf += line
+            buf += line
             self._advance(seq, digest, len(line))
-            if len(self._buf) >= self.buffer_bytes:
+            if len(buf) >= self.buffer_bytes:
                 self._write_buffer()
-                if mode == "group":
+                if self.durability == "group":
                     self._sync()
-            elif mode == "group" and time.monotonic() - self._last_sync >= self.group_interval:
+            elif self._grouped and time.monotonic() - self._last_sync >= self.group_interval:
                 self._write_buffer()
                 self._sync()
             return seq, digest
+
+    def _prepare_segment(self) -> None:
+        """Before an entry when something may be due: the closed check, an ended seal
+        epoch, rotation by size or age, opening the active segment. Lock held."""
+        if self._closed:
+            raise ImmutableLogError(f"writer for {self.stream_dir} is closed")
+        if self._sealer is not None and self._seal_clock() >= self._seal_deadline:
+            self._seal_due()
+        if self._fd is not None and (
+            self._segment_size >= self._rotate_at
+            or (
+                self._segment_deadline is not None
+                and time.monotonic() >= self._segment_deadline
+            )
+        ):
+            self._rotate()
+        if self._fd is None:
+            self._open_active()
 
     def _advance(self, seq: int, digest: str, size: int) -> None:
         self.seq = seq
@@ -579,6 +592,7 @@ class ChainWriter:
                 self._sealer.close()
             self._sealer = sealer
             self._seal_clock = clock
+            self._timed = sealer is not None or self.max_age is not None
             if sealer is None:
                 self._seal_deadline = math.inf
                 return
@@ -629,7 +643,7 @@ class ChainWriter:
 
     def _append_system(self, payload: dict[str, Any]) -> None:
         """Chain a system entry into the buffer (no payload transform). Lock held."""
-        if self._fd is not None and self.max_bytes and self._segment_size >= self.max_bytes:
+        if self._fd is not None and self._segment_size >= self._rotate_at:
             self._rotate()
         if self._fd is None:
             self._open_active()

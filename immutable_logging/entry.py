@@ -33,9 +33,8 @@ import logging
 import os
 import socket
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
-from itertools import islice
 from typing import Any
 
 import orjson
@@ -71,6 +70,8 @@ _STRUCTLOG_RESERVED = frozenset(
     {"event", "exc_info", "stack_info", "positional_args", "_record", "_from_structlog"}
 )
 _SKIPPED_EXTRAS = frozenset({METADATA_ATTR, FIELDS_ATTR}) | _STRUCTLOG_ATTRS
+#: Attributes that are never copied into an entry's metadata as they are.
+_NOT_EXTRAS = STANDARD_RECORD_ATTRS | _SKIPPED_EXTRAS
 
 
 def json_fallback(value: Any) -> Any:
@@ -209,22 +210,30 @@ def render_message(record: logging.LogRecord) -> tuple[str, dict[str, Any] | Non
 def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
     """Everything the caller attached to the record: ``extra=`` keys and facade metadata."""
     attrs = record.__dict__
-    if len(attrs) == _N_INIT:
+    extras = len(attrs) - _N_INIT
+    if not extras:
         return {}
-    keys: Iterable[str] = attrs
-    tail = islice(attrs, _N_INIT - 1, None)
-    if next(tail, None) == _LAST_INIT:
-        keys = tail  # the usual layout: only keys after __init__'s may be extras
     meta: dict[str, Any] = {}
-    for key in keys:
-        if key not in STANDARD_RECORD_ATTRS and key not in _SKIPPED_EXTRAS:
+    carried = False  # facade metadata or integration fields among the attributes
+    seen = 0
+    for key in reversed(attrs):  # extra= keys come after the ones __init__ sets
+        if key == _LAST_INIT:
+            break
+        seen += 1
+        if key not in _NOT_EXTRAS:
             meta[key] = attrs[key]
-    facade_meta = attrs.get(METADATA_ATTR)
-    if isinstance(facade_meta, Mapping):
-        meta.update(facade_meta)
-    fields = attrs.get(FIELDS_ATTR)
-    if isinstance(fields, Mapping):
-        meta.update(fields)
+        elif key in _SKIPPED_EXTRAS:
+            carried = True
+    if seen != extras:  # an unusual layout (attributes deleted or re-added): scan them all
+        meta = {key: value for key, value in attrs.items() if key not in _NOT_EXTRAS}
+        carried = not _SKIPPED_EXTRAS.isdisjoint(attrs)
+    if carried:
+        facade_meta = attrs.get(METADATA_ATTR)
+        if isinstance(facade_meta, Mapping):
+            meta.update(facade_meta)
+        fields = attrs.get(FIELDS_ATTR)
+        if isinstance(fields, Mapping):
+            meta.update(fields)
     return meta
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import orjson
 
 from immutable_logging.entry import (
+    FIELDS_ATTR,
     GENESIS_HASH,
+    METADATA_ATTR,
     canonical_payload,
     hashed_bytes,
     json_fallback,
@@ -146,6 +148,24 @@ def test_metadata_from_custom_record_factories_is_kept() -> None:
     plain.message = "formatted by another handler"  # Formatter-added attributes are not extras
     plain.asctime = "2026-01-01"
     assert "metadata" not in record_payload(plain, "t")
+
+
+def test_metadata_survives_an_init_attribute_moved_to_the_end() -> None:
+    record = _record(request_id="r-2")
+    last_init = list(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__)[-1]
+    value = record.__dict__.pop(last_init)
+    record.__dict__[last_init] = value  # now after the extra: the fast scan must notice
+    assert record_payload(record, "t")["metadata"] == {"request_id": "r-2"}
+
+
+def test_facade_metadata_and_fields_merge_over_extras() -> None:
+    record = _record(a=1, b=2)
+    record.__dict__[METADATA_ATTR] = {"b": "facade", "c": 3}
+    record.__dict__[FIELDS_ATTR] = {"c": "field"}
+    assert record_payload(record, "t")["metadata"] == {"a": 1, "b": "facade", "c": "field"}
+    only_facade = _record()
+    only_facade.__dict__[METADATA_ATTR] = {"k": "v"}
+    assert record_payload(only_facade, "t")["metadata"] == {"k": "v"}
 
 
 def test_lone_surrogates_and_colliding_keys_are_kept() -> None:
