@@ -471,28 +471,32 @@ class ChainWriter:
             if self.payload_transform is not None:
                 payload = self.payload_transform(payload, seq, self.head, self.segment_number)
             line, digest = make_line(seq, self.head, canonical_payload(payload))
-            if self._write_through:  # flush / always
+            write_through = self._write_through  # flush / always
+            if write_through:
                 if self._buf:  # an earlier entry (a seal) whose write failed: keep the order
                     self._write(bytes(self._buf) + line, seq)
                     self._buf = bytearray()
                 else:
                     self._write(line, seq)  # raises before the chain moves on
-                self._advance(seq, digest, len(line))
+            else:
+                buf = self._buf
+                if len(buf) >= self._max_pending:
+                    # Writes keep failing: refuse (the handler reports it) rather than grow.
+                    self._write_buffer()
+                    buf = self._buf
+                if not buf:
+                    self._first_unsynced = time.monotonic()
+                buf += line
+            self.seq = seq
+            self.head = digest
+            self._segment_size += len(line)
+            self.stats.entries += 1
+            if write_through:
                 if self.durability == "always":
                     self._sync()
-                return seq, digest
-            buf = self._buf
-            if len(buf) >= self._max_pending:
-                # Writes keep failing: refuse (the handler reports it) rather than grow.
+            elif len(buf) >= self.buffer_bytes:
                 self._write_buffer()
-                buf = self._buf
-            if not buf:
-                self._first_unsynced = time.monotonic()
-            buf += line
-            self._advance(seq, digest, len(line))
-            if len(buf) >= self.buffer_bytes:
-                self._write_buffer()
-                if self.durability == "group":
+                if self._grouped:
                     self._sync()
             elif self._grouped and time.monotonic() - self._last_sync >= self.group_interval:
                 self._write_buffer()
@@ -516,12 +520,6 @@ class ChainWriter:
             self._rotate()
         if self._fd is None:
             self._open_active()
-
-    def _advance(self, seq: int, digest: str, size: int) -> None:
-        self.seq = seq
-        self.head = digest
-        self._segment_size += size
-        self.stats.entries += 1
 
     def _write(self, data: bytes | bytearray, last_seq: int) -> None:
         """Write whole entries; on failure cut the file back to the last entry boundary."""

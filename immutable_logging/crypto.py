@@ -1,7 +1,7 @@
 """AES-256-GCM payload encryption, key sources, key ids and nonce management.
 
 This module is pure: it performs no logging and knows nothing about segments or
-handlers. The chain writer encrypts through :meth:`PayloadCipher.entry_sealer` (the AAD
+handlers. The chain writer encrypts with :meth:`PayloadCipher.sealer_parts` (the AAD
 of :func:`build_aad`, the compact form of :meth:`PayloadCipher.encrypt_text`) per record;
 readers and the verifier call :meth:`PayloadCipher.decrypt`.
 
@@ -47,7 +47,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -78,7 +78,9 @@ __all__ = [
     "NonceCounter",
     "NonceSource",
     "PayloadCipher",
+    "SealerParts",
     "aad_builder",
+    "aad_format",
     "build_aad",
     "decode_key_b64",
     "generate_key",
@@ -744,16 +746,23 @@ def build_aad(tenant: str, stream: str, segment: int, seq: int, prev_hash_hex: s
                         prev_hash_hex)).encode("utf-8", "surrogatepass")
 
 
-def aad_builder(tenant: str, stream: str) -> Callable[[int, int, str], bytes]:
-    """Return ``f(segment, seq, prev_hash_hex)`` equal to ``build_aad(tenant, stream, ...)``.
-
-    The tenant/stream part is encoded once, so the per-record call is a single bytes
-    ``%``-format (about half the cost of :func:`build_aad`). Use one per stream writer.
-    """
+def aad_format(tenant: str, stream: str) -> bytes:
+    """The bytes format ``f`` with ``f % (segment, seq, prev_hash_hex_bytes)`` equal to
+    ``build_aad(tenant, stream, segment, seq, prev_hash_hex)``: the tenant/stream part is
+    encoded once, so the per-record work is a single ``%``-format."""
     prefix = f"{AAD_PREFIX}{len(tenant)}:{tenant}{len(stream)}:{stream}".encode(
         "utf-8", "surrogatepass"
     )
-    fmt = prefix.replace(b"%", b"%%") + b"%d,%d,%s"
+    return prefix.replace(b"%", b"%%") + b"%d,%d,%s"
+
+
+def aad_builder(tenant: str, stream: str) -> Callable[[int, int, str], bytes]:
+    """Return ``f(segment, seq, prev_hash_hex)`` equal to ``build_aad(tenant, stream, ...)``.
+
+    About half the cost of :func:`build_aad` (see :func:`aad_format`). Use one per stream
+    writer.
+    """
+    fmt = aad_format(tenant, stream)
 
     def build(segment: int, seq: int, prev_hash_hex: str) -> bytes:
         return fmt % (segment, seq, prev_hash_hex.encode("utf-8", "surrogatepass"))
@@ -786,6 +795,15 @@ def _split_enc_text(enc: str) -> tuple[str, str, str]:
     if not dot or not dot2:
         raise ValueError("expected 'A256GCM.<kid>.<base64>'")
     return alg, kid, b64
+
+
+class SealerParts(NamedTuple):
+    """See :meth:`PayloadCipher.sealer_parts`."""
+
+    counter: NonceCounter
+    aad_format: bytes
+    encrypt: Callable[[bytes, bytes, bytes | None], bytes]
+    prefix: str
 
 
 class PayloadCipher:
@@ -856,33 +874,25 @@ class PayloadCipher:
         nonce = next_nonce()
         return prefix + _b2a(nonce + seal(nonce, plaintext, aad), newline=False).decode("ascii")
 
-    def entry_sealer(self, tenant: str, stream: str) -> Callable[[bytes, int, int, str], str]:
-        """A fast ``f(plaintext, segment, seq, prev_hash_hex) -> str`` for one stream writer.
+    def sealer_parts(self, tenant: str, stream: str) -> SealerParts:
+        """What one stream writer needs to encrypt entries inline, bound once.
 
-        Equal to ``encrypt_text(plaintext, build_aad(tenant, stream, segment, seq, prev))``
-        under the key that is active *now*, with the AAD's fixed part, the key's AESGCM and
-        its nonce counter bound once. Ask for a new one after the active key changes.
+        For the key active *now*: ``encrypt_text(plaintext, build_aad(tenant, stream,
+        segment, seq, prev))`` equals::
+
+            nonce = parts.counter.next()
+            aad = parts.aad_format % (segment, seq, prev.encode("ascii"))
+            parts.prefix + base64(nonce + parts.encrypt(nonce, plaintext, aad))
+
+        (``prev`` is a hex digest). Ask again after the active key changes.
 
         Raises:
             ConfigurationError: no active key, or no nonce source.
         """
         kid, seal, _, prefix = self._sealer()
         assert self.nonce_source is not None  # _prepare checked it
-        counter = self.nonce_source.counter(kid)
-        fmt = f"{AAD_PREFIX}{len(tenant)}:{tenant}{len(stream)}:{stream}".encode(
-            "utf-8", "surrogatepass").replace(b"%", b"%%") + b"%d,%d,%s"
-        b2a = _b2a
-
-        def seal_entry(plaintext: bytes, segment: int, seq: int, prev: str) -> str:
-            # NonceCounter.next() inlined: the state is re-read on every call, so a
-            # refill or a fork (which invalidates the state) is always seen.
-            it, end = counter._state
-            n = next(it)
-            nonce = n.to_bytes(12, "big") if n < end else counter._refill()
-            aad = fmt % (segment, seq, prev.encode("utf-8", "surrogatepass"))
-            return prefix + b2a(nonce + seal(nonce, plaintext, aad), newline=False).decode()
-
-        return seal_entry
+        return SealerParts(self.nonce_source.counter(kid), aad_format(tenant, stream), seal,
+                           prefix)
 
     def decrypt(
         self,

@@ -14,9 +14,10 @@ in the log, or to another tenant, fails to decrypt.
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .crypto import (
+    DEFAULT_NONCE_BLOCK,
     Key,
     Keyring,
     NonceSource,
     PayloadCipher,
+    SealerParts,
     build_aad,
     decode_key_b64,
     key_from_passphrase,
@@ -37,7 +40,6 @@ from .entry import canonical_payload
 from .errors import ConfigurationError, DecryptionError
 
 SECRET_FIELDS = ("message", "metadata", "exc", "stack")
-_ABSENT: Any = object()
 NONCE_STATE = ".nonces.json"
 SALT_FILE = ".salt.json"
 _SEGMENT_NUMBER = re.compile(r"(\d{8,})\.log(?:\.gz)?$")
@@ -134,42 +136,66 @@ class EntryEncryptor:
 
     The secret fields are replaced by ``"enc": "A256GCM.<kid>.<base64(nonce||ct||tag)>"``
     (:meth:`PayloadCipher.encrypt_text`), bound by the AAD to the entry's position.
+    Install :attr:`transform` as the writer's ``payload_transform`` (calling the instance
+    does the same, one call slower).
     """
 
-    def __init__(self, keyring: Keyring, tenant_directory: Path, tenant: str, stream: str) -> None:
+    def __init__(self, keyring: Keyring, tenant_directory: Path, tenant: str, stream: str,
+                 *, nonce_block: int = DEFAULT_NONCE_BLOCK) -> None:
         if keyring.active is None:
             raise ConfigurationError("the encryption keyring has no active key")
         self._master = keyring
         self._tenant, self._stream = tenant, stream
-        self._nonces = NonceSource(tenant_directory / NONCE_STATE)
-        self._active: Key | None = keyring.active
-        self._seal = PayloadCipher(stream_keyring(keyring, tenant, stream), self._nonces
-                                   ).entry_sealer(tenant, stream)
+        self._nonces = NonceSource(tenant_directory / NONCE_STATE, block_size=nonce_block)
+        self.transform: Callable[[dict[str, Any], int, str, int], dict[str, Any]] = (
+            self._build_transform()
+        )
 
-    def _rekey(self) -> None:
-        """The keyring was rotated: encrypt under the stream key of the new active key."""
-        self._active = self._master.active
-        self._seal = PayloadCipher(
-            stream_keyring(self._master, self._tenant, self._stream), self._nonces
-        ).entry_sealer(self._tenant, self._stream)
+    def _stream_sealer(self) -> tuple[Key | None, SealerParts]:
+        """The active key and what encrypts under its stream key."""
+        active = self._master.active
+        cipher = PayloadCipher(stream_keyring(self._master, self._tenant, self._stream),
+                               self._nonces)
+        return active, cipher.sealer_parts(self._tenant, self._stream)
+
+    def _build_transform(self) -> Callable[[dict[str, Any], int, str, int], dict[str, Any]]:
+        master = self._master
+        active, (counter, aad_format, encrypt, prefix) = self._stream_sealer()
+        fields = SECRET_FIELDS
+        b2a = binascii.b2a_base64
+
+        def transform(payload: dict[str, Any], seq: int, prev: str, segment: int
+                      ) -> dict[str, Any]:
+            nonlocal active, counter, aad_format, encrypt, prefix
+            if "exc" in payload or "stack" in payload:
+                secret = {name: payload.pop(name) for name in fields if name in payload}
+            elif "metadata" in payload:  # the common case: message and metadata
+                secret = {"metadata": payload.pop("metadata")}
+                if "message" in payload:
+                    secret["message"] = payload.pop("message")
+            elif "message" in payload:
+                secret = {"message": payload.pop("message")}
+            else:
+                return payload
+            if master._active is not active:  # the keyring was rotated: use the new key
+                active, (counter, aad_format, encrypt, prefix) = self._stream_sealer()
+            # PayloadCipher.sealer_parts spelled out: this runs for every entry.
+            # NonceCounter.next() inlined: its state is re-read on every call, so a block
+            # refill or a fork (which invalidates the state) is always seen.
+            it, end = counter._state
+            n = next(it)
+            nonce = n.to_bytes(12, "big") if n < end else counter._refill()
+            aad = aad_format % (segment, seq, prev.encode("ascii"))
+            sealed = encrypt(nonce, canonical_payload(secret), aad)
+            payload["enc"] = prefix + b2a(nonce + sealed, newline=False).decode("ascii")
+            return payload
+
+        return transform
 
     def __call__(
         self, payload: dict[str, Any], seq: int, prev: str, segment: int
     ) -> dict[str, Any]:
-        if "exc" in payload or "stack" in payload:
-            secret = {name: payload.pop(name) for name in SECRET_FIELDS if name in payload}
-        else:  # the common case: message and (usually) metadata
-            pop = payload.pop
-            metadata = pop("metadata", _ABSENT)
-            secret = {} if metadata is _ABSENT else {"metadata": metadata}
-            message = pop("message", _ABSENT)
-            if message is not _ABSENT:
-                secret["message"] = message
-        if secret:
-            if self._master._active is not self._active:
-                self._rekey()
-            payload["enc"] = self._seal(canonical_payload(secret), segment, seq, prev)
-        return payload
+        return self.transform(payload, seq, prev, segment)
 
 
 class EntryDecryptor:

@@ -51,6 +51,8 @@ from .sealing import (
 )
 
 _log = logging.getLogger("immutable_logging.handler")
+#: ``Handler.handle`` returns the record that passed since Python 3.12, ``True`` before.
+_HANDLE_RETURNS_RECORD = sys.version_info >= (3, 12)
 
 #: Logger name prefixes whose records the handler never writes.
 EXCLUDED_LOGGERS = (
@@ -190,7 +192,7 @@ class ImmutableHandler(logging.Handler):
             try:
                 writer.payload_transform = EntryEncryptor(
                     self.keyring, Path(self.directory) / self.tenant, self.tenant, writer.stream
-                )
+                ).transform
             except BaseException:
                 writer.close()
                 raise
@@ -310,6 +312,16 @@ class ImmutableHandler(logging.Handler):
                     writer = self.writer = self._open_writer(reopening=True)
                     self._start_checkpointing()
         return writer
+
+    def handle(self, record: logging.LogRecord) -> Any:  # bool; the record since 3.12
+        """:meth:`logging.Handler.handle`, with the handler lock taken directly when there
+        are no filters (the per-record path saves three Python calls). Same locking,
+        same result."""
+        if self.filters:
+            return super().handle(record)
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self.emit(record)
+        return record if _HANDLE_RETURNS_RECORD else True
 
     def emit(self, record: logging.LogRecord) -> None:
         """Chain the record. Never raises: errors go to :meth:`handleError`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,20 @@ def write_lines(path: Path, lines: list[bytes]) -> None:
 
 def active_segment(stream: Path) -> Path:
     return list_segments(stream)[-1].path
+
+
+def nonces_of_forked_child(draw: Callable[[], bytes], count: int = 5) -> list[bytes]:
+    """The 12-byte nonces ``draw()`` returns in a forked child, ``count`` calls."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(read_fd)
+            os.write(write_fd, b"".join(draw() for _ in range(count)))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        child = fh.read()
+    os.waitpid(pid, 0)
+    return [child[i : i + 12] for i in range(0, len(child), 12)]

@@ -10,7 +10,6 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,8 @@ from immutable_logging.errors import (
     ImmutableLogError,
     KeyUnavailableError,
 )
+
+from .helpers import nonces_of_forked_child
 
 PREV = "ab" * 32
 FAST_N = 2**10  # scrypt cost for tests that do not check the default
@@ -503,55 +504,26 @@ def test_nonces_unique_across_threads(tmp_path: Path) -> None:
     assert len({_counter(n) for n in flat}) == 40_000
 
 
-def _nonces_of_forked_child(draw: Callable[[], bytes], count: int = 5) -> list[bytes]:
-    """The 12-byte nonces ``draw()`` returns in a forked child, ``count`` calls."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(read_fd)
-            os.write(write_fd, b"".join(draw() for _ in range(count)))
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as fh:
-        child = fh.read()
-    os.waitpid(pid, 0)
-    return [child[i : i + 12] for i in range(0, len(child), 12)]
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_does_not_reuse_parent_block(tmp_path: Path) -> None:
     source = NonceSource(tmp_path / "n.json", block_size=1000)
     parent_first = source.next_nonce("k")
-    child_nonces = _nonces_of_forked_child(lambda: source.next_nonce("k"))
+    child_nonces = nonces_of_forked_child(lambda: source.next_nonce("k"))
     parent = [parent_first] + [source.next_nonce("k") for _ in range(5)]
     assert len(child_nonces) == 5
     assert all(_counter(n) >= 1000 for n in child_nonces)  # the child reserved a new block
     assert not set(parent) & set(child_nonces)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_entry_sealer_matches_encrypt_text_and_sees_refills_and_forks(
-    tmp_path: Path, key: Key,
-) -> None:
-    source = NonceSource(tmp_path / "n.json", block_size=3)
-    cipher = PayloadCipher(Keyring([key]), source)
-    seal = cipher.entry_sealer("acme", "web-1.3")
-
-    def nonce(text: str) -> bytes:
-        return base64.b64decode(text.rpartition(".")[2])[:12]
-
-    texts = [seal(b"p%d" % i, 4, i, PREV) for i in range(10)]  # crosses 3 refills
-    for i, text in enumerate(texts):
-        assert text.startswith(f"A256GCM.{key.kid}.")
-        assert cipher.decrypt(text, build_aad("acme", "web-1.3", 4, i, PREV)) == b"p%d" % i
-    parent = {nonce(t) for t in texts}
-    assert len(parent) == 10
-    child_nonces = set(_nonces_of_forked_child(lambda: nonce(seal(b"c", 4, 1, PREV))))
-    parent |= {nonce(seal(b"p", 4, 1, PREV)) for _ in range(5)}
-    assert len(child_nonces) == 5 and len(parent) == 15
-    assert not parent & child_nonces
+def test_sealer_parts_compose_to_the_text_form(cipher: PayloadCipher, key: Key) -> None:
+    counter, aad_format, encrypt, prefix = cipher.sealer_parts("a%c", "web-1.3")
+    nonce = counter.next()
+    aad = aad_format % (4, 9, PREV.encode("ascii"))
+    assert aad == build_aad("a%c", "web-1.3", 4, 9, PREV)
+    text = prefix + base64.b64encode(nonce + encrypt(nonce, b"secret", aad)).decode()
+    assert text.startswith(f"A256GCM.{key.kid}.")
+    assert cipher.decrypt(text, build_aad("a%c", "web-1.3", 4, 9, PREV)) == b"secret"
+    assert counter.next() != nonce
 
 
 def test_corrupt_state_file_is_refused(tmp_path: Path) -> None:

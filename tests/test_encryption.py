@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import io
+import os
 from pathlib import Path
 
 import orjson
@@ -8,14 +10,15 @@ import pytest
 
 from immutable_logging import ImmutableLogger
 from immutable_logging.cli import main
-from immutable_logging.crypto import generate_key
+from immutable_logging.crypto import Key, Keyring, PayloadCipher, build_aad, generate_key
+from immutable_logging.encryption import NONCE_STATE, EntryEncryptor, stream_keyring
 from immutable_logging.entry import make_line, split_line
 from immutable_logging.errors import ConfigurationError, DecryptionError, KeyUnavailableError
 from immutable_logging.layout import list_segments, list_streams
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
 
-from .helpers import read_lines, write_lines
+from .helpers import nonces_of_forked_child, read_lines, write_lines
 
 
 def _active(tmp_path: Path, tenant: str = "default") -> Path:
@@ -221,3 +224,48 @@ def test_entries_in_the_earlier_object_form_still_decrypt(tmp_path: Path) -> Non
         assert [e["message"] for e in entries] == ["written as an object"]
         assert entries[0]["metadata"] == {"card": "4111-1111", "amount": 42}
         assert log.verify(parse=True).ok
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_encryptor_transform_sees_refills_forks_and_rotation(tmp_path: Path) -> None:
+    first = Key(base64.b64decode(generate_key()))
+    ring = Keyring([first])
+    encryptor = EntryEncryptor(ring, tmp_path, "acme", "web-1.3", nonce_block=3)
+    transform = encryptor.transform
+    prev = "ab" * 32
+
+    def seal(i: int, seq: int = 1) -> str:
+        payload = transform({"ts": 1.0, "message": f"m{i}", "metadata": {"i": i}}, seq, prev, 4)
+        assert "message" not in payload and "metadata" not in payload
+        return str(payload["enc"])
+
+    def opened(enc: str, seq: int = 1) -> dict[str, object]:
+        cipher = PayloadCipher(stream_keyring(ring, "acme", "web-1.3"))
+        return dict(orjson.loads(cipher.decrypt(enc, build_aad("acme", "web-1.3", 4, seq, prev))))
+
+    def nonce(enc: str) -> bytes:
+        return base64.b64decode(enc.rpartition(".")[2])[:12]
+
+    texts = [seal(i, seq=i) for i in range(10)]  # crosses 3 block refills
+    assert [opened(t, seq=i) for i, t in enumerate(texts)] == [
+        {"message": f"m{i}", "metadata": {"i": i}} for i in range(10)
+    ]
+    parent = {nonce(t) for t in texts}
+    child = set(nonces_of_forked_child(lambda: nonce(seal(0))))
+    parent |= {nonce(seal(0)) for _ in range(5)}
+    assert len(parent) == 15 and len(child) == 5 and not parent & child
+    # every counter used was reserved on disk first (blocks of 3), in the child too
+    reserved = orjson.loads((tmp_path / NONCE_STATE).read_bytes())["keys"][first.kid]["next"]
+    counters = [int.from_bytes(n[4:], "big") for n in parent | child]
+    assert len(set(counters)) == 20 and max(counters) < reserved == 21
+    # without the secret fields nothing is encrypted; exc and stack are
+    assert transform({"ts": 1.0}, 1, prev, 4) == {"ts": 1.0}
+    with_exc = transform({"ts": 1.0, "exc": "Traceback", "stack": "s"}, 1, prev, 4)
+    assert opened(str(with_exc["enc"])) == {"exc": "Traceback", "stack": "s"}
+    # a rotated keyring is picked up by the transform already installed in the writer
+    second = ring.add(Key(base64.b64decode(generate_key())), activate=True)
+    rotated = seal(99)
+    assert _kid(rotated) == second.kid != first.kid
+    assert opened(rotated) == {"message": "m99", "metadata": {"i": 99}}
+    assert encryptor({"message": "via __call__"}, 1, prev, 4)["enc"].startswith(
+        f"A256GCM.{second.kid}.")

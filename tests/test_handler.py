@@ -127,3 +127,28 @@ def test_emit_after_close_reopens_like_filehandler(tmp_path: Path, logger_name: 
     handler.close()
     assert [e["message"] for e in iter_entries(tmp_path)] == ["one", "two"]
     assert verify_tenant(tmp_path).ok
+
+
+def test_handle_keeps_filters_lock_and_result_of_logging_handler(
+    tmp_path: Path, logger_name: str
+) -> None:
+    handler = ImmutableHandler(tmp_path)
+    reference = logging.StreamHandler(io.StringIO())
+    record = logging.LogRecord(logger_name, logging.INFO, __file__, 1, "kept", None, None)
+    assert handler.handle(record) == reference.handle(record)  # no filters: the fast path
+    # emit runs under the handler lock, like logging.Handler.handle: a holder blocks it
+    handler.acquire()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (handler.handle(record), done.set()))
+    thread.start()
+    assert not done.wait(0.2)
+    handler.release()
+    thread.join(5)
+    assert done.is_set()
+    dropped = logging.LogRecord(logger_name, logging.INFO, __file__, 2, "dropped", None, None)
+    for h in (handler, reference):
+        h.addFilter(lambda r: r.getMessage() != "dropped")
+    assert handler.handle(dropped) == reference.handle(dropped)
+    assert handler.handle(record) == reference.handle(record)
+    handler.close()
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["kept", "kept", "kept"]
