@@ -195,9 +195,13 @@ def test_interrupted_compression_is_finished_on_open(tmp_path: Path) -> None:
 def test_compress_segment_is_repeatable(tmp_path: Path) -> None:
     plain = tmp_path / "00000001.log"
     plain.write_bytes(b"x\n" * 100)
+    leftover = tmp_path / ".00000001.log.gz.tmp"  # a crash after the chmod of the tmp file
+    leftover.write_bytes(b"partial")
+    leftover.chmod(0o444)
     target = compress_segment(plain)
     assert gzip.decompress(target.read_bytes()) == b"x\n" * 100
-    assert not plain.exists()
+    assert not plain.exists() and not leftover.exists()
+    assert target.stat().st_mode & 0o777 == 0o444
 
 
 def test_second_process_slot_and_fixed_stream_lock(tmp_path: Path) -> None:

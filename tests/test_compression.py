@@ -13,9 +13,10 @@ import pytest
 from immutable_logging import compression
 from immutable_logging.compression import (
     BLOCK_LIMIT,
+    DEFLATE_CHUNK,
     READ_ERRORS,
     compress,
-    compress_stream,
+    compress_fd,
     decompress,
     inflate_blocks,
     open_read,
@@ -73,12 +74,13 @@ def test_multi_member_data_is_read_whole(backend: str, tmp_path: Path) -> None:
 
 
 def test_stream_compression_of_a_file(backend: str, tmp_path: Path) -> None:
-    data = _lines(60_000)  # several read sizes
+    data = _lines(60_000)
     source, target = tmp_path / "plain", tmp_path / "plain.gz"
     source.write_bytes(data)
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        compress_stream(src, dst)
-    assert gzip.decompress(target.read_bytes()) == data
+    for chunk in (DEFLATE_CHUNK, 100_003):  # one step, and many steps
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            compress_fd(src.fileno(), dst.fileno(), chunk)
+        assert gzip.decompress(target.read_bytes()) == data
     with open_read(target) as handle:
         assert handle.readline() == data.splitlines(keepends=True)[0]
         handle.seek(len(data) - 10)
