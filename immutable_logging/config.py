@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .replication.backend import StorageBackend
+from .replication.replicator import DEFAULT_MAX_BATCH_FACTOR
 
 PROVIDERS = ("local", "s3", "gcs")
 _TRUE = {"1", "true", "yes", "on"}
@@ -58,7 +59,7 @@ class BackupConfig:
     backup_async: bool = True
     backup_batch_size: int = 100
     backup_flush_interval: float = 5.0
-    backup_max_batch_factor: int = 10
+    backup_max_batch_factor: int = DEFAULT_MAX_BATCH_FACTOR
     backup_close_timeout: float = 10.0
     backup_directory: str | None = None
     backup_prefix: str = ""

@@ -69,16 +69,19 @@ class Segment:
     path: Path
     compressed: bool
 
-    def open(self) -> IO[bytes]:
+    def open(self, buffering: int = -1) -> IO[bytes]:
         """Open the segment for reading, decompressing if needed.
 
         A plain sealed segment may be compressed (and removed) between listing and
-        opening; the compressed file, complete by then, is opened instead.
+        opening; the compressed file, complete by then, is opened instead. ``buffering``
+        is the read buffer of a plain segment (as for :func:`open`): a background thread
+        reading while the application logs wants few, large reads, because each read
+        hands the GIL over.
         """
         if self.compressed:
             return open_read(self.path)
         try:
-            return open(self.path, "rb")
+            return open(self.path, "rb", buffering=buffering)
         except FileNotFoundError:
             gz = self.path.with_name(self.path.name + ".gz")
             if not gz.exists():

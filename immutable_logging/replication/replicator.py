@@ -54,6 +54,18 @@ _log = logging.getLogger("immutable_logging.replication")
 _WAKE = object()
 _TICK = object()
 MAX_BACKOFF = 60.0
+#: Default ``max_batch_factor``. The thread is woken once that many batches could be
+#: filled, and every wake-up and batch costs it a few dozen system calls, each a GIL
+#: hand-over that slows a busy logging thread (see ``_READ_BUFFER``). With 10, logging
+#: through the default handler with replication to the local bucket cost 45 us per
+#: record against 40 with 50 and 36 with 100 (FileHandler: 19.9); 50 keeps a backlog's
+#: read-ahead near 10,000 entries (about 5 MB).
+DEFAULT_MAX_BATCH_FACTOR = 50
+#: Read buffer for new entries of the active segment. The thread reads while the
+#: application logs; each read hands the GIL over and, while the logging thread is busy,
+#: waits up to the switch interval (5 ms) to get it back: 8 KiB reads made reading 1,000
+#: entries take ~50 hand-overs.
+_READ_BUFFER = 1 << 20
 
 
 class _Pending(NamedTuple):
@@ -135,7 +147,7 @@ class Replicator(QueueListener):
         flush_interval: float = 5.0,
         tick: float | None = None,
         max_pending: int | None = None,
-        max_batch_factor: int = 10,
+        max_batch_factor: int = DEFAULT_MAX_BATCH_FACTOR,
     ) -> None:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         super().__init__(self._queue)
@@ -390,7 +402,7 @@ class Replicator(QueueListener):
                 continue
             if seg.number > self._read_segment:
                 self._read_segment, self._read_offset = seg.number, 0
-            with seg.open() as handle:
+            with seg.open(buffering=_READ_BUFFER) as handle:
                 if self._read_offset:
                     handle.seek(self._read_offset)
                 if self._take_lines(handle, seg.number):
