@@ -145,12 +145,14 @@ def compress_segment(plain: Path) -> Path:
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            out = os.open(tmp, flags, 0o444)
-        except PermissionError:  # a read-only leftover of a crash
-            os.unlink(tmp)
-            out = os.open(tmp, flags, 0o444)
+            out = os.open(tmp, flags, 0o600)
+        except PermissionError:  # a read-only leftover of a crash (or a real problem)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            out = os.open(tmp, flags, 0o600)  # raises again if the problem is real
         try:
             compress_fd(source, out)
+            os.fchmod(out, 0o444)  # whatever the umask or a leftover's mode
             os.fsync(out)
         finally:
             os.close(out)
@@ -741,8 +743,11 @@ class ChainWriter:
                     os.fsync(self._fd)
                 except OSError as exc:
                     failure = exc
-                os.close(self._fd)
-                self._fd = None
+                fd, self._fd = self._fd, None  # never written again, even if close fails
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    failure = failure or exc
         if self._flusher is not None:
             self._flusher.join(timeout)
         if self._sealer_thread is not None:

@@ -214,7 +214,6 @@ def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
     if not extras:
         return {}
     meta: dict[str, Any] = {}
-    carried = False  # facade metadata or integration fields among the attributes
     seen = 0
     for key in reversed(attrs):  # extra= keys come after the ones __init__ sets
         if key == _LAST_INIT:
@@ -222,18 +221,14 @@ def record_metadata(record: logging.LogRecord) -> dict[str, Any]:
         seen += 1
         if key not in _NOT_EXTRAS:
             meta[key] = attrs[key]
-        elif key in _SKIPPED_EXTRAS:
-            carried = True
     if seen != extras:  # an unusual layout (attributes deleted or re-added): scan them all
         meta = {key: value for key, value in attrs.items() if key not in _NOT_EXTRAS}
-        carried = not _SKIPPED_EXTRAS.isdisjoint(attrs)
-    if carried:
-        facade_meta = attrs.get(METADATA_ATTR)
-        if isinstance(facade_meta, Mapping):
-            meta.update(facade_meta)
-        fields = attrs.get(FIELDS_ATTR)
-        if isinstance(fields, Mapping):
-            meta.update(fields)
+    facade_meta = attrs.get(METADATA_ATTR)
+    if isinstance(facade_meta, Mapping):
+        meta.update(facade_meta)
+    fields = attrs.get(FIELDS_ATTR)
+    if isinstance(fields, Mapping):
+        meta.update(fields)
     return meta
 
 

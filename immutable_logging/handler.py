@@ -53,6 +53,7 @@ from .sealing import (
 _log = logging.getLogger("immutable_logging.handler")
 #: ``Handler.handle`` returns the record that passed since Python 3.12, ``True`` before.
 _HANDLE_RETURNS_RECORD = sys.version_info >= (3, 12)
+_FILTERER_FILTER = logging.Filterer.filter
 
 #: Logger name prefixes whose records the handler never writes.
 EXCLUDED_LOGGERS = (
@@ -315,10 +316,10 @@ class ImmutableHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> Any:  # bool; the record since 3.12
         """:meth:`logging.Handler.handle`, with the handler lock taken directly when there
-        are no filters (the per-record path saves three Python calls). Same locking,
-        same result."""
-        if self.filters:
-            return super().handle(record)
+        are no filters and ``filter`` is not overridden (the per-record path saves three
+        Python calls). Same locking, same result."""
+        if self.filters or type(self).filter is not _FILTERER_FILTER:
+            return super().handle(record)  # filters, or a subclass's own filter()
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self.emit(record)
         return record if _HANDLE_RETURNS_RECORD else True

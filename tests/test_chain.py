@@ -10,7 +10,12 @@ import pytest
 
 from immutable_logging.chain import ChainWriter, compress_segment
 from immutable_logging.entry import GENESIS_HASH, split_line
-from immutable_logging.errors import ConfigurationError, InvalidTenantError, StreamLockedError
+from immutable_logging.errors import (
+    ConfigurationError,
+    ImmutableLogError,
+    InvalidTenantError,
+    StreamLockedError,
+)
 from immutable_logging.layout import list_segments, list_streams, segment_name
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
@@ -202,6 +207,51 @@ def test_compress_segment_is_repeatable(tmp_path: Path) -> None:
     assert gzip.decompress(target.read_bytes()) == b"x\n" * 100
     assert not plain.exists() and not leftover.exists()
     assert target.stat().st_mode & 0o777 == 0o444
+
+
+@pytest.mark.parametrize("leftover_mode", [None, 0o644])
+def test_compressed_segment_is_read_only_whatever_the_umask(
+    tmp_path: Path, leftover_mode: int | None
+) -> None:
+    plain = tmp_path / "00000002.log"
+    plain.write_bytes(b"y\n" * 50)
+    if leftover_mode is not None:  # a writable leftover, e.g. of an interrupted restore
+        leftover = tmp_path / ".00000002.log.gz.tmp"
+        leftover.write_bytes(b"partial")
+        leftover.chmod(leftover_mode)
+    old = os.umask(0o077)
+    try:
+        target = compress_segment(plain)
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o444
+    assert gzip.decompress(target.read_bytes()) == b"y\n" * 50
+
+
+def test_a_failed_close_never_leaves_the_descriptor_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 2)
+    real_close = os.close
+
+    def failing_close(fd: int) -> None:
+        real_close(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("immutable_logging.chain.os.close", failing_close)
+    with pytest.raises(ImmutableLogError, match="Input/output error"):
+        writer.close()
+    monkeypatch.undo()
+    other = tmp_path / "other-file"  # likely gets the number the segment had
+    fd = os.open(other, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(ImmutableLogError, match="closed"):
+            writer.append(_payload(3))
+    finally:
+        os.close(fd)
+    assert other.read_bytes() == b""
+    assert [e["seq"] for e in iter_entries(tmp_path)] == [1, 2]
 
 
 def test_second_process_slot_and_fixed_stream_lock(tmp_path: Path) -> None:

@@ -163,6 +163,11 @@ def test_facade_metadata_and_fields_merge_over_extras() -> None:
     record.__dict__[METADATA_ATTR] = {"b": "facade", "c": 3}
     record.__dict__[FIELDS_ATTR] = {"c": "field"}
     assert record_payload(record, "t")["metadata"] == {"a": 1, "b": "facade", "c": "field"}
+    reordered = logging.getLogger("app").makeRecord(
+        "app", logging.INFO, __file__, 1, "m", None, None, extra={METADATA_ATTR: {"u": "a"}})
+    for name in ("process", "args"):  # moved after the facade attribute
+        reordered.__dict__[name] = reordered.__dict__.pop(name)
+    assert record_payload(reordered, "t")["metadata"] == {"u": "a"}
     only_facade = _record()
     only_facade.__dict__[METADATA_ATTR] = {"k": "v"}
     assert record_payload(only_facade, "t")["metadata"] == {"k": "v"}

@@ -152,3 +152,16 @@ def test_handle_keeps_filters_lock_and_result_of_logging_handler(
     assert handler.handle(record) == reference.handle(record)
     handler.close()
     assert [e["message"] for e in iter_entries(tmp_path)] == ["kept", "kept", "kept"]
+
+
+def test_a_subclass_filter_method_is_honoured(tmp_path: Path, logger_name: str) -> None:
+    class Redacting(ImmutableHandler):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "secret" not in record.getMessage()
+
+    handler = Redacting(tmp_path)
+    logger = _logger(logger_name, handler)
+    logger.info("a secret value")
+    logger.info("public")
+    handler.close()
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["public"]
