@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -412,3 +413,53 @@ def test_a_local_chain_broken_mid_segment_stops_replication_before_the_break(
     assert message in (replicator.status.last_error or "")
     assert replicator.cursor.last_seq == 40  # everything before the break, nothing after
     assert _batches(bucket)[-1][1] == 40
+
+
+def test_byte_bounds_of_read_ahead_and_batches(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    for i in range(120):  # entries of ~1-9 KB, one of 30 KB (larger than a batch may be)
+        size = 30_000 if i == 57 else 1_000 + (i * 797) % 8_000
+        writer.append({"ts": 1.0, "message": f"m{i}", "blob": "x" * size})
+    writer.close()
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=100,
+                            max_pending_bytes=60_000, max_batch_bytes=20_000)
+    largest_entry = 31_000
+    seen: list[tuple[int, int]] = []
+    ship = replicator._ship
+
+    def checked_ship(entries: list[Any]) -> None:
+        held = replicator._pending_bytes
+        assert held == sum(len(e.line) for e in replicator._pending)  # the running sum
+        assert held < 60_000 + largest_entry
+        size = sum(len(e.line) for e in entries)
+        assert len(entries) == 1 or size < 20_000 + largest_entry
+        seen.append((len(entries), size))
+        ship(entries)
+
+    replicator._ship = checked_ship  # type: ignore[method-assign]
+    assert replicator.pump(force=True) == 120
+    assert replicator._pending_bytes == 0
+    assert len(seen) > 120 * 4_500 // 20_000  # the byte bound cut the batches, not the count
+    assert max(size for n, size in seen if n > 1) >= 20_000  # ... only once it was reached
+    shipped = [parse_batch_key(k) for k in bucket.list("default/")]
+    ranges = sorted((n.first_seq, n.last_seq) for n in shipped if n is not None)
+    assert ranges[0][0] == 1 and ranges[-1][1] == 120
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
+
+
+def test_read_ahead_bytes_restart_from_zero_when_a_reconcile_drops_them(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    slow = Replicator(bucket, writer.stream_dir, "default", batch_size=50, max_batch_factor=1,
+                      flush_interval=3600, max_pending_bytes=20_000)
+    _write(writer, 30)
+    assert slow.pump() == 0 and slow._pending_bytes > 0  # a partial batch waits
+    other = Replicator(bucket, writer.stream_dir, "default", batch_size=50)
+    assert other.pump(force=True) == 30  # another replicator shipped those entries
+    slow._needs_reconcile = True  # as after a failed PUT
+    _write(writer, 200)  # more than max_pending_bytes: a stale count would stall reading
+    assert slow.pump(force=True) == 200
+    assert slow._pending_bytes == 0
+    assert _batches(bucket)[-1][1] == 230
+    writer.close()

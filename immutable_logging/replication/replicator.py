@@ -66,6 +66,10 @@ DEFAULT_MAX_BATCH_FACTOR = 50
 #: waits up to the switch interval (5 ms) to get it back: 8 KiB reads made reading 1,000
 #: entries take ~50 hand-overs.
 _READ_BUFFER = 1 << 20
+#: Default byte bounds of the read-ahead and of one batch (besides the entry counts), so
+#: that large entries cannot make a backlog hold unbounded memory.
+MAX_PENDING_BYTES = 32 << 20
+MAX_BATCH_BYTES = 16 << 20
 
 
 class _Pending(NamedTuple):
@@ -135,6 +139,10 @@ class Replicator(QueueListener):
             one ``tick``: the thread notices new entries at a wake-up or a tick).
         tick: how often the thread wakes without a notification.
         max_pending: entries read ahead from disk at most (bounds memory after an outage).
+        max_pending_bytes: bytes of entries read ahead at most (whichever bound is hit
+            first; one entry is always taken).
+        max_batch_bytes: a batch stops growing once its entries reach this many bytes
+            (so a batch holds at most this plus one entry).
     """
 
     def __init__(
@@ -148,6 +156,8 @@ class Replicator(QueueListener):
         tick: float | None = None,
         max_pending: int | None = None,
         max_batch_factor: int = DEFAULT_MAX_BATCH_FACTOR,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         super().__init__(self._queue)
@@ -160,6 +170,8 @@ class Replicator(QueueListener):
         self.tick = tick if tick is not None else min(1.0, flush_interval / 2)
         self.max_batch_factor = max(1, max_batch_factor)
         self.max_pending = max_pending or max(2 * self.max_batch_factor * batch_size, 2000)
+        self.max_pending_bytes = max(1, max_pending_bytes)
+        self.max_batch_bytes = max(1, max_batch_bytes)
         self._lock = threading.RLock()
         self._signaled = False
         self._woken_at = 0  # seq of the notification that last woke the thread
@@ -167,6 +179,7 @@ class Replicator(QueueListener):
         # PUTs (each costs a few fsyncs); a slow one is served by the tick.
         self._wake_every = self.batch_size * self.max_batch_factor
         self._pending: list[_Pending] = []
+        self._pending_bytes = 0  # sum of len(line) over _pending
         self._pending_since: float | None = None
         self._read_segment = 0
         self._read_offset = 0
@@ -343,11 +356,16 @@ class Replicator(QueueListener):
         shipped = 0
         while self._pending:
             first_segment = self._pending[0].segment
-            run = 0
+            run = size = 0
             limit = min(self._batch_limit(), len(self._pending))
-            while run < limit and self._pending[run].segment == first_segment:
+            while (
+                run < limit
+                and self._pending[run].segment == first_segment
+                and size < self.max_batch_bytes
+            ):
+                size += len(self._pending[run].line)
                 run += 1
-            full = run >= self.batch_size
+            full = run >= self.batch_size or size >= self.max_batch_bytes
             segment_done = run < len(self._pending) or self._is_sealed(first_segment)
             waited = (
                 self._pending_since is not None
@@ -359,6 +377,7 @@ class Replicator(QueueListener):
                 break
             self._ship(self._pending[:run])
             del self._pending[:run]
+            self._pending_bytes -= size
             shipped += run
             self._pending_since = time.monotonic() if self._pending else None
             if len(self._pending) < self.batch_size and self._broken is None:
@@ -392,8 +411,7 @@ class Replicator(QueueListener):
             self._broken = exc
 
     def _fill_pending(self) -> None:
-        room = self.max_pending - len(self._pending)
-        if room <= 0:
+        if len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes:
             return
         if self._read_segment == 0:
             self._read_segment, self._read_offset = self.cursor.segment, self.cursor.offset
@@ -413,7 +431,8 @@ class Replicator(QueueListener):
         the pending list is full. The common line, the entry right after the last one
         taken, is recognised by its expected prefix; anything else goes through
         :meth:`_take`, which skips replicated entries or explains the damage."""
-        pending, limit = self._pending, self.max_pending
+        pending, limit, byte_limit = self._pending, self.max_pending, self.max_pending_bytes
+        held = self._pending_bytes
         offset = self._read_offset
         head = b""
         for line in handle:
@@ -434,14 +453,19 @@ class Replicator(QueueListener):
                 last = pending[-1]
                 pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
                                         offset, line))
+                held += len(line)
                 head = LINE_PREFIX % (last.seq + 2, digest)
             else:
+                self._pending_bytes = held
                 self._take(line, segment, offset)
+                held = self._pending_bytes
                 head = b""
             self._read_offset = offset
-            if len(pending) >= limit:
+            if len(pending) >= limit or held >= byte_limit:
+                self._pending_bytes = held
                 self._latest_seq = max(self._latest_seq, pending[-1].seq)
                 return True
+        self._pending_bytes = held
         if pending:
             self._latest_seq = max(self._latest_seq, pending[-1].seq)
         return False
@@ -472,6 +496,7 @@ class Replicator(QueueListener):
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(_Pending(seq, prev, digest, segment, end, line))
+        self._pending_bytes += len(line)
         self._latest_seq = max(self._latest_seq, seq)
 
     def _make_durable(self, segment: int) -> None:
@@ -598,11 +623,13 @@ class Replicator(QueueListener):
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
             self._pending.clear()
+            self._pending_bytes = 0
             self._pending_since = None
             self._read_segment, self._read_offset = cursor.segment, cursor.offset
             self._save_cursor(durable=True)
         elif self._pending and self._pending[0].seq != cursor.last_seq + 1:
             self._pending.clear()
+            self._pending_bytes = 0
             self._read_segment, self._read_offset = cursor.segment, cursor.offset
         self._needs_reconcile = False
 
