@@ -540,21 +540,24 @@ class ChainWriter:
         """Write whole entries; on failure cut the file back to the last entry boundary."""
         fd = self._fd
         assert fd is not None
+        size = len(data)
         try:
             written = os.write(fd, data)
-            while written < len(data):  # short write: finish it
+            while written < size:  # short write: finish it
                 written += os.write(fd, memoryview(data)[written:])
         except OSError:
             self.stats.write_errors += 1
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._file_end)  # no half entry is ever left behind
             raise
-        self._file_end += len(data)
-        self.stats.writes += 1
-        self.stats.bytes += len(data)
+        self._file_end += size
+        stats = self.stats
+        stats.writes += 1
+        stats.bytes += size
         self.written_seq = last_seq
-        for listener in self._commit_listeners:
-            listener(last_seq)
+        if self._commit_listeners:
+            for listener in self._commit_listeners:
+                listener(last_seq)
 
     def _write_buffer(self) -> None:
         if self._buf:
