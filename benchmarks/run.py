@@ -11,6 +11,7 @@ rounds interleaved, median of ``--rounds`` (default 5). Prints one table and wri
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import platform
@@ -56,6 +57,10 @@ def _time_logging(factory: HandlerFactory, records: int) -> tuple[float, logging
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     info = logger.info
+    # Earlier scenarios leave dirty pages and garbage behind: write them back and collect
+    # them now, so that kernel writeback and the cyclic GC do not land in this timed run.
+    os.sync()
+    gc.collect()
     started = time.perf_counter()
     for i in range(records):
         info("User login %s", i, extra={"meta": META})
