@@ -60,9 +60,10 @@ MAX_STREAM_SLOTS = 4096
 _MAX_PENDING_FACTOR = 64
 _HOST_SLUG = re.sub(r"[^A-Za-z0-9_-]", "-", HOSTNAME)[:64] or "host"
 
-#: A hook that may replace a payload just before it is chained (encryption). It receives
-#: ``(payload, seq, prev_hash, segment_number)`` and returns the payload to store.
-PayloadTransform = Callable[[dict[str, Any], int, str, int], dict[str, Any]]
+#: A hook that turns a payload into the bytes to chain (encryption). It receives
+#: ``(payload, seq, prev_hash, segment_number)`` and returns the canonical JSON of the
+#: payload to store, as :func:`~immutable_logging.entry.canonical_payload` encodes it.
+PayloadTransform = Callable[[dict[str, Any], int, str, int], bytes]
 
 
 class EpochSealer(Protocol):
@@ -483,9 +484,11 @@ class ChainWriter:
             if self._fd is None or self._segment_size >= self._rotate_at or self._timed:
                 self._prepare_segment()
             seq = self.seq + 1
-            if self.payload_transform is not None:
-                payload = self.payload_transform(payload, seq, self.head, self.segment_number)
-            line, digest = make_line(seq, self.head, canonical_payload(payload))
+            if self.payload_transform is None:
+                data = canonical_payload(payload)
+            else:
+                data = self.payload_transform(payload, seq, self.head, self.segment_number)
+            line, digest = make_line(seq, self.head, data)
             write_through = self._write_through  # flush / always
             if write_through:
                 if self._buf:  # an earlier entry (a seal) whose write failed: keep the order

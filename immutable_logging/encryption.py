@@ -147,7 +147,7 @@ class EntryEncryptor:
         self._master = keyring
         self._tenant, self._stream = tenant, stream
         self._nonces = NonceSource(tenant_directory / NONCE_STATE, block_size=nonce_block)
-        self.transform: Callable[[dict[str, Any], int, str, int], dict[str, Any]] = (
+        self.transform: Callable[[dict[str, Any], int, str, int], bytes] = (
             self._build_transform()
         )
 
@@ -158,15 +158,15 @@ class EntryEncryptor:
                                self._nonces)
         return active, cipher.sealer_parts(self._tenant, self._stream)
 
-    def _build_transform(self) -> Callable[[dict[str, Any], int, str, int], dict[str, Any]]:
+    def _build_transform(self) -> Callable[[dict[str, Any], int, str, int], bytes]:
         master = self._master
         active, (counter, aad_format, encrypt, prefix) = self._stream_sealer()
         fields = SECRET_FIELDS
         b2a = binascii.b2a_base64
+        head = b'{"enc":"' + prefix.encode("ascii")  # the kid is [A-Za-z0-9_.:-]: no escapes
 
-        def transform(payload: dict[str, Any], seq: int, prev: str, segment: int
-                      ) -> dict[str, Any]:
-            nonlocal active, counter, aad_format, encrypt, prefix
+        def transform(payload: dict[str, Any], seq: int, prev: str, segment: int) -> bytes:
+            nonlocal active, counter, aad_format, encrypt, prefix, head
             if "exc" in payload or "stack" in payload:
                 secret = {name: payload.pop(name) for name in fields if name in payload}
             elif "metadata" in payload:  # the common case: message and metadata
@@ -176,9 +176,10 @@ class EntryEncryptor:
             elif "message" in payload:
                 secret = {"message": payload.pop("message")}
             else:
-                return payload
+                return canonical_payload(payload)
             if master._active is not active:  # the keyring was rotated: use the new key
                 active, (counter, aad_format, encrypt, prefix) = self._stream_sealer()
+                head = b'{"enc":"' + prefix.encode("ascii")
             # PayloadCipher.sealer_parts spelled out: this runs for every entry.
             # NonceCounter.next() inlined: its state is re-read on every call, so a block
             # refill or a fork (which invalidates the state) is always seen.
@@ -186,15 +187,18 @@ class EntryEncryptor:
             n = next(it)
             nonce = n.to_bytes(12, "big") if n < end else counter._refill()
             aad = aad_format % (segment, seq, prev.encode("ascii"))
-            sealed = encrypt(nonce, canonical_payload(secret), aad)
-            payload["enc"] = prefix + b2a(nonce + sealed, newline=False).decode("ascii")
-            return payload
+            sealed = b2a(nonce + encrypt(nonce, canonical_payload(secret), aad), newline=False)
+            public = canonical_payload(payload)
+            if public[2:3] > b"e":  # the first key sorts after "enc": put it in front
+                return b'%s%s",%s' % (head, sealed, public[1:])
+            if public == b"{}":
+                return b'%s%s"}' % (head, sealed)
+            payload["enc"] = prefix + sealed.decode("ascii")  # somewhere in the middle
+            return canonical_payload(payload)
 
         return transform
 
-    def __call__(
-        self, payload: dict[str, Any], seq: int, prev: str, segment: int
-    ) -> dict[str, Any]:
+    def __call__(self, payload: dict[str, Any], seq: int, prev: str, segment: int) -> bytes:
         return self.transform(payload, seq, prev, segment)
 
 

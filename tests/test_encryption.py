@@ -235,8 +235,9 @@ def test_encryptor_transform_sees_refills_forks_and_rotation(tmp_path: Path) -> 
     prev = "ab" * 32
 
     def seal(i: int, seq: int = 1) -> str:
-        payload = transform({"ts": 1.0, "message": f"m{i}", "metadata": {"i": i}}, seq, prev, 4)
-        assert "message" not in payload and "metadata" not in payload
+        stored = transform({"ts": 1.0, "message": f"m{i}", "metadata": {"i": i}}, seq, prev, 4)
+        payload = orjson.loads(stored)
+        assert set(payload) == {"ts", "enc"}
         return str(payload["enc"])
 
     def opened(enc: str, seq: int = 1) -> dict[str, object]:
@@ -259,13 +260,30 @@ def test_encryptor_transform_sees_refills_forks_and_rotation(tmp_path: Path) -> 
     counters = [int.from_bytes(n[4:], "big") for n in parent | child]
     assert len(set(counters)) == 20 and max(counters) < reserved == 21
     # without the secret fields nothing is encrypted; exc and stack are
-    assert transform({"ts": 1.0}, 1, prev, 4) == {"ts": 1.0}
-    with_exc = transform({"ts": 1.0, "exc": "Traceback", "stack": "s"}, 1, prev, 4)
+    assert transform({"ts": 1.0}, 1, prev, 4) == b'{"ts":1.0}'
+    with_exc = orjson.loads(transform({"ts": 1.0, "exc": "Traceback", "stack": "s"}, 1, prev, 4))
     assert opened(str(with_exc["enc"])) == {"exc": "Traceback", "stack": "s"}
     # a rotated keyring is picked up by the transform already installed in the writer
     second = ring.add(Key(base64.b64decode(generate_key())), activate=True)
     rotated = seal(99)
     assert _kid(rotated) == second.kid != first.kid
     assert opened(rotated) == {"message": "m99", "metadata": {"i": 99}}
-    assert encryptor({"message": "via __call__"}, 1, prev, 4)["enc"].startswith(
+    assert orjson.loads(encryptor({"message": "via __call__"}, 1, prev, 4))["enc"].startswith(
         f"A256GCM.{second.kid}.")
+
+
+@pytest.mark.parametrize("public", [
+    {},  # nothing but secrets
+    {"ts": 1.0, "level": "INFO", "func": "f"},  # every key after "enc": spliced in front
+    {"a": 1, "ts": 2.0},  # a key before "enc"
+    {"e": 1, "enb": 2, "end": 3, "ts": 2.0},  # keys around "enc"
+    {"\u00e9t\u00e9": 1, "Z": [1, 2]},  # escaped / non-ASCII and upper-case first keys
+])
+def test_encrypted_payload_bytes_are_canonical(tmp_path: Path, public: dict[str, object]) -> None:
+    encryptor = EntryEncryptor(Keyring([Key(base64.b64decode(generate_key()))]), tmp_path,
+                               "acme", "web-1")
+    secrets = {"message": "m", "metadata": {"k": "v"}}
+    stored = encryptor.transform({**public, **secrets}, 3, "ab" * 32, 1)
+    decoded = orjson.loads(stored)
+    assert set(decoded) == {*public, "enc"}
+    assert stored == orjson.dumps(decoded, option=orjson.OPT_SORT_KEYS)
