@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.chain import ChainWriter
 from immutable_logging.errors import ConfigurationError
+from immutable_logging.layout import Segment
 from immutable_logging.replication.cloud import remote_streams
 from immutable_logging.replication.keys import parse_batch_key
 from immutable_logging.replication.local import LocalDirectoryBackend
@@ -462,4 +465,48 @@ def test_read_ahead_bytes_restart_from_zero_when_a_reconcile_drops_them(tmp_path
     assert slow.pump(force=True) == 200
     assert slow._pending_bytes == 0
     assert _batches(bucket)[-1][1] == 230
+    writer.close()
+
+
+def test_a_read_ahead_held_at_its_byte_bound_ships_without_waiting(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path / "logs")
+    for i in range(300):  # 20 KB entries: the 1 MiB read-ahead holds ~50, fewer than a batch
+        writer.append({"ts": 1.0, "message": f"m{i}", "blob": "x" * 20_000})
+    writer.flush()
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=100,
+                            flush_interval=3600, max_pending_bytes=1 << 20)
+    shipped = replicator.pump()  # no force, no waiting: every batch the bound allows
+    assert 300 - 60 < shipped < 300
+    assert replicator.pump(force=True) == 300 - shipped
+    writer.close()
+
+
+def test_a_read_error_midway_keeps_the_read_ahead_count_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = ChainWriter(tmp_path / "logs")
+    for i in range(50):
+        writer.append({"ts": 1.0, "message": f"m{i}", "blob": "x" * 1_000})
+    writer.flush()
+    failures = [1]
+
+    class FlakyReader(io.BufferedReader):
+        def __iter__(self) -> Iterator[bytes]:
+            for n, line in enumerate(iter(self.readline, b"")):
+                if n == 20 and failures:
+                    failures.pop()
+                    raise OSError(5, "Input/output error")
+                yield line
+
+    monkeypatch.setattr(Segment, "open",
+                        lambda self, buffering=-1: FlakyReader(io.FileIO(self.path, "rb")))
+    replicator = Replicator(LocalDirectoryBackend(tmp_path / "bucket"), writer.stream_dir,
+                            "default", batch_size=100, flush_interval=3600)
+    assert not replicator.try_pump()
+    assert "Input/output error" in str(replicator.status.last_error)
+    assert replicator._pending_bytes == sum(len(e.line) for e in replicator._pending) > 0
+    replicator._retry_at = 0.0  # skip the back-off
+    assert replicator.try_pump(force=True)
+    assert replicator.cursor.last_seq == 50 and replicator._pending_bytes == 0
     writer.close()

@@ -365,7 +365,11 @@ class Replicator(QueueListener):
             ):
                 size += len(self._pending[run].line)
                 run += 1
-            full = run >= self.batch_size or size >= self.max_batch_bytes
+            full = (
+                run >= self.batch_size
+                or size >= self.max_batch_bytes
+                or self._pending_bytes >= self.max_pending_bytes  # reading waits for room
+            )
             segment_done = run < len(self._pending) or self._is_sealed(first_segment)
             waited = (
                 self._pending_since is not None
@@ -435,37 +439,38 @@ class Replicator(QueueListener):
         held = self._pending_bytes
         offset = self._read_offset
         head = b""
-        for line in handle:
-            if not line.endswith(b"\n"):
-                break  # being written (or torn): not an entry yet
-            offset += len(line)
-            if not head and pending:
-                last = pending[-1]
-                head = LINE_PREFIX % (last.seq + 1, last.hash.encode())
-            if (
-                head
-                and line.startswith(head)
-                and len(line) > 160  # as split_line: no entry is shorter
-                and line[-76:-67] == HASH_MEMBER
-                and line.endswith(b'"}\n')
-                and (digest := line[-67:-3]).isascii()
-            ):
-                last = pending[-1]
-                pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
-                                        offset, line))
-                held += len(line)
-                head = LINE_PREFIX % (last.seq + 2, digest)
-            else:
-                self._pending_bytes = held
-                self._take(line, segment, offset)
-                held = self._pending_bytes
-                head = b""
-            self._read_offset = offset
-            if len(pending) >= limit or held >= byte_limit:
-                self._pending_bytes = held
-                self._latest_seq = max(self._latest_seq, pending[-1].seq)
-                return True
-        self._pending_bytes = held
+        try:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # being written (or torn): not an entry yet
+                offset += len(line)
+                if not head and pending:
+                    last = pending[-1]
+                    head = LINE_PREFIX % (last.seq + 1, last.hash.encode())
+                if (
+                    head
+                    and line.startswith(head)
+                    and len(line) > 160  # as split_line: no entry is shorter
+                    and line[-76:-67] == HASH_MEMBER
+                    and line.endswith(b'"}\n')
+                    and (digest := line[-67:-3]).isascii()
+                ):
+                    last = pending[-1]
+                    pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
+                                            offset, line))
+                    held += len(line)
+                    head = LINE_PREFIX % (last.seq + 2, digest)
+                else:
+                    self._pending_bytes = held
+                    self._take(line, segment, offset)
+                    held = self._pending_bytes
+                    head = b""
+                self._read_offset = offset
+                if len(pending) >= limit or held >= byte_limit:
+                    self._latest_seq = max(self._latest_seq, pending[-1].seq)
+                    return True
+        finally:  # also when reading fails midway (EIO, a truncated .gz)
+            self._pending_bytes = held
         if pending:
             self._latest_seq = max(self._latest_seq, pending[-1].seq)
         return False
