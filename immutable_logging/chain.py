@@ -479,7 +479,12 @@ class ChainWriter:
         self._commit_listeners.append(listener)
 
     def append(self, payload: dict[str, Any]) -> tuple[int, str]:
-        """Chain one payload; return its ``(seq, hash)``."""
+        """Chain one payload; return its ``(seq, hash)``.
+
+        Raises:
+            ImmutableLogError: the writer is closed, or the payload has no member.
+            OSError: the entry could not be written (nothing of it is left behind).
+        """
         with self._lock:
             if self._fd is None or self._segment_size >= self._rotate_at or self._timed:
                 self._prepare_segment()
@@ -488,6 +493,8 @@ class ChainWriter:
                 data = canonical_payload(payload)
             else:
                 data = self.payload_transform(payload, seq, self.head, self.segment_number)
+            if len(data) <= 2:  # b"{}" would make a line that is not JSON
+                raise ImmutableLogError("an entry needs at least one payload member")
             line, digest = make_line(seq, self.head, data)
             write_through = self._write_through  # flush / always
             if write_through:

@@ -425,3 +425,14 @@ def test_reopening_twice_after_a_damaged_line_works(tmp_path: Path) -> None:
     _append(again, 1)
     again.close()
     assert verify_tenant(tmp_path).entries == 4
+
+
+def test_an_empty_payload_is_refused_and_the_chain_goes_on(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path)
+    _append(writer, 1)
+    with pytest.raises(ImmutableLogError, match="at least one payload member"):
+        writer.append({})
+    _append(writer, 1, start=1)
+    writer.close()
+    assert [e["seq"] for e in iter_entries(tmp_path)] == [1, 2]
+    assert verify_tenant(tmp_path, parse=True).ok
