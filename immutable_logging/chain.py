@@ -483,7 +483,10 @@ class ChainWriter:
 
         Raises:
             ImmutableLogError: the writer is closed, or the payload has no member.
-            OSError: the entry could not be written (nothing of it is left behind).
+            OSError: writing failed. With ``flush``/``always`` the entry is not chained
+                and nothing of it stays in the file. With ``none``/``group`` it is chained
+                and stays buffered for a later write, unless the buffer already held
+                ``64 x buffer_bytes`` of unwritten entries: then it is refused.
         """
         with self._lock:
             if self._fd is None or self._segment_size >= self._rotate_at or self._timed:
