@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
+from .fileio import write_all
+
 _gzip: Any  # the gzip module of the backend
 _zlib: Any  # its zlib module
 try:
@@ -84,15 +86,9 @@ def compress_fd(source: int, target: int, chunk: int = DEFLATE_CHUNK) -> None:
     pending = b""
     while data := os.read(source, chunk):
         if pending:
-            _write_all(target, pending)
+            write_all(target, pending)
         pending = deflater.compress(data)
-    _write_all(target, pending + deflater.flush())
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(target, pending + deflater.flush())
 
 
 def inflate_blocks(path: Path) -> Iterator[bytes]:

@@ -59,6 +59,7 @@ from immutable_logging.errors import (
     ImmutableLogError,
     KeyUnavailableError,
 )
+from immutable_logging.fileio import write_all
 
 if sys.platform != "win32":
     import fcntl
@@ -298,9 +299,7 @@ def _write_file_durably(path: str, data: bytes, *, exclusive: bool) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -35,6 +35,7 @@ from immutable_logging.errors import (
     RemoteIntegrityError,
     ReplicationError,
 )
+from immutable_logging.fileio import write_all
 from immutable_logging.replication.backend import (
     RESERVED_SUFFIX,
     ObjectNotFoundError,
@@ -237,10 +238,7 @@ class LocalDirectoryBackend(StorageBackend):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, data)
             if self._fsync:
                 os.fsync(fd)
             os.fchmod(fd, 0o444)
