@@ -349,12 +349,18 @@ def test_files_have_private_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(writer.stream_dir / ".lock").st_mode) == 0o600
 
 
-def test_deleting_or_editing_moved_aside_torn_tails_is_detected(tmp_path: Path) -> None:
+def _three_entries_then(tmp_path: Path, tail: bytes) -> ChainWriter:
+    """A closed writer of three entries whose active segment then got ``tail`` appended."""
     writer = ChainWriter(tmp_path)
     _append(writer, 3)
     writer.close()
     with open(list_segments(writer.stream_dir)[-1].path, "ab") as handle:
-        handle.write(b'{"seq":4,"prev":"torn')
+        handle.write(tail)
+    return writer
+
+
+def test_deleting_or_editing_moved_aside_torn_tails_is_detected(tmp_path: Path) -> None:
+    writer = _three_entries_then(tmp_path, b'{"seq":4,"prev":"torn')
     ChainWriter(tmp_path).close()
     kept = next((writer.stream_dir / "torn").iterdir())
     report = verify_tenant(tmp_path)
@@ -414,11 +420,7 @@ def test_entries_stay_in_order_when_a_seal_write_fails(
 
 
 def test_reopening_twice_after_a_damaged_line_works(tmp_path: Path) -> None:
-    writer = ChainWriter(tmp_path)
-    _append(writer, 3)
-    writer.close()
-    with open(list_segments(writer.stream_dir)[-1].path, "ab") as handle:
-        handle.write(b"damaged\n")
+    _three_entries_then(tmp_path, b"damaged\n")
     ChainWriter(tmp_path).close()  # nothing appended: the damaged segment is now sealed
     again = ChainWriter(tmp_path)
     assert again.seq == 3
