@@ -255,12 +255,13 @@ class ChainWriter:
         if buffer_bytes < 1:
             raise ConfigurationError("buffer_bytes must be >= 1")
         self.tenant = tenant
-        self.durability = durability
-        self.group_interval = group_interval_ms / 1000.0
-        self.max_bytes = max_bytes
-        self.max_age = max_age
-        self.buffer_bytes = buffer_bytes
-        # What append() reads on every entry, worked out once.
+        # Fixed for the writer's life (read-only properties below): append() works out
+        # what it reads on every entry from them once.
+        self._durability = durability
+        self._group_interval = group_interval_ms / 1000.0
+        self._max_bytes = max_bytes
+        self._max_age = max_age
+        self._buffer_bytes = buffer_bytes
         self._rotate_at: float = max_bytes or math.inf
         self._write_through = durability in ("flush", "always")
         self._grouped = durability == "group"
@@ -470,7 +471,7 @@ class ChainWriter:
         # The real size, never an assumption: a later failed write is cut back to it.
         self._segment_size = self._file_end = os.fstat(self._fd).st_size
         self._segment_deadline = (
-            time.monotonic() + self.max_age if self.max_age is not None else None
+            time.monotonic() + self._max_age if self._max_age is not None else None
         )
 
     # ------------------------------------------------------------------ appending
@@ -520,13 +521,13 @@ class ChainWriter:
             self._segment_size += len(line)
             self.stats.entries += 1
             if write_through:
-                if self.durability == "always":
+                if self._durability == "always":
                     self._sync()
-            elif len(buf) >= self.buffer_bytes:
+            elif len(buf) >= self._buffer_bytes:
                 self._write_buffer()
                 if self._grouped:
                     self._sync()
-            elif self._grouped and time.monotonic() - self._last_sync >= self.group_interval:
+            elif self._grouped and time.monotonic() - self._last_sync >= self._group_interval:
                 self._write_buffer()
                 self._sync()
             return seq, digest
@@ -621,7 +622,7 @@ class ChainWriter:
                 self._sealer.close()
             self._sealer = sealer
             self._seal_clock = clock
-            self._timed = sealer is not None or self.max_age is not None
+            self._timed = sealer is not None or self._max_age is not None
             if sealer is None:
                 self._seal_deadline = math.inf
                 return
@@ -709,7 +710,7 @@ class ChainWriter:
             if self._fd is None:
                 return
             self._write_buffer()
-            if self.durability in ("group", "always"):
+            if self._durability in ("group", "always"):
                 self._sync()
 
     def sync(self) -> None:
@@ -727,7 +728,7 @@ class ChainWriter:
         self._flusher.start()
 
     def _flush_idle(self) -> None:
-        interval = self.group_interval
+        interval = self._group_interval
         while not self._flusher_stop.wait(interval):
             if self._buf and time.monotonic() - self._last_sync >= interval:
                 with self._lock:
@@ -778,6 +779,34 @@ class ChainWriter:
                 f"closing {self.stream_dir}: {failure}; the last {lost} entries could not be "
                 "written"
             ) from failure
+
+    # The settings are fixed at construction: append() works out what it needs from them
+    # once, so an assignment would silently change nothing. Open a new writer instead.
+    @property
+    def durability(self) -> str:
+        """``none``, ``flush``, ``group`` or ``always`` (read-only)."""
+        return self._durability
+
+    @property
+    def group_interval(self) -> float:
+        """For ``group``: the longest time between ``fdatasync`` calls, in seconds
+        (read-only)."""
+        return self._group_interval
+
+    @property
+    def max_bytes(self) -> int:
+        """Size at which the active segment rotates; 0 = never (read-only)."""
+        return self._max_bytes
+
+    @property
+    def max_age(self) -> float | None:
+        """Age in seconds at which the active segment rotates; None = never (read-only)."""
+        return self._max_age
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Size of the write buffer for ``none`` and ``group`` (read-only)."""
+        return self._buffer_bytes
 
     @property
     def closed(self) -> bool:

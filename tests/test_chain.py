@@ -332,6 +332,26 @@ def test_bad_configuration_is_rejected(tmp_path: Path, kwargs: dict[str, object]
         ChainWriter(tmp_path, **kwargs)  # type: ignore[arg-type]
 
 
+def test_settings_are_reported_and_read_only(tmp_path: Path) -> None:
+    # append() works out what it reads per entry from the settings once: an assignment
+    # on a live writer would change nothing, so it must fail instead of being ignored.
+    writer = ChainWriter(tmp_path, durability="none", group_interval_ms=20, max_bytes=4_000,
+                         max_age=60.0, buffer_bytes=1_000)
+    try:
+        assert (writer.durability, writer.group_interval, writer.max_bytes, writer.max_age,
+                writer.buffer_bytes) == ("none", 0.02, 4_000, 60.0, 1_000)
+        for name, value in [("durability", "flush"), ("group_interval", 1.0),
+                            ("max_bytes", 10), ("max_age", None), ("buffer_bytes", 1)]:
+            with pytest.raises(AttributeError):
+                setattr(writer, name, value)
+        _append(writer, 50)  # the settings in force are still the constructor's
+        writer.flush()
+        assert len(list_segments(writer.stream_dir)) > 1
+        assert writer.stats.writes > 1
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize(
     "tenant", ["", "..", "a/b", "../etc", "a\\b", ".hidden", "x" * 129, "a..b"]
 )
