@@ -17,7 +17,7 @@ import pytest
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.chain import ChainWriter
 from immutable_logging.errors import ConfigurationError
-from immutable_logging.layout import Segment
+from immutable_logging.layout import Segment, list_segments
 from immutable_logging.replication.cloud import remote_streams
 from immutable_logging.replication.keys import parse_batch_key
 from immutable_logging.replication.local import LocalDirectoryBackend
@@ -510,3 +510,55 @@ def test_a_read_error_midway_keeps_the_read_ahead_count_exact(
     assert replicator.try_pump(force=True)
     assert replicator.cursor.last_seq == 50 and replicator._pending_bytes == 0
     writer.close()
+
+
+@pytest.mark.parametrize("deleted", [1, 2])
+def test_a_local_log_rolled_back_after_replication_stops_replication(
+    tmp_path: Path, deleted: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Segments deleted (or an older disk snapshot restored) after their entries were
+    replicated: the log goes on from an earlier seq. The replicator must say so, not read
+    on from a position that means nothing any more and report all is well."""
+    writer = ChainWriter(tmp_path / "logs", max_bytes=2_000, compress=False)
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    _write(writer, 60)
+    first = Replicator(bucket, writer.stream_dir, "default", batch_size=10, max_batch_factor=1)
+    first.close()
+    assert first.status.replicated_seq == 60 and first.status.state == "ok"
+    writer.close()
+    for seg in list_segments(writer.stream_dir)[-deleted:]:
+        seg.path.unlink()
+    rolled_back = ChainWriter(tmp_path / "logs", stream=writer.stream, max_bytes=2_000,
+                              compress=False)
+    assert rolled_back.seq < 60
+    _write(rolled_back, 15)
+    shipped = _batches(bucket)
+    replicator = Replicator(bucket, rolled_back.stream_dir, "default", batch_size=10,
+                            max_batch_factor=1)
+    assert replicator.try_pump(force=True) is False
+    assert replicator.status.state == "stopped"
+    assert "rolled back or rewritten" in (replicator.status.last_error or "")
+    with caplog.at_level(logging.WARNING, logger="immutable_logging.replication"):
+        status = replicator.close()
+    assert status.state == "stopped"
+    assert "shipped at the next start" not in caplog.text
+    assert "is stopped" in caplog.text
+    assert _batches(bucket) == shipped  # the replica keeps the original entries
+    rolled_back.close()
+
+
+def test_the_read_position_check_passes_after_a_plain_restart_and_rotation(
+    tmp_path: Path,
+) -> None:
+    # The position is checked at every start: a log that was only appended to (across
+    # rotations and gzip of the cursor's segment) must replicate on as before.
+    writer = ChainWriter(tmp_path / "logs", max_bytes=2_000)
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    _write(writer, 30)
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10, max_batch_factor=1).close()
+    _write(writer, 40)  # rotates: the cursor's segment is sealed and gzip'ed
+    writer.close()
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10, max_batch_factor=1)
+    assert again.cursor.position_hash
+    assert again.try_pump(force=True) is True
+    assert again.status.state == "ok" and again.status.replicated_seq == 70

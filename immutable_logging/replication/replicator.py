@@ -90,6 +90,10 @@ class Cursor:
     offset: int = 0
     last_seq: int = 0
     last_hash: str = GENESIS_HASH
+    #: Hash of the entry that ends at ``segment``/``offset`` (the read position). It is
+    #: ``last_hash`` unless a reconcile moved ``last_seq`` past remote batches, which
+    #: leaves the position where it was. Empty in cursors written before it existed.
+    position_hash: str = ""
     archived_through: int = 0
     checkpoints_through: int = 0
     meta_uploaded: bool = False
@@ -305,8 +309,9 @@ class Replicator(QueueListener):
     def close(self, timeout: float = 10.0) -> ReplicationStatus:
         """Stop the thread and ship everything pending, within about ``timeout`` seconds.
 
-        What cannot be shipped stays on disk and is shipped at the next start; the
-        returned status says how many entries are pending. Idempotent.
+        What cannot be shipped stays on disk and is shipped at the next start (unless
+        replication is stopped: ``state == "stopped"``); the returned status says how many
+        entries are pending. Idempotent.
         """
         deadline = time.monotonic() + timeout
         self.stop(timeout)
@@ -319,7 +324,13 @@ class Replicator(QueueListener):
         with contextlib.suppress(OSError):  # a failed save only costs a reconcile
             self._save_cursor(durable=True)
         self._update_status()
-        if self.status.pending_entries:
+        if self._fatal is not None:
+            _log.error(
+                "replication of %s to %s is stopped (%s); %d entries are not replicated",
+                self.stream_dir, self.backend.describe(), self._fatal,
+                self.status.pending_entries,
+            )
+        elif self.status.pending_entries:
             _log.warning(
                 "%d entries of %s not yet replicated to %s; they stay on disk and are "
                 "shipped at the next start",
@@ -540,6 +551,7 @@ class Replicator(QueueListener):
         cursor = self.cursor
         cursor.segment, cursor.offset = last.segment, last.end
         cursor.last_seq, cursor.last_hash = last.seq, last.hash
+        cursor.position_hash = last.hash
         self._save_cursor()
 
     def _put(self, key: str, data: bytes, metadata: dict[str, str], raw: bytes | None) -> None:
@@ -603,8 +615,42 @@ class Replicator(QueueListener):
         if changed:
             self._save_cursor()
 
+    def _check_position(self) -> None:
+        """The local log must still hold, where the cursor says, the entry that ends there.
+
+        If it does not, the local log was rolled back (segments deleted, a disk snapshot
+        restored) or rewritten after those entries were replicated. Reading on from the
+        cursor would then ship nothing, or stop later with a misleading reason, while the
+        status said all was well.
+        """
+        cursor = self.cursor
+        if not cursor.position_hash or cursor.offset == 0:
+            return
+        expected = HASH_MEMBER + cursor.position_hash.encode("ascii") + b'"}\n'
+        found = b""
+        for seg in list_segments(self.stream_dir):
+            if seg.number == cursor.segment:
+                try:
+                    with seg.open() as handle:
+                        if cursor.offset >= len(expected):
+                            handle.seek(cursor.offset - len(expected))
+                            found = handle.read(len(expected))
+                except READ_ERRORS:
+                    found = b""
+                break
+        if found != expected:
+            raise RemoteIntegrityError(
+                f"the local log {self.stream_dir} no longer holds the replicated entry that "
+                f"ended at byte {cursor.offset} of segment {segment_name(cursor.segment)} "
+                f"(entries up to seq {cursor.last_seq} are in {self.backend.describe()}): it "
+                "was rolled back or rewritten after replication. The replica keeps the "
+                "original entries; `immutable-log restore` rebuilds the log from it"
+            )
+
     def _reconcile(self) -> None:
-        """Move the cursor past remote batches that continue it (after a crash/outage)."""
+        """Check the read position, then move the cursor past remote batches that continue
+        it (after a crash/outage)."""
+        self._check_position()
         cursor = self.cursor
         moved = False
         for key in self.backend.list(batches_prefix(self.tenant, self.stream)):
