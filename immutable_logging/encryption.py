@@ -95,6 +95,13 @@ def build_keyring(
     return ring
 
 
+def encryption_markers(tenant_directory: Path) -> list[Path]:
+    """The files that show a tenant's entries were written encrypted (its nonce state,
+    its passphrase salt); empty when it has never had an encrypted entry."""
+    return [path for path in (tenant_directory / NONCE_STATE, tenant_directory / SALT_FILE)
+            if path.exists()]
+
+
 def _to_key(spec: str | bytes | Key) -> Key:
     if isinstance(spec, Key):
         return spec

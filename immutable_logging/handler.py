@@ -35,7 +35,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .chain import ChainWriter
 from .checkpoint import DEFAULT_KEY_NAME, Checkpointer, load_signing_key
 from .config import BackupConfig
-from .encryption import EntryDecryptor, EntryEncryptor, KeySpec, build_keyring
+from .encryption import (
+    EntryDecryptor,
+    EntryEncryptor,
+    KeySpec,
+    build_keyring,
+    encryption_markers,
+)
 from .entry import record_payload
 from .errors import ConfigurationError, StreamLockedError
 from .layout import validate_tenant
@@ -86,6 +92,11 @@ class ImmutableHandler(logging.Handler):
         encryption_key_env: name of an env var holding the base64 key instead.
         encryption_passphrase: derive the key with scrypt (salt kept in the tenant dir).
         previous_keys: retired keys, kept for reading older entries.
+        allow_cleartext: write cleartext entries into a tenant that holds encrypted ones.
+            Without it, a handler opened on such a tenant with no key refuses every entry
+            (each goes to :meth:`handleError` and is counted; see
+            :attr:`cleartext_refusal`), so that a key missing at a restart cannot silently
+            turn encryption off. Reading and verifying need no key.
         seal: seal every epoch with the tenant's forward-secure key (issue 3). Default: on
             when the tenant has a seal state (``immutable-log keygen``); ``True`` without
             one is an error; ``False`` turns sealing off.
@@ -124,6 +135,7 @@ class ImmutableHandler(logging.Handler):
         encryption_key_env: str | None = None,
         encryption_passphrase: str | None = None,
         previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
+        allow_cleartext: bool = False,
         seal: bool | None = None,
         seal_seed: str | bytes | None = None,
         seal_epoch_seconds: float | None = None,
@@ -155,6 +167,21 @@ class ImmutableHandler(logging.Handler):
             encryption_passphrase=encryption_passphrase,
             previous_keys=previous_keys,
         )
+        # A tenant with encrypted entries and no key: a key missing at a restart must not
+        # silently turn encryption off. The handler opens (reading and verifying need no
+        # key) but refuses every entry, loudly; see _refuse_cleartext.
+        self.cleartext_refusal: str | None = None
+        if self.keyring is None and not allow_cleartext:
+            markers = encryption_markers(Path(self.directory) / self.tenant)
+            if markers:
+                self.cleartext_refusal = (
+                    f"tenant {self.tenant!r} in {self.directory} holds encrypted entries "
+                    f"({markers[0]} exists) but no encryption key is configured: entries "
+                    "are refused rather than written in clear. Give its key "
+                    "(encryption_key, encryption_key_env or encryption_passphrase), or pass "
+                    "allow_cleartext=True to add cleartext entries deliberately"
+                )
+                _log.error("%s", self.cleartext_refusal)
         self.decryptor = EntryDecryptor(self.keyring, self.tenant)
         self.error_count = 0
         self._open_lock = threading.Lock()
@@ -177,7 +204,11 @@ class ImmutableHandler(logging.Handler):
         self._checkpoint_stop = threading.Event()
         self._checkpoint_thread: threading.Thread | None = None
         self.writer = self._open_writer()
-        self._start_checkpointing()
+        try:
+            self._start_checkpointing()
+        except BaseException:
+            self.close()
+            raise
 
     def _open_writer(self, reopening: bool = False) -> ChainWriter:
         options = dict(self._writer_options)
@@ -189,6 +220,8 @@ class ImmutableHandler(logging.Handler):
             # After fork the parent keeps the fixed stream: the child gets its own.
             options["stream"] = f"{options['stream']}-{os.getpid()}"
             writer = ChainWriter(self.directory, self.tenant, **options)
+        if self.cleartext_refusal is not None:
+            writer.payload_transform = self._refuse_cleartext
         if self.keyring is not None:
             try:
                 writer.payload_transform = EntryEncryptor(
@@ -215,6 +248,12 @@ class ImmutableHandler(logging.Handler):
             if self.backup.backup_async:
                 self.replicator.start()
         return writer
+
+    def _refuse_cleartext(self, payload: dict[str, Any], seq: int, prev: str,
+                          segment: int) -> bytes:
+        """The writer's payload transform while :attr:`cleartext_refusal` is set: the entry
+        is refused before the chain moves on."""
+        raise ConfigurationError(self.cleartext_refusal)
 
     # ------------------------------------------------------------ seals and checkpoints
     def _configure_sealing(
@@ -346,8 +385,8 @@ class ImmutableHandler(logging.Handler):
 
     def flush(self) -> None:
         """Hand buffered entries to the OS (and sync them for ``group``/``always``)."""
-        writer = self.writer
-        if not writer.closed:
+        writer = self.__dict__.get("writer")
+        if writer is not None and not writer.closed:  # None: the constructor failed
             try:
                 writer.flush()
             except Exception:  # the entries stay buffered and are retried; never raise
@@ -361,6 +400,9 @@ class ImmutableHandler(logging.Handler):
 
     def close(self) -> None:
         """Flush, sync and release the stream. Idempotent."""
+        if "writer" not in self.__dict__:  # the constructor failed: nothing was opened
+            super().close()  # logging.shutdown() at exit calls flush() and close()
+            return
         try:
             try:
                 self.writer.close()
@@ -382,10 +424,10 @@ class ImmutableHandler(logging.Handler):
             traceback.print_exc(file=sys.stderr)
 
     def __repr__(self) -> str:
-        return (
-            f"<ImmutableHandler {self.directory}/{self.tenant}/{self.writer.stream} "
-            f"({logging.getLevelName(self.level)})>"
-        )
+        writer = self.__dict__.get("writer")
+        where = f"{getattr(self, 'directory', '?')}/{getattr(self, 'tenant', '?')}"
+        stream = writer.stream if writer is not None else "(not opened)"
+        return f"<ImmutableHandler {where}/{stream} ({logging.getLevelName(self.level)})>"
 
 
 def _is_excluded(name: str) -> bool:

@@ -3,12 +3,15 @@ from __future__ import annotations
 import io
 import logging
 import logging.config
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from immutable_logging import ImmutableHandler, install
+from immutable_logging.crypto import generate_key
 from immutable_logging.errors import InvalidTenantError
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
@@ -165,3 +168,71 @@ def test_a_subclass_filter_method_is_honoured(tmp_path: Path, logger_name: str) 
     logger.info("public")
     handler.close()
     assert [e["message"] for e in iter_entries(tmp_path)] == ["public"]
+
+
+def test_a_failed_constructor_leaves_nothing_behind_at_exit(tmp_path: Path) -> None:
+    # logging registers every handler at Handler.__init__ and flushes and closes it at
+    # exit: a half-built one (bad settings) used to print an AttributeError traceback.
+    script = (
+        "import sys\n"
+        "from immutable_logging import ImmutableHandler, ImmutableLogger\n"
+        "from immutable_logging.errors import ConfigurationError\n"
+        "kept = []  # the tracebacks keep the half-built handlers alive until exit\n"
+        "for make in (lambda: ImmutableLogger(sys.argv[1], max_bytes=-5),\n"
+        "             lambda: ImmutableHandler(sys.argv[1], max_age=0)):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except ConfigurationError as exc:\n"
+        "        kept.append(exc)\n"
+        "        print('refused:', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0
+    assert done.stdout.count("refused:") == 2
+    assert done.stderr == ""
+
+
+def test_an_encrypted_tenant_opened_without_its_key_refuses_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key missing at a restart (an unset environment variable) must not silently turn
+    encryption off: nothing is written in clear, and every refusal is reported."""
+    key = generate_key()
+    first = ImmutableHandler(tmp_path, "acme", encryption_key=key)
+    first.handle(logging.LogRecord("t.enc", logging.INFO, __file__, 1, "secret", None, None))
+    first.close()
+    assert first.error_count == 0 and first.cleartext_refusal is None
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in (tmp_path / "acme").glob("*/*.log"))
+
+    before = on_disk()
+    keyless = ImmutableHandler(tmp_path, "acme")
+    assert "holds encrypted entries" in (keyless.cleartext_refusal or "")
+    for text in ("in clear 1", "in clear 2"):
+        keyless.handle(logging.LogRecord("t.enc", logging.INFO, __file__, 1, text, None, None))
+    keyless.close()
+    assert keyless.error_count == 2
+    assert capsys.readouterr().err.count("holds encrypted entries") >= 2
+    assert on_disk() == before  # the refused entries left no trace
+    assert verify_tenant(tmp_path, "acme").ok
+
+    ImmutableHandler(tmp_path, "other").close()  # a tenant without encrypted entries
+    assert ImmutableHandler(tmp_path, "acme", encryption_key=key).cleartext_refusal is None
+    deliberate = ImmutableHandler(tmp_path, "acme", allow_cleartext=True)
+    deliberate.handle(logging.LogRecord("t.enc", logging.INFO, __file__, 1, "in clear", None,
+                                        None))
+    deliberate.close()
+    assert deliberate.error_count == 0
+    assert b'"message":"in clear"' in on_disk()
+    assert verify_tenant(tmp_path, "acme").ok
+
+
+def test_a_passphrase_tenant_opened_without_its_passphrase_refuses_entries(
+    tmp_path: Path,
+) -> None:
+    ImmutableHandler(tmp_path, "acme", encryption_passphrase="correct horse").close()
+    keyless = ImmutableHandler(tmp_path, "acme")
+    assert "holds encrypted entries" in (keyless.cleartext_refusal or "")
+    keyless.close()
