@@ -1,7 +1,8 @@
 """The ``immutable-log`` command line.
 
 Exit codes: 0 success (log verified clean), 1 verification found tampering or damage,
-2 usage or configuration error.
+2 usage or configuration error (also: nothing found to verify, read or restore),
+141 (128 + SIGPIPE) the reader of the output went away (e.g. ``| head``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,9 +26,17 @@ from .checkpoint import (
     prove_inclusion,
 )
 from .config import BackupConfig
+from .crypto import Keyring, key_from_env
 from .encryption import EntryDecryptor, keyring_from_cli_env
-from .errors import ImmutableLogError
-from .layout import DEFAULT_TENANT, list_tenants, tenant_dir, validate_stream_name
+from .errors import BucketNotFoundError, ImmutableLogError
+from .layout import (
+    DEFAULT_TENANT,
+    list_segments,
+    list_streams,
+    list_tenants,
+    tenant_dir,
+    validate_stream_name,
+)
 from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
     Entry,
@@ -38,6 +48,7 @@ from .query import (
 )
 from .replication.backend import StorageBackend
 from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
+from .replication.local import LocalDirectoryBackend
 from .seal import CheckpointSigner, encode_seed, generate_signing_key, private_key_to_pem
 from .sealing import TENANT_STATE, init_tenant_sealing
 from .verify import StreamReport, VerificationReport, verify_tenant
@@ -45,6 +56,8 @@ from .verify import StreamReport, VerificationReport, verify_tenant
 EXIT_OK = 0
 EXIT_TAMPERED = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a process killed by SIGPIPE
+LAYOUT = "DIR/<tenant>/<stream>/NNNNNNNN.log"
 
 Command = Callable[[argparse.Namespace, TextIO], int]
 _COMMANDS: dict[str, Command] = {}
@@ -98,16 +111,71 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _level(text: str) -> str | int:
+    """``--level``: a level name (``AUDIT``) or number (``25``)."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _tenants(args: argparse.Namespace) -> list[str]:
     if args.tenant:
         return [args.tenant]
     return list_tenants(Path(args.directory))
 
 
+def _require_streams(args: argparse.Namespace) -> None:
+    """Refuse to run when the selected tenants hold no stream at all.
+
+    Verifying (or reading) nothing must not look like success: pointed at the wrong
+    directory, a CI job would otherwise pass a tampered log.
+    """
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise _UsageError(f"no such log directory: {args.directory}")
+    if any(list_streams(tenant_dir(root, t)) for t in _tenants(args)):
+        return
+    verb = "summarise" if args.command == "stats" else args.command
+    if args.tenant:
+        missing = f"{args.directory} holds no log stream of tenant {args.tenant!r}"
+    else:
+        missing = f"{args.directory} holds no tenant with a log stream"
+    message = f"nothing to {verb}: {missing} (expected layout {LAYOUT})"
+    here = root if root.name not in ("", ".", "..") else Path(os.path.abspath(root))
+    if list_streams(here):
+        message += (f"; {here} looks like the directory of tenant {here.name!r}: pass "
+                    f"{here.parent} --tenant {here.name}")
+    elif list_segments(here):
+        tenant = here.parent
+        message += (f"; {here} looks like the directory of stream {here.name!r} of tenant "
+                    f"{tenant.name!r}: pass {tenant.parent} --tenant {tenant.name}")
+    elif args.tenant:
+        found = [t for t in list_tenants(root) if list_streams(root / t)]
+        if found:
+            message += f"; tenants with streams there: {', '.join(found)}"
+    raise _UsageError(message)
+
+
+def _keyring(
+    key_envs: Sequence[str] | None, passphrase_env: str | None, tenant_directory: Path
+) -> Keyring | None:
+    """The keyring of ``--key-env`` (repeatable; the first is active) or ``--passphrase-env``.
+
+    The first ``--key-env`` also brings the retired keys of ``IMMUTABLE_LOG_PREVIOUS_KEYS``.
+    """
+    if not key_envs:
+        return keyring_from_cli_env(tenant_directory, None, passphrase_env)
+    ring = keyring_from_cli_env(tenant_directory, key_envs[0], None)
+    assert ring is not None
+    for var in key_envs[1:]:
+        ring.add(key_from_env(var))
+    return ring
+
+
 def _decryptor(args: argparse.Namespace, tenant: str) -> EntryDecryptor:
-    keyring = keyring_from_cli_env(
-        Path(args.directory) / tenant, args.key_env, args.passphrase_env
-    )
+    keyring = _keyring(args.key_env, args.passphrase_env, Path(args.directory) / tenant)
     return EntryDecryptor(keyring, tenant)
 
 
@@ -177,8 +245,7 @@ def _print_report(out: TextIO, report: VerificationReport) -> None:
 
 @_command("verify")
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
-    if not Path(args.directory).is_dir():
-        raise _UsageError(f"no such log directory: {args.directory}")
+    _require_streams(args)
     report = VerificationReport()
     for tenant in _tenants(args):
         decrypt = _decryptor(args, tenant) if (args.key_env or args.passphrase_env) else None
@@ -203,15 +270,25 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
 
 @_command("read")
 def _read(args: argparse.Namespace, out: TextIO) -> int:
-    entries = read_entries(
-        _entries(args), limit=args.limit, level=args.level, newest_first=args.newest_first
+    limit: int = args.limit
+    if limit < 0:
+        raise _UsageError(f"--limit must be 0 or more, got {limit}")
+    _require_streams(args)
+    entries = read_entries(  # one more than asked: tells whether the limit cut the output
+        _entries(args), limit=limit + 1, level=args.level, newest_first=args.newest_first
     )
-    _print_entries(args, out, entries)
+    cut = len(entries) > limit
+    _print_entries(args, out, entries[:limit])
+    if cut:
+        which = "newest" if args.newest_first else "first"
+        sys.stderr.write(f"immutable-log: only the {which} {limit} matching entries are "
+                         "shown; more exist: pass --limit N to see up to N\n")
     return EXIT_OK
 
 
 @_command("search")
 def _search(args: argparse.Namespace, out: TextIO) -> int:
+    _require_streams(args)
     _print_entries(args, out, _find(args, TextSearch(args.text, args.case_sensitive)))
     return EXIT_OK
 
@@ -222,12 +299,14 @@ def _query(args: argparse.Namespace, out: TextIO) -> int:
         document = orjson.loads(args.document)
     except orjson.JSONDecodeError as exc:
         raise _UsageError(f"query must be a JSON object: {exc}") from None
+    _require_streams(args)
     _print_entries(args, out, _find(args, DocumentQuery(document)))
     return EXIT_OK
 
 
 @_command("stats")
 def _stats(args: argparse.Namespace, out: TextIO) -> int:
+    _require_streams(args)
     result = summarise(_entries(args))
     usage = [disk_usage(args.directory, t) for t in _tenants(args)]
     result["bytes_on_disk"] = sum(u["bytes_on_disk"] for u in usage)
@@ -379,12 +458,20 @@ def _backend(args: argparse.Namespace) -> StorageBackend:
         options["gcs_project_id"] = args.project
     if args.endpoint_url:
         options["s3_endpoint_url"] = options["gcs_endpoint_url"] = args.endpoint_url
-    config = BackupConfig.from_options(options, log_directory=args.directory)
-    if args.command == "restore" and config.backup_provider == "local" and not (
-        args.backup_directory
-    ):
+    config = BackupConfig.from_options(options, log_directory=args.directory or os.curdir)
+    if config.backup_provider != "local":
+        return config.build_backend()
+    if args.command == "restore" and not args.backup_directory:
         raise _UsageError("restoring from a local bucket needs --backup-directory")
-    return config.build_backend()
+    assert config.backup_directory is not None
+    # The CLI only reads the replica: a missing bucket directory is an error
+    # (BucketNotFoundError), not an empty replica.
+    return LocalDirectoryBackend(config.backup_directory, prefix=config.backup_prefix,
+                                 create=False)
+
+
+def _no_replica(exc: BucketNotFoundError, backend: StorageBackend) -> _UsageError:
+    return _UsageError(f"replica not found ({backend.describe()}): {exc}")
 
 
 @_command("sync-status")
@@ -392,7 +479,10 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     if not Path(args.directory).is_dir():
         raise _UsageError(f"no such log directory: {args.directory}")
     backend = _backend(args)
-    results = {t: verify_cloud_backup(backend, args.directory, t) for t in _tenants(args)}
+    try:
+        results = {t: verify_cloud_backup(backend, args.directory, t) for t in _tenants(args)}
+    except BucketNotFoundError as exc:
+        raise _no_replica(exc, backend) from None
     if args.json:
         _json_out(out, results)
     else:
@@ -412,15 +502,24 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
 
 @_command("restore")
 def _restore(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.block_hash and not args.directory:
+        raise _UsageError("restore needs NEWDIR (the empty directory to restore into) "
+                          "unless --block-hash is given")
     backend = _backend(args)
     tenant = args.tenant or DEFAULT_TENANT
-    if args.block_hash:
-        entry = find_entry(backend, tenant, args.block_hash)
-        if entry is None:
-            raise _UsageError(f"no entry with hash {args.block_hash} in {backend.describe()}")
-        _json_out(out, entry)
-        return EXIT_OK
-    result = restore_tenant(backend, args.directory, tenant)
+    try:
+        if args.block_hash:
+            keyring = _keyring(args.key_env, None, Path(os.curdir))
+            decrypt = EntryDecryptor(keyring, tenant) if keyring is not None else None
+            entry = find_entry(backend, tenant, args.block_hash, decrypt)
+            if entry is None:
+                raise _UsageError(
+                    f"no entry with hash {args.block_hash} in {backend.describe()}")
+            _json_out(out, entry)
+            return EXIT_OK
+        result = restore_tenant(backend, args.directory, tenant)
+    except BucketNotFoundError as exc:
+        raise _no_replica(exc, backend) from None
     if args.json:
         _json_out(out, result)
     else:
@@ -443,6 +542,13 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="custom S3/GCS endpoint (e.g. a local emulator)")
 
 
+def _add_key_env(p: argparse.ArgumentParser, what: str = "decrypt") -> None:
+    p.add_argument("--key-env", metavar="VAR", action="append",
+                   help=f"{what} with the base64 AES-256 key in environment variable VAR; "
+                   "repeatable after a key rotation (every key decrypts; retired keys may "
+                   "also be listed in IMMUTABLE_LOG_PREVIOUS_KEYS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``immutable-log``."""
     parser = _Parser(prog="immutable-log", description=__doc__)
@@ -453,8 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tenant", help=f"only this tenant (default: all; '{DEFAULT_TENANT}' "
                        "is the tenant of handlers configured without one)")
         p.add_argument("--json", action="store_true", help=json_help)
-        p.add_argument("--key-env", metavar="VAR",
-                       help="decrypt with the base64 AES-256 key in environment variable VAR")
+        _add_key_env(p)
         p.add_argument("--passphrase-env", metavar="VAR",
                        help="decrypt with a key derived from the passphrase in VAR")
 
@@ -475,8 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("read", help="print entries")
     common(p)
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--level", help="only this level (e.g. AUDIT)")
+    p.add_argument("--limit", type=int, default=100, metavar="N",
+                   help="print at most N entries (default 100; a note on stderr says when "
+                   "more exist)")
+    p.add_argument("--level", type=_level,
+                   help="only this level, by name or number (e.g. AUDIT or 25)")
     p.add_argument("--newest-first", action="store_true")
 
     p = sub.add_parser("search", help="entries containing TEXT")
@@ -527,13 +635,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(p)
 
     p = sub.add_parser("restore", help="rebuild a tenant's log from the replica into an "
-                       "empty DIR (or print one entry with --block-hash)")
-    p.add_argument("directory", help="the (empty) directory to restore into")
+                       "empty NEWDIR (or print one entry with --block-hash)")
+    p.add_argument("directory", nargs="?", metavar="NEWDIR",
+                   help="the (empty) directory to restore into (not needed with --block-hash)")
     p.add_argument("--tenant", help=f"tenant id (default '{DEFAULT_TENANT}')")
     p.add_argument("--block-hash", help="print only the entry with this hash")
+    _add_key_env(p, "decrypt the --block-hash entry")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_backend_options(p)
     return parser
+
+
+def _discard_output(out: TextIO) -> None:
+    """Point ``out``'s file descriptor at /dev/null, so that flushing what is still buffered
+    (at exit) cannot raise BrokenPipeError again."""
+    try:
+        fileno = out.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -542,7 +666,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return _COMMANDS[args.command](args, out)
+        code = _COMMANDS[args.command](args, out)
+        out.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (``| head``): no traceback; the pattern of the Python docs
+        # (library/signal.html, "Note on SIGPIPE"), exiting 128 + SIGPIPE like a shell tool.
+        _discard_output(out)
+        return EXIT_BROKEN_PIPE
     except _UsageError as exc:
         sys.stderr.write(f"immutable-log: error: {exc}\n")
         return EXIT_USAGE

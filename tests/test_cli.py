@@ -241,3 +241,135 @@ def test_negative_limit_is_a_usage_error(logdir: Path) -> None:
         assert run(*command, "--limit", "-1")[0] == 2
         code, text = run(*command, "--limit", "0", "--json")
         assert code == 0 and orjson.loads(text) == []
+
+
+# ----------------------------------------------------------------- user review fixes
+
+
+def test_verify_refuses_a_directory_without_streams(
+    logdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = list_segments(list_streams(logdir / "shop")[0])[-1].path
+    lines = read_lines(path)
+    lines[1] = lines[1].replace(b"1500", b"9999")
+    write_lines(path, lines)  # tampered: a wrong DIR must not turn this into a pass
+    stream_dir = list_streams(logdir / "shop")[0]
+    for argv, hint in (
+        ([str(logdir / "shop")], f"pass {logdir} --tenant shop"),
+        ([str(stream_dir)], f"pass {logdir} --tenant shop"),
+        ([str(logdir), "--tenant", "typo"], "tenants with streams there: other, shop"),
+        ([str(tmp_path / "logs-not-here"), "--tenant", "shop", "--json"], "no such log"),
+    ):
+        capsys.readouterr()
+        code, text = run("verify", *argv)
+        err = capsys.readouterr().err
+        assert code == 2 and text == "", (argv, text)
+        assert hint in err, err
+    code, _ = run("verify", str(logdir / "shop"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"nothing to verify: {logdir / 'shop'} holds no tenant with a log stream" in err
+    assert "looks like the directory of tenant 'shop'" in err
+    assert "DIR/<tenant>/<stream>/NNNNNNNN.log" in err
+    code, _ = run("verify", str(stream_dir))
+    assert code == 2
+    assert f"looks like the directory of stream {stream_dir.name!r}" in capsys.readouterr().err
+    code, _ = run("verify", str(logdir), "--tenant", "typo")
+    assert code == 2 and "no log stream of tenant 'typo'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "sometenant").mkdir(parents=True)
+    code, text = run("verify", str(empty))
+    assert code == 2 and "OK" not in text
+    assert run("verify", str(logdir))[0] == 1  # the real directory still fails
+
+
+def test_read_search_query_stats_refuse_a_tenant_without_streams(
+    logdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    for command, verb in ((["read"], "read"), (["search", "x"], "search"),
+                          (["query", "{}"], "query"), (["stats"], "summarise")):
+        directory, *rest = [str(logdir), *command[1:]]
+        for argv in ([directory, *rest, "--tenant", "typo"], [str(logdir / "shop"), *rest]):
+            code, text = run(command[0], *argv)
+            assert code == 2 and text == "", (command, argv, text)
+            assert f"nothing to {verb}:" in capsys.readouterr().err
+        code, _ = run(command[0], str(logdir), *rest, "--tenant", "shop")
+        assert code == 0
+
+
+def test_key_env_is_repeatable_for_rotated_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from immutable_logging.crypto import generate_key
+
+    key_a, key_b = generate_key(), generate_key()
+    with ImmutableLogger(tmp_path, tenantId="rot", encryption_key=key_a) as log:
+        log.info("under A")
+    with ImmutableLogger(tmp_path, tenantId="rot", encryption_key=key_b,
+                         previous_keys=[key_a]) as log:
+        log.info("under B")
+    monkeypatch.setenv("CLI_KEY_A", key_a)
+    monkeypatch.setenv("CLI_KEY_B", key_b)
+    monkeypatch.delenv("IMMUTABLE_LOG_PREVIOUS_KEYS", raising=False)
+    code, text = run("read", str(tmp_path), "--key-env", "CLI_KEY_B", "--key-env", "CLI_KEY_A",
+                     "--json")
+    assert code == 0 and [e["message"] for e in orjson.loads(text)] == ["under A", "under B"]
+    code, text = run("search", str(tmp_path), "under", "--key-env", "CLI_KEY_A",
+                     "--key-env", "CLI_KEY_B", "--json")
+    assert code == 0 and len(orjson.loads(text)) == 2
+    code, _ = run("verify", str(tmp_path), "--parse", "--key-env", "CLI_KEY_B",
+                  "--key-env", "CLI_KEY_A")
+    assert code == 0
+    code, text = run("read", str(tmp_path), "--key-env", "CLI_KEY_B", "--json")
+    assert [e.get("message") for e in orjson.loads(text)] == [None, "under B"]  # A is missing
+    assert run("search", str(tmp_path), "under", "--key-env", "CLI_KEY_B")[0] == 2
+    monkeypatch.setenv("IMMUTABLE_LOG_PREVIOUS_KEYS", key_a)  # still honoured
+    code, text = run("read", str(tmp_path), "--key-env", "CLI_KEY_B", "--json")
+    assert code == 0 and [e["message"] for e in orjson.loads(text)] == ["under A", "under B"]
+    monkeypatch.delenv("CLI_KEY_A")
+    assert run("read", str(tmp_path), "--key-env", "CLI_KEY_B", "--key-env", "CLI_KEY_A")[0] == 2
+
+
+def test_a_closed_stdout_exits_quietly(tmp_path: Path, logger_name: str) -> None:
+    from .helpers import write_log
+
+    write_log(tmp_path, logger_name, 3000)  # far more output than a pipe buffer holds
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "immutable_logging.cli", "read", str(tmp_path), "--limit",
+         "5000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"time")
+    proc.stdout.close()  # what `| head -1` does
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_read_level_accepts_numbers(logdir: Path) -> None:
+    code, text = run("read", str(logdir), "--tenant", "shop", "--level", "26", "--json")
+    assert code == 0 and [e["metadata"]["amount"] for e in orjson.loads(text)] == [1500, 20]
+    code, text = run("read", str(logdir), "--level", "25", "--json")
+    assert code == 0 and [e["message"] for e in orjson.loads(text)] == ["Role changed"]
+    code, text = run("read", str(logdir), "--level", "audit", "--json")
+    assert code == 0 and [e["message"] for e in orjson.loads(text)] == ["Role changed"]
+
+
+def test_read_says_when_the_limit_cut_the_output(
+    logdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    code, text = run("read", str(logdir), "--tenant", "shop", "--limit", "2")
+    err = capsys.readouterr().err
+    assert code == 0 and "2 entries" in text and text.count("Order paid") == 1
+    assert "only the first 2 matching entries are shown; more exist" in err
+    assert "--limit N" in err
+    code, text = run("read", str(logdir), "--tenant", "shop", "--limit", "1", "--newest-first",
+                     "--json")
+    assert code == 0 and [e["message"] for e in orjson.loads(text)] == ["Role changed"]
+    assert "only the newest 1 matching entries" in capsys.readouterr().err
+    code, text = run("read", str(logdir), "--tenant", "shop", "--limit", "4")
+    assert code == 0 and "4 entries" in text and capsys.readouterr().err == ""
+    assert run("read", str(logdir), "--limit", "-1")[0] == 2

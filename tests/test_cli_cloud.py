@@ -75,3 +75,65 @@ def test_sync_status_against_s3(moto_server: MotoServer, tmp_path: Path,
                      "cli-logs", "--region", "us-east-1", "--endpoint-url",
                      moto_server.endpoint_url)
     assert code == 0 and "synced" in text and "s3://cli-logs" in text
+
+
+def test_restoring_a_tenant_the_replica_lacks_is_an_error(
+    replicated: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from immutable_logging.errors import ReplicationError
+
+    _, bucket, _ = replicated
+    target = tmp_path / "new"
+    code, text = run("restore", str(target), "--tenant", "nosuch", "--backup-directory",
+                     str(bucket))
+    err = capsys.readouterr().err
+    assert code == 2 and "verified" not in text
+    assert "ObjectNotFoundError" in err and "tenant 'nosuch'" in err and bucket.name in err
+    assert not target.exists()
+    with ImmutableLogger(tmp_path / "other-logs", tenantId="nosuch", enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log, \
+            pytest.raises(ReplicationError, match="no entries of tenant 'nosuch'"):
+        log.restore_from_cloud(target)
+    assert not target.exists()
+
+
+def test_restore_block_hash_needs_no_newdir_and_decrypts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from immutable_logging.crypto import generate_key
+
+    key = generate_key()
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="enc", encryption_key=key,
+                         enable_cloud_backup=True, backup_directory=str(bucket)) as log:
+        log.audit("secret event", {"card": "4111"})
+        assert log.flush_backup()
+        wanted = log.read(limit=1)[0]["hash"]
+    common = ["--tenant", "enc", "--backup-directory", str(bucket), "--block-hash", wanted]
+    code, text = run("restore", *common)
+    entry = orjson.loads(text)
+    assert code == 0 and entry["hash"] == wanted and "enc" in entry and "message" not in entry
+    monkeypatch.setenv("CLI_RESTORE_KEY", key)
+    code, text = run("restore", *common, "--key-env", "CLI_RESTORE_KEY")
+    entry = orjson.loads(text)
+    assert code == 0 and entry["message"] == "secret event"
+    assert entry["metadata"] == {"card": "4111"}
+    capsys.readouterr()
+    code, _ = run("restore", "--tenant", "enc", "--backup-directory", str(bucket))
+    assert code == 2 and "restore needs NEWDIR" in capsys.readouterr().err
+
+
+def test_sync_status_of_a_missing_replica_is_an_error(
+    replicated: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs, _, _ = replicated
+    missing = tmp_path / "no-such-bucket"
+    capsys.readouterr()
+    code, text = run("sync-status", str(logs), "--backup-directory", str(missing))
+    err = capsys.readouterr().err
+    assert code == 2 and "not_synced" not in text
+    assert f"replica not found ({missing.as_uri()})" in err and "does not exist" in err
+    code, _ = run("restore", str(tmp_path / "new"), "--tenant", "acme", "--backup-directory",
+                  str(missing))
+    assert code == 2 and "replica not found" in capsys.readouterr().err
+    assert not missing.exists() and not (tmp_path / "new").exists()

@@ -243,11 +243,20 @@ def restore_tenant(
     :class:`RemoteIntegrityError` naming the object and sequence number. Sealed segments are
     gzip'ed and made read-only exactly as the writer does, so the result verifies clean and
     equals the original.
+
+    Raises:
+        ObjectNotFoundError: the replica holds no entry of ``tenant`` (nothing is created).
+        RemoteIntegrityError: the replica is damaged (nothing is created).
+        ConfigurationError: the target already holds streams of ``tenant``.
     """
     target = tenant_dir(root, tenant)
     if list_streams(target):
         raise ConfigurationError(f"restore needs an empty directory: {target} holds streams")
     streams = remote_streams(backend, tenant)
+    if not streams:
+        # Checked before anything is written: restoring nothing must not look like success.
+        raise ObjectNotFoundError(
+            f"{backend.describe()} holds no entries of tenant {tenant!r}: nothing to restore")
     loaded = [load_remote_stream(backend, stream, names) for stream, names in streams.items()]
     problems = [p for r in loaded for p in r.problems]
     if problems:
