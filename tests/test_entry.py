@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from immutable_logging.entry import (
     FIELDS_ATTR,
@@ -119,6 +120,22 @@ def test_non_json_metadata_uses_the_documented_fallback() -> None:
     assert decoded["big"] == str(2**80)
     assert decoded["1"] == "int key"
     assert canonical_payload({"metadata": meta}) == data  # deterministic
+
+
+@pytest.mark.parametrize("extra", [{}, {"big": 2**80}])  # plain path, slow path
+def test_nan_and_infinities_are_kept_as_strings_not_lost_as_null(
+    extra: dict[str, object]
+) -> None:
+    meta = {"nan": float("nan"), "inf": float("inf"), "ninf": -float("inf"),
+            "nested": {"list": [1.5, float("nan")], "tuple": (float("inf"),)},
+            "none": None, "text": "null", "ok": 2.5, **extra}
+    decoded = orjson.loads(canonical_payload({"metadata": meta}))["metadata"]
+    assert (decoded["nan"], decoded["inf"], decoded["ninf"]) == ("NaN", "Infinity",
+                                                                 "-Infinity")
+    assert decoded["nested"] == {"list": [1.5, "NaN"], "tuple": ["Infinity"]}
+    assert (decoded["none"], decoded["text"], decoded["ok"]) == (None, "null", 2.5)
+    plain = {"metadata": {"none": None, "x": 1.0}}  # a real null stays null
+    assert canonical_payload(plain) == orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
 
 
 def test_fallback_handles_cycles_without_raising() -> None:
