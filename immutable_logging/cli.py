@@ -174,9 +174,11 @@ def _keyring(
     return ring
 
 
-def _decryptor(args: argparse.Namespace, tenant: str) -> EntryDecryptor:
+def _decryptor(args: argparse.Namespace, tenant: str) -> EntryDecryptor | None:
+    """The decryptor of the keys given; None without one (encrypted entries are then read
+    undecrypted: their clear fields and ``<encrypted>``)."""
     keyring = _keyring(args.key_env, args.passphrase_env, Path(args.directory) / tenant)
-    return EntryDecryptor(keyring, tenant)
+    return EntryDecryptor(keyring, tenant) if keyring is not None else None
 
 
 def _entries(args: argparse.Namespace, line_filter: LineFilter | None = None) -> Iterator[Entry]:

@@ -21,8 +21,9 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from .encryption import EntryDecryptor
 from .entry import METADATA_ATTR
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ImmutableLogError
 from .handler import ImmutableHandler
 from .layout import DEFAULT_TENANT
 from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
@@ -77,7 +78,18 @@ class ImmutableLogger:
     # ------------------------------------------------------------------ writing
     def log(self, level: int, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log ``message`` at ``level`` with a metadata dict (a non-mapping is wrapped as
-        ``{"value": metadata}`` rather than rejected, so nothing is lost)."""
+        ``{"value": metadata}`` rather than rejected, so nothing is lost).
+
+        Raises:
+            ImmutableLogError: the logger was shut down (:meth:`shutdown`); the record
+                would otherwise be lost. Every level method (``info``, ``revenue``, ...)
+                goes through here.
+        """
+        if self._closed:
+            raise ImmutableLogError(
+                f"ImmutableLogger {self.logger.name!r} (tenant {self.tenant!r}) is shut down: "
+                "the record was not written; create a new ImmutableLogger to log again"
+            )
         if metadata is None:
             extra: dict[str, Any] = {}
         elif isinstance(metadata, Mapping):
@@ -125,11 +137,16 @@ class ImmutableLogger:
         self.log(SYSTEM, message, metadata)
 
     # ------------------------------------------------------------------ reading
+    def _decryptor(self) -> EntryDecryptor | None:
+        """The decryptor of the configured keys; None without a key (encrypted entries are
+        then read undecrypted, see :mod:`~immutable_logging.query`)."""
+        return self.handler.decryptor if self.handler.keyring is not None else None
+
     def _entries(self, line_filter: LineFilter | None = None) -> Iterator[Entry]:
         if not self._closed:
             self.handler.flush()
         return iter_entries(
-            self.directory, self.tenant, decrypt=self.handler.decryptor, line_filter=line_filter
+            self.directory, self.tenant, decrypt=self._decryptor(), line_filter=line_filter
         )
 
     def read(
@@ -168,7 +185,7 @@ class ImmutableLogger:
         if not self._closed:
             self.handler.flush()
         return find_entries(self.directory, self.tenant, match,
-                            decrypt=self.handler.decryptor, limit=limit, workers=workers)
+                            decrypt=self._decryptor(), limit=limit, workers=workers)
 
     def stats(self) -> dict[str, Any]:
         """Entry counts by level/logger/stream, time span, disk usage and handler health."""
@@ -215,7 +232,7 @@ class ImmutableLogger:
             self.directory,
             self.tenant,
             parse=parse,
-            decrypt=self.handler.decryptor if self.handler.keyring is not None else None,
+            decrypt=self._decryptor(),
             seed=seed,
             checkpoint_key=checkpoint_key,
             anchors=anchors,
@@ -267,7 +284,7 @@ class ImmutableLogger:
         when the replica has no such entry)."""
         backend = self._backend()
         if block_hash is not None:
-            decrypt = self.handler.decryptor if self.handler.keyring is not None else None
+            decrypt = self._decryptor()
             return find_entry(backend, self.tenant, block_hash, decrypt)
         if directory is None:
             raise ConfigurationError("restore_from_cloud needs a target directory (empty)")
@@ -275,7 +292,11 @@ class ImmutableLogger:
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
-        """Flush, sync and close. Idempotent."""
+        """Flush, sync and close. Idempotent.
+
+        Afterwards logging calls raise :class:`ImmutableLogError`; reading, querying,
+        ``stats`` and ``verify`` keep working (they read the files).
+        """
         if self._closed:
             return
         self._closed = True

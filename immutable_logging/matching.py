@@ -9,6 +9,12 @@ order, and the parent takes them in segment order, asking for a segment's result
 while it still wants entries. A segment a worker cannot finish on its own (a read error,
 or encrypted entries, which only the parent may decrypt) is scanned again by the parent,
 which then decrypts it or raises exactly what the serial reader raises.
+
+Without the key (see :mod:`immutable_logging.query`), a query on clear fields only
+(level, logger, time, seq, ...) still matches encrypted entries; a text search, or a query
+on ``message``/``metadata``/``exc``/``stack``, raises
+:class:`~immutable_logging.errors.KeyUnavailableError` at the first encrypted entry it
+cannot decrypt.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .query import (
     compile_query,
     iter_entries,
     query_filter,
+    reads_secret_fields,
     search_filter,
     with_timestamp,
 )
@@ -54,6 +61,10 @@ class TextSearch:
     def line_filter(self) -> LineFilter | None:
         """A safe raw-line pre-filter (see :func:`~immutable_logging.query.search_filter`)."""
         return search_filter(self.text, case_sensitive=self.case_sensitive)
+
+    def needs_secrets(self) -> bool:
+        """Always True: the searched text is in the encrypted fields."""
+        return True
 
     def predicate(self) -> Predicate:
         """Whether one decoded entry matches."""
@@ -76,6 +87,12 @@ class DocumentQuery:
     def line_filter(self) -> LineFilter | None:
         """A safe raw-line pre-filter (see :func:`~immutable_logging.query.query_filter`)."""
         return query_filter(self.document)
+
+    def needs_secrets(self) -> bool:
+        """Whether the document looks at an encrypted field (``message``, ``metadata``,
+        ``exc``, ``stack``): then an entry that cannot be decrypted raises
+        KeyUnavailableError instead of being judged on its clear fields."""
+        return reads_secret_fields(self.document)
 
     def predicate(self) -> Predicate:
         """Whether one decoded entry matches."""
@@ -109,7 +126,7 @@ def _scan_here(
     path = str(segment.path)
     try:
         for entry in _entries_of(segment.chunks(), stream, path, decrypt,
-                                 match.line_filter(), False):
+                                 match.line_filter(), False, match.needs_secrets()):
             if predicate(entry):
                 yield entry
     except READ_ERRORS as exc:
@@ -158,10 +175,16 @@ def find_entries(
     streams is always read here: its streams are merged entry by entry, and which
     matches come first can depend on entries that do not match.
 
+    An encrypted entry whose key is not available is matched on its clear fields (it is
+    returned undecrypted, see :mod:`immutable_logging.query`) unless ``match`` needs the
+    encrypted fields (:meth:`TextSearch.needs_secrets`, :meth:`DocumentQuery.needs_secrets`).
+
     Raises:
         QueryError: a bad search text, query document or limit.
         SegmentReadError: a segment cannot be read.
-        DecryptionError: an encrypted entry cannot be decrypted.
+        KeyUnavailableError: ``match`` needs the encrypted fields of an entry whose key is
+            not available.
+        DecryptionError: an encrypted entry fails to decrypt (wrong key, tampering).
     """
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise QueryError(f"limit must be None or an int >= 0, got {limit!r}")
@@ -170,7 +193,8 @@ def find_entries(
     if len(streams) != 1:
         found: Iterator[Entry] = (
             entry for entry in iter_entries(root, tenant, decrypt=decrypt,
-                                            line_filter=match.line_filter())
+                                            line_filter=match.line_filter(),
+                                            need_secrets=match.needs_secrets())
             if predicate(entry))
         return [with_timestamp(e) for e in itertools.islice(found, limit)]
     segments = list_segments(streams[0])

@@ -5,6 +5,18 @@ Entries are returned as plain dicts: the stored members (``seq``, ``prev``, ``ha
 ``timestamp`` (ISO-8601, UTC). A tenant's reader only ever opens files under that tenant's
 directory. Encrypted entries are decrypted when a ``decrypt`` function is given.
 
+Without a key (no ``decrypt`` function), an encrypted entry is yielded *undecrypted*:
+its clear members (``seq``, ``ts``, ``level``, ``levelno``, ``logger``, source location,
+``host``, ``pid``, ...) plus the ``enc`` member exactly as stored, and no
+``message``/``metadata``/``exc``/``stack`` (nor ``encrypted``). So counting, and reading
+or querying by level, logger, time or seq, work without the key, while a search, or a
+query on one of the secret fields, raises
+:class:`~immutable_logging.errors.KeyUnavailableError` on such an entry instead of
+silently not matching it. With a ``decrypt`` function every encrypted entry is
+decrypted: a key id it lacks raises ``KeyUnavailableError``, a wrong key or a tampered
+ciphertext :class:`~immutable_logging.errors.DecryptionError` (a reader given keys never
+returns entries it silently left encrypted).
+
 Query documents use MongoDB-style operators on dotted paths::
 
     {"level": "REVENUE", "metadata.amount": {"$gte": 1000}}
@@ -33,7 +45,8 @@ from typing import Any
 import orjson
 
 from .compression import READ_ERRORS
-from .errors import QueryError, SegmentReadError
+from .encryption import SECRET_FIELDS
+from .errors import KeyUnavailableError, QueryError, SegmentReadError
 from .layout import list_segments, list_streams, tenant_dir
 
 Entry = dict[str, Any]
@@ -43,18 +56,53 @@ Predicate = Callable[[Entry], bool]
 _MISSING = object()
 
 
+_SECRET_ROOTS = frozenset(SECRET_FIELDS)
+
+
+def _secrets_unavailable(entry: Entry, file: str | None = None) -> KeyUnavailableError:
+    """The error for an entry left undecrypted (see module doc) that a search or a query
+    on ``message``/``metadata``/``exc``/``stack`` needs to look into."""
+    enc = entry.get("enc")
+    if isinstance(enc, str):
+        kid: Any = enc.split(".", 2)[1] if enc.count(".") >= 2 else None
+    else:
+        kid = enc.get("kid") if isinstance(enc, Mapping) else None
+    seq = entry.get("seq")
+    key = f"key id {str(kid)[:80]!r}" if isinstance(kid, str) else "its key"
+    return KeyUnavailableError(
+        f"entry of stream {str(entry.get('stream'))[:80]!r} is encrypted and {key} is not "
+        "available: searching or querying message, metadata, exc or stack needs the "
+        "decryption key (level, logger, time and seq can be read without it)",
+        file=file, seq=seq if isinstance(seq, int) else None)
+
+
+def reads_secret_fields(document: Mapping[str, Any]) -> bool:
+    """Whether a query document looks at an encrypted field (``message``, ``metadata``,
+    ``exc``, ``stack`` or a path below one), in any ``$and``/``$or`` branch."""
+    for key, spec in document.items():
+        if key in ("$and", "$or"):
+            if isinstance(spec, list) and any(
+                    isinstance(part, Mapping) and reads_secret_fields(part) for part in spec):
+                return True
+        elif isinstance(key, str) and key.split(".", 1)[0] in _SECRET_ROOTS:
+            return True
+    return False
+
+
 def _iter_stream(
     stream_dir: Path,
     decrypt: Decryptor | None,
     line_filter: LineFilter | None,
     include_system: bool,
+    need_secrets: bool,
 ) -> Iterator[Entry]:
     stream = stream_dir.name
     for segment in list_segments(stream_dir):
         path = str(segment.path)
         try:
             yield from _entries_of(
-                segment.chunks(), stream, path, decrypt, line_filter, include_system
+                segment.chunks(), stream, path, decrypt, line_filter, include_system,
+                need_secrets,
             )
         except READ_ERRORS as exc:
             raise SegmentReadError(
@@ -69,7 +117,9 @@ def _entries_of(
     decrypt: Decryptor | None,
     line_filter: LineFilter | None,
     include_system: bool,
+    need_secrets: bool = False,
 ) -> Iterator[Entry]:
+    """The entries of a segment's chunks; see :func:`iter_entries` for ``need_secrets``."""
     loads, damaged = orjson.loads, orjson.JSONDecodeError
     for chunk in chunks:
         # In a block without encrypted lines the filter picks the candidate lines itself;
@@ -93,8 +143,12 @@ def _entries_of(
             if type(entry) is not dict or (not include_system and "kind" in entry):
                 continue
             entry["stream"] = stream
-            if decrypt is not None and "enc" in entry:
-                entry = decrypt(entry, stream, path)
+            if "enc" in entry:
+                if decrypt is not None:
+                    entry = decrypt(entry, stream, path)
+                elif need_secrets:
+                    raise _secrets_unavailable(entry, path)
+                # else left undecrypted: clear members and ``enc`` (see module doc)
             yield entry
 
 
@@ -105,14 +159,24 @@ def iter_entries(
     decrypt: Decryptor | None = None,
     include_system: bool = False,
     line_filter: LineFilter | None = None,
+    need_secrets: bool = False,
 ) -> Iterator[Entry]:
     """All entries of a tenant in time order, merged across streams.
 
     ``line_filter(raw_line) -> bool`` may skip plain (unencrypted) lines before they are
     decoded; it must only reject lines that cannot match (see :func:`search_filter`).
+
+    An encrypted entry is decrypted with ``decrypt`` (which raises
+    :class:`~immutable_logging.errors.DecryptionError` or its subclass
+    ``KeyUnavailableError`` when it cannot). Without ``decrypt`` it is yielded
+    undecrypted: clear members plus the stored ``enc`` member, without
+    ``message``/``metadata``/``exc``/``stack`` (see the module doc); with
+    ``need_secrets=True`` (for searches and queries on those fields) it raises
+    ``KeyUnavailableError`` instead.
     """
     streams = list_streams(tenant_dir(root, tenant))
-    iterators = [_iter_stream(s, decrypt, line_filter, include_system) for s in streams]
+    iterators = [_iter_stream(s, decrypt, line_filter, include_system, need_secrets)
+                 for s in streams]
     if len(iterators) == 1:
         return iterators[0]
     return heapq.merge(*iterators, key=_sort_key)
@@ -532,12 +596,20 @@ def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
 def search_entries(
     entries: Iterable[Entry], text: str, *, case_sensitive: bool = False, limit: int | None = None
 ) -> list[Entry]:
-    """Entries whose message, metadata or exception text contains ``text``."""
+    """Entries whose message, metadata or exception text contains ``text``.
+
+    Raises:
+        QueryError: ``text`` is not a non-empty string.
+        KeyUnavailableError: an entry was left undecrypted (it holds ``enc``; see the
+            module doc), so its text cannot be searched.
+    """
     if not isinstance(text, str) or not text:
         raise QueryError("search text must be a non-empty string")
     needle = text if case_sensitive else text.lower()
     found: list[Entry] = []
     for entry in entries:
+        if "enc" in entry:
+            raise _secrets_unavailable(entry)
         haystack = _text_of(entry)
         if needle in (haystack if case_sensitive else haystack.lower()):
             found.append(with_timestamp(entry))
@@ -546,11 +618,30 @@ def search_entries(
     return found
 
 
+def _needing_secrets(predicate: Predicate) -> Predicate:
+    """``predicate``, raising KeyUnavailableError on an undecrypted entry."""
+
+    def check(entry: Entry) -> bool:
+        if "enc" in entry:
+            raise _secrets_unavailable(entry)
+        return predicate(entry)
+
+    return check
+
+
 def query_entries(
     entries: Iterable[Entry], document: Mapping[str, Any], *, limit: int | None = None
 ) -> list[Entry]:
-    """Entries matching a query document (see module doc)."""
+    """Entries matching a query document (see module doc).
+
+    Raises:
+        QueryError: the document is malformed.
+        KeyUnavailableError: the document looks at ``message``, ``metadata``, ``exc`` or
+            ``stack`` (:func:`reads_secret_fields`) and an entry was left undecrypted.
+    """
     predicate = compile_query(document)
+    if reads_secret_fields(document):
+        predicate = _needing_secrets(predicate)
     found: list[Entry] = []
     for entry in entries:
         if predicate(entry):

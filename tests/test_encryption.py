@@ -46,8 +46,13 @@ def test_payload_encrypted_on_disk_and_verifiable_without_key(tmp_path: Path) ->
     assert "message" not in first and "metadata" not in first
     with ImmutableLogger(tmp_path) as keyless:
         assert keyless.verify().ok  # integrity needs no key
+        # the clear fields read without it; the secret ones stay sealed in "enc"
+        clear = keyless.read()
+        assert [(e["seq"], e["level"]) for e in clear] == [(1, "AUDIT"), (2, "AUDIT")]
+        assert all("message" not in e and e["enc"].startswith("A256GCM.") for e in clear)
+        assert keyless.stats()["total_entries"] == 2
         with pytest.raises(KeyUnavailableError) as info:
-            keyless.read()
+            keyless.search("secret")  # searching the secret fields needs the key
     assert info.value.seq == 1 and info.value.file == str(_active(tmp_path))
     with ImmutableLogger(tmp_path, encryption_key=key) as log:
         entries = log.read()
@@ -107,7 +112,11 @@ def test_env_var_key_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     out = io.StringIO()
     assert main(["read", str(tmp_path), "--key-env", "TEST_LOG_KEY", "--json"], out) == 0
     assert orjson.loads(out.getvalue())[0]["message"] == "env keyed"
-    assert main(["read", str(tmp_path), "--json"], io.StringIO()) == 2
+    keyless = io.StringIO()
+    assert main(["read", str(tmp_path), "--json"], keyless) == 0
+    [entry] = orjson.loads(keyless.getvalue())
+    assert entry["level"] == "SECURITY" and "message" not in entry and "enc" in entry
+    assert main(["search", str(tmp_path), "env keyed"], io.StringIO()) == 2
     assert main(["verify", str(tmp_path)], io.StringIO()) == 0
     assert main(["verify", str(tmp_path), "--parse", "--key-env", "TEST_LOG_KEY"],
                 io.StringIO()) == 0

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 import threading
 from pathlib import Path
 
 import pytest
 
 from immutable_logging import ImmutableLogger
-from immutable_logging.errors import InvalidTenantError, QueryError
+from immutable_logging.crypto import Key, Keyring, decode_key_b64, generate_key
+from immutable_logging.errors import (
+    DecryptionError,
+    ImmutableLogError,
+    InvalidTenantError,
+    KeyUnavailableError,
+    QueryError,
+)
 from immutable_logging.layout import list_segments, list_streams
 
 from .helpers import read_lines, write_lines
@@ -233,3 +242,74 @@ def test_search_and_query_limits(tmp_path: Path) -> None:
                 log.search("hello", limit=bad)  # type: ignore[arg-type]
             with pytest.raises(QueryError):
                 log.query({"metadata.i": 1}, limit=bad)  # type: ignore[arg-type]
+
+
+def test_logging_after_shutdown_raises_naming_the_logger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = ImmutableLogger(tmp_path, tenantId="closed")
+    log.info("before", {"n": 1})
+    log.shutdown()
+    calls = [getattr(log, name) for name in (
+        "debug", "info", "warn", "warning", "error", "critical", "audit", "security",
+        "revenue", "system")]
+    calls.append(lambda message, metadata=None: log.log(logging.ERROR, message, metadata))
+    for call in calls:
+        with pytest.raises(ImmutableLogError, match=re.escape(repr(log.logger.name))):
+            call("after", {"n": 2})
+    assert capsys.readouterr().err == ""  # nothing went to logging's lastResort either
+    log.shutdown()  # still idempotent
+    # Reading works from disk after shutdown, and nothing after it was written.
+    assert [e["message"] for e in log.read()] == ["before"]
+    assert [e["message"] for e in log.query({"metadata.n": {"$gte": 1}})] == ["before"]
+    assert log.stats()["total_entries"] == 1
+    assert log.verify().ok
+
+
+def _write_encrypted(directory: Path, key: str) -> None:
+    with ImmutableLogger(directory, tenantId="enc", encryption_key=key) as log:
+        log.info("hello", {"user": "ann"})
+        log.revenue("sale", {"amount": 1250})
+        log.audit("login", {"user": "bob"})
+        log.revenue("refund", {"amount": -50})
+        log.error("boom")
+
+
+def test_keyless_stats_read_and_level_query_on_an_encrypted_log(tmp_path: Path) -> None:
+    key = generate_key()
+    _write_encrypted(tmp_path, key)
+    for options in ({}, {"allow_cleartext": True}):  # no key (reading needs no opt-in)
+        with ImmutableLogger(tmp_path, tenantId="enc", **options) as log:
+            stats = log.stats()
+            assert stats["total_entries"] == 5
+            assert stats["by_level"] == {"INFO": 1, "REVENUE": 2, "AUDIT": 1, "ERROR": 1}
+            revenue = log.read(level="REVENUE")
+            assert [e["seq"] for e in revenue] == [2, 4]
+            assert all("message" not in e and e["enc"].startswith("A256GCM.") for e in revenue)
+            assert [e["seq"] for e in log.read(level=26, newest_first=True)] == [4, 2]
+            assert [e["seq"] for e in log.query({"level": "REVENUE"})] == [2, 4]
+            assert [e["seq"] for e in log.query({"level": {"$in": ["AUDIT", "ERROR"]},
+                                                 "seq": {"$gt": 3}})] == [5]
+            assert len(log.read()) == 5
+            for document in ({"message": "sale"}, {"level": "REVENUE", "metadata.amount": 1}):
+                with pytest.raises(KeyUnavailableError):
+                    log.query(document)
+            with pytest.raises(KeyUnavailableError):
+                log.search("sale")
+    # A reader given keys never returns entries it silently left encrypted: a keyring
+    # without the entries' key id is an error, not "no key".
+    with ImmutableLogger(tmp_path, tenantId="enc", encryption_key=generate_key()) as log:
+        for action in (log.stats, log.read, lambda: log.query({"level": "REVENUE"})):
+            with pytest.raises(KeyUnavailableError):
+                action()
+    with ImmutableLogger(tmp_path, tenantId="enc", encryption_key=key) as log:
+        assert [e["message"] for e in log.query({"level": "REVENUE"})] == ["sale", "refund"]
+        assert log.stats()["by_level"]["REVENUE"] == 2
+    # The entries' key id with other key material: authentication fails, never skipped.
+    impostor = Keyring([Key(b"\x01" * 32, kid=Key(decode_key_b64(key)).kid)])
+    with ImmutableLogger(tmp_path, tenantId="enc", encryption_key=impostor) as log:
+        for action in (log.stats, lambda: log.read(level="REVENUE"),
+                       lambda: log.query({"level": "REVENUE"}), lambda: log.search("sale")):
+            with pytest.raises(DecryptionError) as error:
+                action()
+            assert not isinstance(error.value, KeyUnavailableError) and error.value.seq == 1

@@ -34,8 +34,10 @@ pool_module.forked_pool = lambda n: pools.append(n) or real_pool(n)
 root, matches = sys.argv[1], json.loads(sys.argv[2])
 from pathlib import Path
 from immutable_logging.encryption import EntryDecryptor, build_keyring
-key = sys.argv[3] if len(sys.argv) > 3 else None  # no key: what the facade and CLI pass
-decrypt = EntryDecryptor(build_keyring(Path(root) / "default", encryption_key=key), "default")
+key = sys.argv[3] if len(sys.argv) > 3 else None
+# no key: None, what the facade and CLI pass (encrypted entries are read undecrypted)
+decrypt = (EntryDecryptor(build_keyring(Path(root) / "default", encryption_key=key), "default")
+           if key else None)
 out = []
 for kind, arg, limit in matches:
     match = TextSearch(arg) if kind == "search" else DocumentQuery(arg)
@@ -129,8 +131,33 @@ def test_encrypted_segments_are_decrypted_by_the_parent(tmp_path: Path, logger_n
         assert result["serial"] and all(e["encrypted"] for e in result["serial"])
     keyless = _run(tmp_path, matches)
     for result in keyless["results"]:
+        assert result["forked"] == result["serial"]
+        # The reader yields undecrypted entries; query_entries/search_entries, which see
+        # no file name, raise their own KeyUnavailableError for the same entry.
+        assert result["serial"].startswith("KeyUnavailableError: cannot decrypt entry at file")
+        assert result["reader"].startswith("KeyUnavailableError: cannot decrypt entry at seq 1:")
+
+
+def test_keyless_clear_field_queries_match_encrypted_entries(
+    tmp_path: Path, logger_name: str
+) -> None:
+    write_log(tmp_path, logger_name, 400, max_bytes=12_000, encryption_key=generate_key())
+    matches: list[tuple[str, Any, int | None]] = [
+        ("query", {"seq": {"$gt": 300, "$lte": 305}}, None),
+        ("query", {"level": "INFO", "logger": logger_name}, 7),
+        ("query", {"$or": [{"seq": 2}, {"metadata.user": "u2"}]}, None),
+        ("search", "event 1", None),
+    ]
+    keyless = _run(tmp_path, matches)["results"]
+    for result in keyless[:2]:
         assert result["forked"] == result["serial"] == result["reader"]
+        assert all("enc" in e and "message" not in e for e in result["serial"])
+    assert [e["seq"] for e in keyless[0]["serial"]] == [301, 302, 303, 304, 305]
+    assert [e["seq"] for e in keyless[1]["serial"]] == [1, 2, 3, 4, 5, 6, 7]
+    for result in keyless[2:]:  # they need message/metadata: never a silent "no match"
+        assert result["forked"] == result["serial"]
         assert result["serial"].startswith("KeyUnavailableError")
+        assert result["reader"].startswith("KeyUnavailableError")
 
 
 def test_unreadable_segment_raises_what_the_serial_reader_raises(

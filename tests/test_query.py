@@ -7,16 +7,19 @@ import orjson
 import pytest
 
 from immutable_logging import ImmutableLogger
-from immutable_logging.crypto import generate_key
-from immutable_logging.errors import QueryError
+from immutable_logging.crypto import Key, Keyring, decode_key_b64, generate_key
+from immutable_logging.encryption import EntryDecryptor
+from immutable_logging.errors import DecryptionError, KeyUnavailableError, QueryError
 from immutable_logging.query import (
     LineFilter,
     compile_query,
     iter_entries,
     query_entries,
     query_filter,
+    reads_secret_fields,
     search_entries,
     search_filter,
+    summarise,
 )
 
 
@@ -237,3 +240,72 @@ def test_odd_keys_and_operands_get_no_filter_and_no_crash(logdir: Path) -> None:
     slow = query_entries(iter_entries(logdir), huge)
     fast = query_entries(iter_entries(logdir, line_filter=line_filter), huge)
     assert [e["hash"] for e in fast] == [e["hash"] for e in slow] and slow
+
+
+@pytest.fixture
+def encrypted_dir(tmp_path: Path) -> tuple[Path, str]:
+    """A log of 6 entries at 4 levels, encrypted with the returned key."""
+    key = generate_key()
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        log.info("hello", {"user": "ann"})
+        log.revenue("sale", {"amount": 10})
+        log.revenue("refund", {"amount": -3})
+        log.audit("login")
+        log.error("boom")
+        log.info("bye")
+    return tmp_path, key
+
+
+def test_keyless_reader_keeps_undecryptable_entries_with_their_clear_fields(
+    encrypted_dir: tuple[Path, str],
+) -> None:
+    root, key = encrypted_dir
+    decrypt = None  # no key
+    entries = list(iter_entries(root, decrypt=decrypt))
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert all(e["enc"].startswith("A256GCM.") for e in entries)
+    assert not any({"message", "metadata", "encrypted"} & e.keys() for e in entries)
+    assert summarise(entries)["by_level"] == {"INFO": 2, "REVENUE": 2, "AUDIT": 1,
+                                              "ERROR": 1}
+    revenue = query_entries(iter_entries(root, decrypt=decrypt), {"level": "REVENUE"})
+    assert [e["seq"] for e in revenue] == [2, 3]
+    late = query_entries(iter_entries(root, decrypt=decrypt),
+                         {"$or": [{"seq": {"$gte": 6}}, {"level": "AUDIT"}]})
+    assert [e["seq"] for e in late] == [4, 6]
+    for document in ({"message": "sale"}, {"metadata.amount": {"$gt": 0}},
+                     {"metadata": {"$exists": False}},
+                     {"$or": [{"level": "AUDIT"}, {"exc": {"$exists": True}}]}):
+        with pytest.raises(KeyUnavailableError, match="seq 1"):
+            query_entries(iter_entries(root, decrypt=decrypt), document)
+    with pytest.raises(KeyUnavailableError, match="seq 1"):
+        search_entries(iter_entries(root, decrypt=decrypt), "sale")
+    with pytest.raises(KeyUnavailableError) as info:
+        list(iter_entries(root, decrypt=decrypt, need_secrets=True))
+    assert info.value.seq == 1 and info.value.file is not None
+    # A reader given keys never returns entries it silently left encrypted: no key, or
+    # a keyring without the entries' key id, is an error.
+    other = EntryDecryptor(Keyring([Key(decode_key_b64(generate_key()))]), "default")
+    for given in (EntryDecryptor(None, "default"), other):
+        with pytest.raises(KeyUnavailableError, match="seq 1"):
+            list(iter_entries(root, decrypt=given))
+    keyed = list(iter_entries(root, decrypt=EntryDecryptor(Keyring([Key(decode_key_b64(key))]),
+                                                             "default")))
+    assert [e["message"] for e in keyed] == ["hello", "sale", "refund", "login", "boom", "bye"]
+    assert all(e["encrypted"] and "enc" not in e for e in keyed)
+    # The entries' key id with other key material: authentication fails, never skipped.
+    impostor = EntryDecryptor(Keyring([Key(b"\x01" * 32, kid=Key(decode_key_b64(key)).kid)]),
+                              "default")
+    for need_secrets in (False, True):
+        with pytest.raises(DecryptionError) as error:
+            list(iter_entries(root, decrypt=impostor, need_secrets=need_secrets))
+        assert not isinstance(error.value, KeyUnavailableError) and error.value.seq == 1
+
+
+def test_reads_secret_fields() -> None:
+    assert reads_secret_fields({"message": "x"})
+    assert reads_secret_fields({"level": "INFO", "metadata.user.id": 3})
+    assert reads_secret_fields({"$and": [{"level": "INFO"}, {"$or": [{"stack": None}]}]})
+    assert reads_secret_fields({"exc": {"$exists": True}})
+    assert not reads_secret_fields({"level": "INFO", "seq": {"$gt": 3}, "logger": "a"})
+    assert not reads_secret_fields({"$or": [{"ts": {"$gt": 0}}, {"messages": 1}]})
+    assert not reads_secret_fields({"enc": {"$exists": True}, "metadata_x": 1})
