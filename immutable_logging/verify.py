@@ -2,8 +2,10 @@
 
 Verification never trusts the files: every line is re-hashed, sequence numbers and ``prev``
 links are checked across segments, and segment numbers must be contiguous. Each problem
-names the file, the sequence number and a reason. After a problem the verifier re-syncs on
-the damaged entry, so independent damage further on is reported too.
+names the file, the sequence number and a reason, once per cause. After a problem the
+verifier re-syncs on the ``prev`` links (an entry that commits to the hash of the last entry
+in place continues the chain; a line that does not is held until the next line tells why:
+swapped, duplicated, missing entries), so independent damage further on is reported too.
 
 Two depths: the default re-hash path checks raw bytes only; ``parse=True`` also decodes
 each entry and checks that its payload is canonical JSON (a stricter, slower check).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -78,6 +81,7 @@ _ERRORS: dict[str, type[VerificationError]] = {
     "gap": SequenceGapError,
     "missing_segment": SequenceGapError,
     "reorder": ReorderError,
+    "duplicate": ReorderError,
     "malformed": MalformedEntryError,
     "non_canonical": MalformedEntryError,
     "torn_tail": TornTailError,
@@ -90,6 +94,14 @@ _ERRORS: dict[str, type[VerificationError]] = {
 }
 
 _RECOVERY_MARK = b'"kind":"recovery"'
+
+#: A line that does not continue the chain, held until the next line tells why:
+#: ``(seq, prev, hash, file, expected_seq)``, ``expected_seq`` being where it was read.
+_Pending = tuple[int, str, str, str, int]
+
+#: :attr:`_StreamVerifier.skipped` after an unreadable segment: how many entries it held is
+#: unknown, so whatever entry comes next continues the chain (the read error is the problem).
+_UNKNOWN = sys.maxsize
 
 #: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
@@ -228,6 +240,12 @@ class _StreamVerifier:
         self.decrypt = decrypt
         self.expected_seq = 1
         self.prev = GENESIS_HASH
+        #: Damaged lines (or unreadable data) since the last entry in place: they may have
+        #: held that many entries, so an entry up to that far past ``expected_seq`` goes on
+        #: from there (its link cannot be checked; the damage is the problem reported).
+        self.skipped = 0
+        #: A line that did not continue the chain, until the next line tells why.
+        self.pending: _Pending | None = None
 
     def problem(self, reason: str, file: str, seq: int | None, detail: str) -> None:
         self.report.problems.append(Problem(reason, file, seq, detail))
@@ -244,7 +262,7 @@ class _StreamVerifier:
         parse = self.parse
         sha256 = hashlib.sha256
         expected = self.expected_seq
-        head = _expected_head(expected, self.prev)
+        head = None if self.pending else _expected_head(expected, self.prev)
         count = 0
         stored = b""
         for raw in io.BytesIO(block):
@@ -270,8 +288,8 @@ class _StreamVerifier:
             count, stored = 0, b""
             self.line(raw[:-1], file)
             expected = self.expected_seq
-            # After a malformed line the thread is lost (prev ""): the slow path re-syncs.
-            head = _expected_head(expected, self.prev)
+            # A held line is placed by the next one: that goes through the slow path too.
+            head = None if self.pending else _expected_head(expected, self.prev)
         self._commit_fast(count, expected, stored)
 
     def _commit_fast(self, count: int, expected: int, stored: bytes) -> None:
@@ -283,46 +301,117 @@ class _StreamVerifier:
             report.last_seq = expected - 1
             report.head = self.prev = stored.decode("ascii")
             self.expected_seq = expected
+            self.skipped = 0
 
     def line(self, raw: bytes, file: str) -> None:
         parsed = split_line(raw)
         if parsed is None:
-            self.problem("malformed", file, self.expected_seq, "line is not a chain entry")
-            self.expected_seq += 1  # assume one entry was damaged; re-sync on the next one
-            self.prev = ""
+            self.damaged("malformed", file, "line is not a chain entry")
             return
         seq, prev, stored, hashed = parsed
-        report = self.report
+        self.report.entries += 1
         if entry_hash(hashed) != stored:
             self.problem("hash_mismatch", file, seq, "entry bytes do not match the stored hash")
-        if seq != self.expected_seq:
-            if seq > self.expected_seq:
-                missing = seq - self.expected_seq
-                self.problem(
-                    "gap", file, self.expected_seq,
-                    f"{missing} entr{'y' if missing == 1 else 'ies'} missing "
-                    f"(seq {self.expected_seq}..{seq - 1}) before seq {seq}",
-                )
-            else:
-                self.problem(
-                    "reorder", file, seq,
-                    f"seq {seq} appears where seq {self.expected_seq} was expected",
-                )
-        elif self.prev and prev != self.prev:
-            self.problem(
-                "prev_mismatch", file, seq,
-                "entry does not commit to the previous entry's hash "
-                "(an entry was inserted, removed or replaced before it)",
-            )
+        elif stored == self.prev and self.pending is None:
+            # The entry just placed, again (its own checks were made the first time).
+            self.problem("duplicate", file, seq, f"seq {seq} appears twice in a row")
+            return
         if self.parse:
             self._check_canonical(raw, hashed, seq, prev, file)
+        self._place(seq, prev, stored, file)
+
+    def damaged(self, reason: str, file: str, detail: str, skipped: int = 1) -> None:
+        """A line (or data) that holds no readable entry where the chain stands: the next
+        ``skipped`` entries may be in it, so one of them continuing the chain is no gap."""
+        self.settle()
+        at = None if self.skipped >= _UNKNOWN else self.expected_seq + self.skipped
+        self.problem(reason, file, at, detail)  # None: after data that could not be read
+        self.skipped = min(self.skipped + skipped, _UNKNOWN)
+
+    def settle(self) -> None:
+        """Place a held line for want of a line that tells more (the stream or its lines
+        end, damage follows)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._misplaced(pending)
+
+    def _place(self, seq: int, prev: str, stored: str, file: str) -> None:
+        """Put a parsed entry on the chain, or hold it while it does not continue it."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            if seq == self.expected_seq and prev == self.prev:
+                self._adopt(seq, stored)
+                if pending[0] == self.expected_seq and pending[1] == self.prev:
+                    self.problem(
+                        "reorder", pending[3], seq,
+                        f"seq {pending[0]} appears before seq {seq} (the two entries are "
+                        "swapped)",
+                    )
+                    self._adopt(pending[0], pending[2])
+                else:
+                    self._stray(pending)
+                return
+            # This line goes on from the held one, or tells nothing: the held line is where
+            # the chain goes on (a gap, a reorder...), as if no line followed it.
+            self._misplaced(pending)
+            if seq == pending[0] + 1 and prev == pending[2]:
+                self._adopt(seq, stored)
+                return
+        expected = self.expected_seq
+        if seq == expected and prev == self.prev:
+            self._adopt(seq, stored)
+        elif expected < seq <= expected + self.skipped:
+            self._adopt(seq, stored)  # after damaged lines that may have held seq..seq-1
+        else:
+            self.pending = (seq, prev, stored, file, expected)
+
+    def _adopt(self, seq: int, stored: str) -> None:
+        report = self.report
         if report.first_seq is None:
             report.first_seq = seq
         report.last_seq = seq
-        report.entries += 1
         report.head = stored
         self.expected_seq = seq + 1
         self.prev = stored
+        self.skipped = 0
+
+    def _misplaced(self, pending: _Pending) -> None:
+        """The chain goes on from a line that does not continue it: say how it breaks."""
+        seq, prev, stored, file, _ = pending
+        expected = self.expected_seq
+        if seq > expected:
+            first = expected + self.skipped  # the damaged lines may have held the others
+            missing = seq - first
+            if missing > 0:
+                self.problem(
+                    "gap", file, first,
+                    f"{missing} entr{'y' if missing == 1 else 'ies'} missing "
+                    f"(seq {first}..{seq - 1}) before seq {seq}",
+                )
+        elif seq < expected:
+            self.problem(
+                "reorder", file, seq, f"seq {seq} appears where seq {expected} was expected"
+            )
+        elif prev != self.prev:
+            self._link_broken(file, seq)
+        self._adopt(seq, stored)
+
+    def _stray(self, pending: _Pending) -> None:
+        """A line out of place that the chain went on without (inserted, copied, moved)."""
+        seq, _, _, file, expected = pending
+        if seq == expected:
+            self._link_broken(file, seq)
+        else:
+            self.problem(
+                "reorder", file, seq, f"seq {seq} appears where seq {expected} was expected"
+            )
+
+    def _link_broken(self, file: str, seq: int) -> None:
+        self.problem(
+            "prev_mismatch", file, seq,
+            "entry does not commit to the previous entry's hash "
+            "(an entry was inserted, removed or replaced before it)",
+        )
 
     def _check_canonical(self, raw: bytes, hashed: bytes, seq: int, prev: str, file: str) -> None:
         try:
@@ -392,6 +481,7 @@ def verify_stream(
                 state, segment, is_last, recoveries)
             if empty and not is_last:
                 state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
+    state.settle()
     _check_torn_evidence(stream_dir, recoveries, state)
     return report
 
@@ -400,7 +490,8 @@ def verify_stream(
 def _verify_segment(
     state: _StreamVerifier, segment: Segment, is_last: bool, recoveries: list[dict[str, Any]]
 ) -> bool:
-    """Verify one segment's lines onto ``state``; True when the segment was empty."""
+    """Verify one segment's lines onto ``state``; True when the segment was empty (an
+    unreadable one is not: its read error is the problem)."""
     name = str(segment.path)
     empty = True
     try:
@@ -414,18 +505,18 @@ def _verify_segment(
             if cut < len(block):
                 raw = block[cut:]
                 if is_last and not segment.compressed:
-                    state.problem(
-                        "torn_tail", name, state.expected_seq,
+                    state.damaged(
+                        "torn_tail", name,
                         f"last line is incomplete ({len(raw)} bytes without newline): a "
                         "crash mid-write; the writer moves it aside on next open",
                     )
                 else:
-                    state.problem(
-                        "truncation", name, state.expected_seq,
-                        "sealed segment ends in the middle of an entry",
+                    state.damaged(
+                        "truncation", name, "sealed segment ends in the middle of an entry"
                     )
     except READ_ERRORS as exc:
-        state.problem("malformed", name, state.expected_seq, f"cannot read segment: {exc}")
+        state.damaged("malformed", name, f"cannot read segment: {exc}", _UNKNOWN)
+        return False
     return empty
 
 
@@ -437,6 +528,8 @@ class _SegmentResult:
     report: StreamReport
     expected_seq: int
     prev: str
+    skipped: int
+    pending: _Pending | None
     recoveries: list[dict[str, Any]]
     empty: bool
 
@@ -451,7 +544,8 @@ def _verify_alone(segment: Segment, parse: bool, tenant: str, stream: str) -> _S
     if start is not None:
         state.expected_seq, state.prev = start
         empty = _verify_segment(state, segment, False, recoveries)
-    return _SegmentResult(start, report, state.expected_seq, state.prev, recoveries, empty)
+    return _SegmentResult(start, report, state.expected_seq, state.prev, state.skipped,
+                          state.pending, recoveries, empty)
 
 
 def _first_position(segment: Segment) -> tuple[int, str] | None:
@@ -477,18 +571,23 @@ def _collect(
         done = future.result()
     except Exception:  # a broken pool, a killed worker: fall back to the serial pass
         return None
-    if done.start is None or not state.prev or done.start != (state.expected_seq, state.prev):
+    if (
+        done.start is None
+        or state.pending is not None  # the segment's first line tells what the held one is
+        or done.start != (state.expected_seq, state.prev)
+    ):
         return None
     report, part = state.report, done.report
     report.problems.extend(part.problems)
     report.warnings.extend(part.warnings)
-    if part.entries:
+    report.entries += part.entries
+    if part.last_seq is not None:
         if report.first_seq is None:
             report.first_seq = part.first_seq
-        report.entries += part.entries
         report.last_seq = part.last_seq
         report.head = part.head
     state.expected_seq, state.prev = done.expected_seq, done.prev
+    state.skipped, state.pending = done.skipped, done.pending
     recoveries.extend(done.recoveries)
     return done.empty
 

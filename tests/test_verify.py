@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -10,12 +13,13 @@ import pytest
 from immutable_logging.entry import make_line, split_line
 from immutable_logging.errors import (
     HashMismatchError,
+    ReorderError,
     SequenceGapError,
     TornTailError,
     VerificationError,
 )
 from immutable_logging.layout import list_segments
-from immutable_logging.verify import verify_directory, verify_tenant
+from immutable_logging.verify import VerificationReport, verify_directory, verify_tenant
 
 from .helpers import only_stream, read_lines, write_lines, write_log
 
@@ -40,6 +44,10 @@ def _seq_of(line: bytes) -> int:
 def _segment_with(stream: Path, index: int = 1) -> tuple[Path, list[bytes]]:
     seg = list_segments(stream)[index]
     return seg.path, read_lines(seg.path)
+
+
+def _problems(report: VerificationReport) -> list[tuple[str, int | None, str]]:
+    return [(p.reason, p.seq, p.file) for p in report.problems]
 
 
 def _first_problem(directory: Path) -> tuple[str, int | None, str]:
@@ -107,15 +115,100 @@ def test_insert_a_forged_entry(rotated_log: Path) -> None:
     assert report.problems[0].reason in ("reorder", "prev_mismatch")
 
 
-def test_swap_two_entries(rotated_log: Path) -> None:
-    path, lines = _segment_with(only_stream(rotated_log), 0)
-    seq = _seq_of(lines[20])
-    lines[20], lines[21] = lines[21], lines[20]
+@pytest.mark.parametrize("where", ["middle", "segment boundary"])
+def test_swap_two_entries(rotated_log: Path, where: str) -> None:
+    """Nothing is missing: one reorder naming both entries, not gaps."""
+    stream = only_stream(rotated_log)
+    path, lines = _segment_with(stream, 0)
+    if where == "middle":
+        seq = _seq_of(lines[20])
+        lines[20], lines[21] = lines[21], lines[20]
+    else:  # the last entry of segment 1 and the first of segment 2
+        next_path, next_lines = _segment_with(stream, 1)
+        seq = _seq_of(lines[-1])
+        lines[-1], next_lines[0] = next_lines[0], lines[-1]
+        write_lines(next_path, next_lines)
     write_lines(path, lines)
     report = verify_tenant(rotated_log)
-    assert not report.ok
-    assert report.problems[0].seq == seq
-    assert {p.reason for p in report.problems} >= {"reorder"}
+    assert _problems(report) == [("reorder", seq, str(path))]
+    assert f"seq {seq + 1} appears before seq {seq}" in report.problems[0].detail
+    assert report.entries == 600 and report.streams[0].last_seq == 600
+    with pytest.raises(ReorderError):
+        report.raise_for_problems()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_garbage_line_inserted_is_only_malformed(rotated_log: Path, count: int) -> None:
+    """The intact entries after it continue the chain: no false reorder."""
+    path, lines = _segment_with(only_stream(rotated_log), 1)
+    seq = _seq_of(lines[4])
+    lines[4:4] = [b"garbage line\n"] * count
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("malformed", seq + i, str(path)) for i in range(count)]
+    assert report.entries == 600 and report.streams[0].last_seq == 600
+
+
+def test_a_damaged_last_line_then_a_new_segment_is_only_malformed(
+    rotated_log: Path, logger_name: str
+) -> None:
+    """README: a complete bad line stays for verify, logging continues in a new segment
+    whose first entry commits to the last good one; that is no reorder."""
+    stream = only_stream(rotated_log)
+    active = list_segments(stream)[-1].path
+    with open(active, "ab") as handle:
+        handle.write(b"garbage line\n")
+    write_log(rotated_log, f"{logger_name}.again", 3, max_bytes=40_000)
+    newest = list_segments(stream)[-1].path
+    assert newest != active and _seq_of(read_lines(newest)[0]) == 601
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("malformed", 601, str(active))]
+    assert report.entries == 603 and report.streams[0].last_seq == 603
+
+
+@pytest.mark.parametrize("where", ["middle", "segment start"])
+def test_a_duplicated_line_is_a_duplicate(rotated_log: Path, where: str) -> None:
+    stream = only_stream(rotated_log)
+    path, lines = _segment_with(stream, 1)
+    if where == "middle":
+        seq = _seq_of(lines[5])
+        lines.insert(6, lines[5])
+    else:  # the last entry of the previous segment, again
+        previous = _segment_with(stream, 0)[1][-1]
+        seq = _seq_of(previous)
+        lines.insert(0, previous)
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("duplicate", seq, str(path))]
+    assert report.streams[0].last_seq == 600
+    with pytest.raises(ReorderError) as info:
+        report.raise_for_problems()
+    assert info.value.reason == "duplicate"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "cut in half"])
+def test_an_unreadable_compressed_segment_is_one_problem(rotated_log: Path, damage: str) -> None:
+    """Its read error only: no "sealed segment is empty", no gap before the next one."""
+    gz = list_segments(only_stream(rotated_log))[1].path
+    data = gz.read_bytes()
+    gz.chmod(0o644)
+    if damage == "corrupt":
+        gz.write_bytes(data[:30] + b"\xff" * 30 + data[60:])
+    else:
+        gz.write_bytes(data[: len(data) // 2])
+    report = verify_tenant(rotated_log)
+    assert [(p.reason, p.file) for p in report.problems] == [("malformed", str(gz))]
+    assert report.problems[0].detail.startswith("cannot read segment")
+    assert report.streams[0].last_seq == 600
+
+
+def test_a_sealed_segment_cut_mid_entry_is_one_problem(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log), 1)
+    seq = _seq_of(lines[-1])
+    lines[-1] = lines[-1][:50]
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("truncation", seq, str(path))]
 
 
 def test_truncate_in_the_middle(rotated_log: Path) -> None:
@@ -317,3 +410,72 @@ def test_a_corrupt_compressed_segment_is_reported_with_a_seal_seed_too(
     assert not plain.ok and plain.problems[0].reason == "malformed"
     assert [p.reason for p in sealed.problems][:len(plain.problems)] == [
         p.reason for p in plain.problems]
+
+
+_FORKED = """
+import json, sys
+from immutable_logging.verify import verify_tenant
+out = []
+for root in sys.argv[1:]:
+    report = verify_tenant(root, workers=2)
+    out.append([report.streams[0].workers, [[p.reason, p.seq, p.file] for p in report.problems]])
+print(json.dumps(out))
+"""
+
+
+def test_forked_workers_carry_held_lines_and_damage_across_segments(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """A line held at the end of a segment, or damage there, is settled by the next segment
+    the same way whether segments were verified by forked workers or serially."""
+
+    def swap(stream: Path) -> tuple[str, int | None, Path]:
+        (a, lines_a), (b, lines_b) = _segment_with(stream, 0), _segment_with(stream, 1)
+        seq = _seq_of(lines_a[-1])
+        lines_a[-1], lines_b[0] = lines_b[0], lines_a[-1]
+        write_lines(a, lines_a)
+        write_lines(b, lines_b)
+        return "reorder", seq, a
+
+    def garbage_at_end(stream: Path) -> tuple[str, int | None, Path]:
+        path, lines = _segment_with(stream, 1)
+        write_lines(path, [*lines, b"garbage line\n"])
+        return "malformed", _seq_of(lines[-1]) + 1, path
+
+    def garbage_for_last(stream: Path) -> tuple[str, int | None, Path]:
+        path, lines = _segment_with(stream, 1)
+        write_lines(path, [*lines[:-1], b"garbage line\n"])
+        return "malformed", _seq_of(lines[-1]), path
+
+    def gzip_cut_in_half(stream: Path) -> tuple[str, int | None, Path]:
+        path = list_segments(stream)[1].path
+        data = path.read_bytes()
+        path.chmod(0o644)
+        path.write_bytes(data[: len(data) // 2])
+        return "malformed", None, path  # at the entry after the last one read
+
+    def duplicate_at_start(stream: Path) -> tuple[str, int | None, Path]:
+        path, lines = _segment_with(stream, 2)
+        previous = _segment_with(stream, 1)[1][-1]
+        write_lines(path, [previous, *lines])
+        return "duplicate", _seq_of(previous), path
+
+    expected = []
+    roots = []
+    tampers = (swap, garbage_at_end, garbage_for_last, gzip_cut_in_half, duplicate_at_start)
+    for number, tamper in enumerate(tampers):
+        root = tmp_path / f"log{number}"
+        write_log(root, f"{logger_name}.{number}", 600, max_bytes=40_000)
+        reason, seq, path = tamper(only_stream(root))
+        serial = [list(p) for p in _problems(verify_tenant(root, workers=1))]
+        if seq is None:
+            seq = serial[0][1] if len(serial) == 1 else -1
+        expected.append([[reason, seq, str(path)]])
+        roots.append(str(root))
+        assert serial == expected[-1]
+    # A fresh interpreter has one thread, so workers are really forked there.
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED, *roots], capture_output=True, text=True,
+        timeout=300, check=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert json.loads(done.stdout) == [[2, problems] for problems in expected]
