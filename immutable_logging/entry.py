@@ -30,7 +30,6 @@ import base64
 import enum
 import hashlib
 import logging
-import math
 import os
 import socket
 import traceback
@@ -48,8 +47,6 @@ _HASH_MEMBER = HASH_MEMBER
 #: function, so that the verify and replication loops pay no call per line).
 LINE_PREFIX = b'{"seq":%d,"prev":"%s",'
 _DUMPS_OPTS = orjson.OPT_SORT_KEYS
-#: How NaN and infinities are stored (JSON has no literal for them).
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _sha256 = hashlib.sha256
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -101,10 +98,8 @@ def _sanitise(value: Any, depth: int = 0) -> Any:
         return "<nested too deep>"
     if isinstance(value, str):
         return _clean_text(value)
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool | float):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _NON_FINITE[str(value)]
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, Mapping):
@@ -137,32 +132,16 @@ def _clean_text(text: str) -> str:
     return text
 
 
-def _has_non_finite(value: Any, depth: int = 0) -> bool:
-    """Whether ``value`` holds a NaN or infinite float (which orjson writes as ``null``)."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if depth > 64:
-        return False
-    if isinstance(value, Mapping):
-        return any(_has_non_finite(item, depth + 1) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(item, depth + 1) for item in value)
-    return False
-
-
 def canonical_payload(payload: Mapping[str, Any]) -> bytes:
     """Encode a payload dict canonically (sorted keys); never raises for odd values.
 
-    NaN and infinities become the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
-    (orjson alone would write ``null`` and lose them).
+    NaN and infinities are written as ``null``: JSON has no literal for them, and even a
+    byte search of every encoded entry for ``null`` cost 6% of the logging call.
     """
     try:
-        data = orjson.dumps(payload, default=json_fallback, option=_DUMPS_OPTS)
+        return orjson.dumps(payload, default=json_fallback, option=_DUMPS_OPTS)
     except (TypeError, orjson.JSONEncodeError):
         return orjson.dumps(_sanitise(payload), option=_DUMPS_OPTS)
-    if b"null" in data and _has_non_finite(payload):  # rare: one scan of the bytes first
-        return orjson.dumps(_sanitise(payload), option=_DUMPS_OPTS)
-    return data
 
 
 def hashed_bytes(seq: int, prev: str, payload: bytes) -> bytes:
