@@ -8,6 +8,7 @@ elsewhere (the anchors directory stands for the replica) must catch it.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from immutable_logging.cli import main
 from immutable_logging.entry import canonical_payload, make_line
 from immutable_logging.layout import list_segments
 from immutable_logging.seal import (
@@ -291,9 +293,17 @@ def test_d_forged_checkpoint_signature_rejected(site: Site) -> None:
     assert reasons(problems) == {"checkpoint_invalid"}
 
 
-def test_deleted_stream_detected_from_anchors(site: Site) -> None:
+def test_deleted_stream_detected_from_anchors(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     shutil.rmtree(site.stream)
     problems = site.verify()
     assert [(p.reason, p.file) for p in problems] == [
         ("truncation", str(site.anchors / TENANT / "app.0" / "checkpoints"))
     ]
+    # The CLI too: a deleted log is tampering (exit 1), not "nothing to verify" (exit 2).
+    out = io.StringIO()
+    code = main(["verify", str(site.root), "--tenant", TENANT,
+                 "--checkpoint-key", site.keys.vkey, "--anchors", str(site.anchors)], out)
+    assert code == 1, capsys.readouterr().err
+    assert "truncation" in out.getvalue()
