@@ -562,3 +562,47 @@ def test_the_read_position_check_passes_after_a_plain_restart_and_rotation(
     assert again.cursor.position_hash
     assert again.try_pump(force=True) is True
     assert again.status.state == "ok" and again.status.replicated_seq == 70
+
+
+@pytest.mark.parametrize("logged_after", [25, 50])
+def test_an_older_disk_snapshot_restored_with_its_cursor_stops_replication(
+    tmp_path: Path, logged_after: int
+) -> None:
+    """The snapshot holds an old cursor that matches it: only the remote tells how far the
+    log had come. New, different entries must not be skipped as 'already replicated'."""
+    import shutil
+
+    logs = tmp_path / "logs"
+    writer = ChainWriter(logs, compress=False)
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+
+    def replicator() -> Replicator:
+        return Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                          max_batch_factor=1)
+
+    _write(writer, 30)
+    replicator().close()
+    writer.close()
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(writer.stream_dir, snapshot)
+    writer = ChainWriter(logs, stream=writer.stream, compress=False)
+    _write(writer, 40)
+    replicator().close()
+    writer.close()
+    assert _batches(bucket)[-1] == (61, 70)
+    shutil.rmtree(writer.stream_dir)
+    shutil.copytree(snapshot, writer.stream_dir)  # the cursor file comes back with it
+    writer = ChainWriter(logs, stream=writer.stream, compress=False)
+    assert writer.seq == 30
+    _write(writer, logged_after)  # seq 31.. again, other entries
+    shipped = _batches(bucket)
+    again = replicator()
+    assert again.try_pump(force=True) is False
+    assert again.status.state == "stopped"
+    error = again.status.last_error or ""
+    if logged_after < 40:  # the local log ends before the replica's last entry
+        assert f"ends at seq {30 + logged_after}" in error and "up to seq 70" in error
+    else:  # caught at the first remote batch end it holds (seq 40)
+        assert "local entry seq 40" in error and "differs from the replicated one" in error
+    assert _batches(bucket) == shipped
+    writer.close()

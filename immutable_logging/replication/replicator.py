@@ -123,6 +123,24 @@ class ReplicationStatus:
         return asdict(self)
 
 
+def _local_end(stream_dir: Path) -> int | None:
+    """Seq of the last complete entry of a stream's segments: 0 when there is none, None
+    when the last segment with data cannot be read (reading it to replicate says why)."""
+    for seg in reversed(list_segments(stream_dir)):
+        last = b""
+        try:
+            for chunk in seg.chunks():
+                lines = chunk.split(b"\n")[:-1]  # the part after the last newline is torn
+                if lines:
+                    last = lines[-1]
+        except READ_ERRORS:
+            return None
+        parsed = split_line(last) if last else None
+        if parsed is not None:
+            return parsed[0]
+    return 0
+
+
 def cursor_path(stream_dir: Path, backend: StorageBackend) -> Path:
     """Where the cursor for ``backend`` is kept in a stream directory."""
     digest = hashlib.sha256(backend.describe().encode()).hexdigest()[:12]
@@ -189,6 +207,9 @@ class Replicator(QueueListener):
         self._read_offset = 0
         self._latest_seq = 0
         self._needs_reconcile = True
+        #: last-hash of remote batches a reconcile moved past: the local entries skipped
+        #: on re-reading must have them (see _take).
+        self._remote_hashes: dict[int, str] = {}
         self._retry_at = 0.0
         self._consecutive_failures = 0
         self._fatal: str | None = None
@@ -496,12 +517,15 @@ class Replicator(QueueListener):
         seq, prev, digest, _ = parsed
         cursor = self.cursor
         if seq <= cursor.last_seq:
-            if seq == cursor.last_seq and digest != cursor.last_hash:
+            expected = cursor.last_hash if seq == cursor.last_seq else (
+                self._remote_hashes.get(seq))
+            if expected is not None and digest != expected:
                 raise RemoteIntegrityError(
                     f"local entry seq {seq} of {self.stream_dir} differs from the replicated one "
                     "(the local log or the replica was changed)"
                 )
             return
+        self._remote_hashes.clear()  # past the entries a reconcile skipped
         expected_prev = self._pending[-1].hash if self._pending else cursor.last_hash
         expected_seq = (self._pending[-1].seq if self._pending else cursor.last_seq) + 1
         if seq != expected_seq or prev != expected_prev:
@@ -647,6 +671,25 @@ class Replicator(QueueListener):
                 "original entries; `immutable-log restore` rebuilds the log from it"
             )
 
+    def _check_local_end(self) -> None:
+        """After moving past remote batches: the local log must reach their last entry.
+
+        The cursor itself may be an old one that matches the local log (a disk snapshot
+        restored with it, or the cursor lost): only the remote tells how far the log had
+        come. A local log that ends before that lost entries after they were replicated
+        (the replicator syncs them locally before shipping). Entries it holds up to there
+        are compared with the remote at every batch end (:meth:`_take`).
+        """
+        end = _local_end(self.stream_dir)
+        if end is not None and end < self.cursor.last_seq:
+            raise RemoteIntegrityError(
+                f"the local log {self.stream_dir} ends at seq {end} but "
+                f"{self.backend.describe()} holds its entries up to seq "
+                f"{self.cursor.last_seq}: it was rolled back (an older disk snapshot "
+                "restored, segments deleted) or lost entries after replication. The "
+                "replica keeps them; `immutable-log restore` rebuilds the log from it"
+            )
+
     def _reconcile(self) -> None:
         """Check the read position, then move the cursor past remote batches that continue
         it (after a crash/outage)."""
@@ -669,8 +712,10 @@ class Replicator(QueueListener):
                     f"entry seq {cursor.last_seq}"
                 )
             cursor.last_seq, cursor.last_hash = name.last_seq, meta["last-hash"]
+            self._remote_hashes[name.last_seq] = meta["last-hash"]
             moved = True
         if moved:
+            self._check_local_end()
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
             self._pending.clear()
