@@ -25,6 +25,7 @@ import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .compression import READ_ERRORS
 from .crypto import (
     DEFAULT_NONCE_BLOCK,
     Key,
@@ -38,6 +39,7 @@ from .crypto import (
 )
 from .entry import canonical_payload
 from .errors import ConfigurationError, DecryptionError
+from .layout import Segment, list_segments, list_streams
 
 SECRET_FIELDS = ("message", "metadata", "exc", "stack")
 NONCE_STATE = ".nonces.json"
@@ -96,10 +98,39 @@ def build_keyring(
 
 
 def encryption_markers(tenant_directory: Path) -> list[Path]:
-    """The files that show a tenant's entries were written encrypted (its nonce state,
-    its passphrase salt); empty when it has never had an encrypted entry."""
-    return [path for path in (tenant_directory / NONCE_STATE, tenant_directory / SALT_FILE)
-            if path.exists()]
+    """The files that show a tenant's entries were written encrypted: its nonce state, its
+    passphrase salt, or the newest segment of a stream whose last entries hold ``enc`` (a
+    tenant restored from a replica has no nonce state). Empty when none does."""
+    found = [path for path in (tenant_directory / NONCE_STATE, tenant_directory / SALT_FILE)
+             if path.exists()]
+    for stream in list_streams(tenant_directory):
+        for segment in reversed(list_segments(stream)):
+            tail = _tail(segment)
+            if tail:
+                if _ENC_MEMBER in tail:
+                    found.append(segment.path)
+                break
+    return found
+
+
+_ENC_MEMBER = b'"enc":'
+_TAIL_BYTES = 64 * 1024
+
+
+def _tail(segment: Segment) -> bytes:
+    """The last bytes of a segment (b"" when it is empty or cannot be read)."""
+    try:
+        if segment.compressed:
+            last = b""
+            for chunk in segment.chunks():
+                last = chunk
+            return last[-_TAIL_BYTES:]
+        with open(segment.path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - _TAIL_BYTES))
+            return handle.read()
+    except READ_ERRORS:
+        return b""
 
 
 def _to_key(spec: str | bytes | Key) -> Key:

@@ -112,3 +112,30 @@ def test_fork_children_replicate_their_own_streams(tmp_path: Path, logger_name: 
     streams = {k: [(n.first_seq, n.last_seq) for n in v]
                for k, v in remote_streams(backend, "default").items()}
     assert len(streams) == 3, (streams, check["streams"])
+
+
+def test_an_encrypted_tenant_restored_from_the_replica_stays_encrypted(tmp_path: Path) -> None:
+    """The recovery path: after a restore the tenant has no nonce state, yet a handler
+    opened on it without the key must still refuse to write in clear; and a passphrase
+    tenant must decrypt with its passphrase (its salt travels with the replica)."""
+    from immutable_logging.crypto import generate_key
+    from immutable_logging.replication.cloud import restore_tenant
+
+    bucket = tmp_path / "bucket"
+    backup = {"enable_cloud_backup": True, "backup_directory": str(bucket)}
+    with ImmutableLogger(tmp_path / "logs", tenantId="keyed", encryption_key=generate_key(),
+                         **backup) as log:
+        log.info("card", {"pan": "4111"})
+    with ImmutableLogger(tmp_path / "logs", tenantId="phrase",
+                         encryption_passphrase="correct horse", **backup) as log:
+        log.info("by passphrase")
+    restored = tmp_path / "restored"
+    for tenant in ("keyed", "phrase"):
+        restore_tenant(LocalDirectoryBackend(bucket), restored, tenant)
+    assert not (restored / "keyed" / ".nonces.json").exists()
+    keyless = ImmutableHandler(restored, "keyed")
+    assert "holds encrypted entries" in (keyless.cleartext_refusal or "")
+    keyless.close()
+    with ImmutableLogger(restored, tenantId="phrase",
+                         encryption_passphrase="correct horse") as log:
+        assert [e["message"] for e in log.read()] == ["by passphrase"]

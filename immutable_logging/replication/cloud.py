@@ -19,12 +19,20 @@ import orjson
 
 from ..chain import atomic_write, compress_segment
 from ..compression import READ_ERRORS, decompress
+from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
 from ..layout import STREAM_META, TORN_DIR, list_segments, list_streams, segment_name, tenant_dir
 from ..verify import verify_tenant
 from .backend import ObjectNotFoundError, StorageBackend
-from .keys import BatchName, batches_prefix, parse_batch_key, stream_meta_key, torn_prefix
+from .keys import (
+    BatchName,
+    batches_prefix,
+    parse_batch_key,
+    salt_key,
+    stream_meta_key,
+    torn_prefix,
+)
 
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
 
@@ -291,6 +299,17 @@ def _write_stream(
     except ObjectNotFoundError:
         meta = orjson.dumps({"format": 1, "tenant": tenant, "stream": remote.stream})
     atomic_write(stream_dir / STREAM_META, meta, 0o644)
+    try:
+        salt: bytes | None = backend.get(salt_key(tenant, remote.stream))
+    except ObjectNotFoundError:
+        salt = None
+    if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
+        existing = target / SALT_FILE
+        if existing.exists() and existing.read_bytes() != salt:
+            raise RemoteIntegrityError(
+                f"{backend.describe()}: streams of tenant {tenant!r} hold different "
+                "passphrase salts")
+        atomic_write(existing, salt, 0o600)
     torn_names = list(backend.list(torn_prefix(tenant, remote.stream)))
     if torn_names:
         (stream_dir / TORN_DIR).mkdir(exist_ok=True, mode=0o700)

@@ -47,6 +47,11 @@ def torn_prefix(tenant: str, stream: str) -> str:
     return f"{tenant}/{stream}/torn/"
 
 
+def salt_key(tenant: str, stream: str) -> str:
+    """The tenant's passphrase salt (not secret), kept with each stream that used it."""
+    return f"{tenant}/{stream}/salt.json"
+
+
 def stream_meta_key(tenant: str, stream: str) -> str:
     """Name of the stream's ``stream.json`` copy."""
     return f"{tenant}/{stream}/stream.json"

@@ -35,6 +35,7 @@ import orjson
 from ..chain import atomic_write
 from ..checkpoint import list_notes
 from ..compression import READ_ERRORS, compress, decompress
+from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError
 from ..layout import CHECKPOINT_DIR, STREAM_META, TORN_DIR, list_segments, segment_name
@@ -44,6 +45,7 @@ from .keys import (
     batches_prefix,
     checkpoint_key,
     parse_batch_key,
+    salt_key,
     segment_key,
     stream_meta_key,
     torn_key,
@@ -97,6 +99,7 @@ class Cursor:
     archived_through: int = 0
     checkpoints_through: int = 0
     meta_uploaded: bool = False
+    salt_uploaded: bool = False
     torn_uploaded: list[str] = field(default_factory=list)
 
 
@@ -605,6 +608,13 @@ class Replicator(QueueListener):
             if meta.exists():
                 self._put(stream_meta_key(self.tenant, self.stream), meta.read_bytes(), {}, None)
                 cursor.meta_uploaded = changed = True
+        if not cursor.salt_uploaded:
+            # Without it a passphrase-encrypted log restored from the replica could never
+            # be decrypted again (the salt is not secret).
+            salt = self.stream_dir.parent / SALT_FILE
+            if salt.exists():
+                self._put(salt_key(self.tenant, self.stream), salt.read_bytes(), {}, None)
+                cursor.salt_uploaded = changed = True
         for seg in list_segments(self.stream_dir):
             if not cursor.archived_through < seg.number < cursor.segment:
                 continue
