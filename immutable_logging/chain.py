@@ -47,6 +47,7 @@ from .layout import (
     TORN_DIR,
     Segment,
     list_segments,
+    read_tail,
     segment_name,
     tenant_dir,
     validate_stream_name,
@@ -412,7 +413,7 @@ class ChainWriter:
         size = os.path.getsize(seg.path)
         if size == 0:
             return events
-        good_end, last_line = _read_tail(seg.path, size)
+        good_end, last_line = read_tail(seg.path, size)
         if good_end < size:
             events.append(self._move_aside(seg, good_end, size))
         if last_line is None:
@@ -838,28 +839,4 @@ class ChainWriter:
 def _is_read_only(path: Path) -> bool:
     """True when the owner-write bit is off (how the writer marks a sealed segment)."""
     return not os.stat(path).st_mode & 0o200
-
-
-def _read_tail(path: Path, size: int) -> tuple[int, bytes | None]:
-    """Return ``(end_of_last_complete_line, last_complete_line)`` of a file.
-
-    Reads backwards in growing chunks, so a large segment costs only its tail.
-    """
-    chunk = 1 << 16
-    pos = size
-    buf = b""
-    with open(path, "rb") as handle:
-        while True:
-            start = max(0, pos - chunk)
-            handle.seek(start)
-            buf = handle.read(pos - start) + buf
-            pos = start
-            nl_last = buf.rfind(b"\n")
-            if nl_last >= 0:
-                nl_prev = buf.rfind(b"\n", 0, nl_last)
-                if nl_prev >= 0 or pos == 0:
-                    return pos + nl_last + 1, buf[nl_prev + 1 : nl_last]
-            elif pos == 0:
-                return 0, None
-            chunk *= 2
 

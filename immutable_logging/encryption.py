@@ -103,6 +103,8 @@ def encryption_markers(tenant_directory: Path) -> list[Path]:
     tenant restored from a replica has no nonce state). Empty when none does."""
     found = [path for path in (tenant_directory / NONCE_STATE, tenant_directory / SALT_FILE)
              if path.exists()]
+    if found:  # enough: the streams' tails need not be read
+        return found
     for stream in list_streams(tenant_directory):
         for segment in reversed(list_segments(stream)):
             tail = _tail(segment)

@@ -199,3 +199,27 @@ def iter_segment_lines(segment: Segment) -> Iterator[tuple[bytes, bool]]:
             yield line[:-1], True
         else:
             yield line, False
+
+
+def read_tail(path: Path, size: int) -> tuple[int, bytes | None]:
+    """Return ``(end_of_last_complete_line, last_complete_line)`` of a file.
+
+    Reads backwards in growing chunks, so a large segment costs only its tail.
+    """
+    chunk = 1 << 16
+    pos = size
+    buf = b""
+    with open(path, "rb") as handle:
+        while True:
+            start = max(0, pos - chunk)
+            handle.seek(start)
+            buf = handle.read(pos - start) + buf
+            pos = start
+            nl_last = buf.rfind(b"\n")
+            if nl_last >= 0:
+                nl_prev = buf.rfind(b"\n", 0, nl_last)
+                if nl_prev >= 0 or pos == 0:
+                    return pos + nl_last + 1, buf[nl_prev + 1 : nl_last]
+            elif pos == 0:
+                return 0, None
+            chunk *= 2

@@ -38,7 +38,14 @@ from ..compression import READ_ERRORS, compress, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError
-from ..layout import CHECKPOINT_DIR, STREAM_META, TORN_DIR, list_segments, segment_name
+from ..layout import (
+    CHECKPOINT_DIR,
+    STREAM_META,
+    TORN_DIR,
+    list_segments,
+    read_tail,
+    segment_name,
+)
 from .backend import StorageBackend
 from .keys import (
     batch_key,
@@ -130,12 +137,15 @@ def _local_end(stream_dir: Path) -> int | None:
     """Seq of the last complete entry of a stream's segments: 0 when there is none, None
     when the last segment with data cannot be read (reading it to replicate says why)."""
     for seg in reversed(list_segments(stream_dir)):
-        last = b""
+        last: bytes | None = b""
         try:
-            for chunk in seg.chunks():
-                lines = chunk.split(b"\n")[:-1]  # the part after the last newline is torn
-                if lines:
-                    last = lines[-1]
+            if seg.compressed:
+                for chunk in seg.chunks():
+                    lines = chunk.split(b"\n")[:-1]  # the part after the last newline is torn
+                    if lines:
+                        last = lines[-1]
+            else:  # the active segment: only its tail is read
+                last = read_tail(seg.path, os.stat(seg.path).st_size)[1]
         except READ_ERRORS:
             return None
         parsed = split_line(last) if last else None
