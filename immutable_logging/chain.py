@@ -10,7 +10,13 @@ Durability modes (``durability=``):
 ``none``
     buffered; bytes reach the OS when the buffer fills, on :meth:`flush` or :meth:`close`.
 ``flush``
-    every entry is written to the OS before ``append`` returns (like ``FileHandler``).
+    every entry is in the OS before ``append`` returns, so it survives a crash of the
+    process (like ``FileHandler``): it is copied into the stream's memory-mapped journal
+    (:mod:`~immutable_logging.journal`), and the segment file receives the entries in
+    batches, at :meth:`~ChainWriter.flush` and :meth:`~ChainWriter.close`, and at the
+    latest ``JOURNAL_WRITE_INTERVAL`` (50 ms) after they were appended. The next writer of
+    a crashed stream appends what its journal holds. Where the journal cannot be created
+    (no ``mmap``/``posix_fallocate``), each entry is written on its own.
 ``group``
     entries are buffered and ``fdatasync``'ed at most every ``group_interval_ms`` by the
     appending thread; an idle-time flusher thread bounds the lag when no entries arrive.
@@ -25,6 +31,7 @@ import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import os
 import queue
 import re
@@ -41,7 +48,9 @@ import orjson
 from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
+from .journal import JOURNAL_BYTES, Journal, pending_lines
 from .layout import (
+    JOURNAL_FILE,
     LOCK_FILE,
     STREAM_META,
     TORN_DIR,
@@ -59,6 +68,9 @@ DURABILITY_MODES = ("none", "flush", "group", "always")
 MAX_STREAM_SLOTS = 4096
 #: In ``none``/``group`` mode, refuse new entries once this many buffers are pending.
 _MAX_PENDING_FACTOR = 64
+#: In ``flush`` mode, the longest time an appended entry waits in the journal before the
+#: idle-time flusher writes it to the segment file.
+JOURNAL_WRITE_INTERVAL = 0.05
 _HOST_SLUG = re.sub(r"[^A-Za-z0-9_-]", "-", HOSTNAME)[:64] or "host"
 
 #: A hook that turns a payload into the bytes to chain (encryption). It receives
@@ -207,6 +219,21 @@ class _Compressor:
 _LIVE_WRITERS: weakref.WeakSet[ChainWriter] = weakref.WeakSet()
 
 
+def flush_live_writers(root: str | os.PathLike[str], tenant: str) -> None:
+    """Write the pending entries of every open writer of this process under ``root`` /
+    ``tenant`` to their segment files, so that a reader in this process sees them.
+
+    ``flush`` mode keeps the newest entries in the journal for up to
+    ``JOURNAL_WRITE_INTERVAL``; readers in other processes see them after that. A writer
+    whose write fails keeps its entries (its handler reports the failure on its own).
+    """
+    tdir = os.path.realpath(tenant_dir(root, tenant))
+    for writer in list(_LIVE_WRITERS):
+        if not writer.closed and os.path.realpath(writer.stream_dir.parent) == tdir:
+            with contextlib.suppress(OSError):
+                writer.flush()
+
+
 def _after_fork_in_child() -> None:
     for writer in list(_LIVE_WRITERS):
         writer._abandon_after_fork()
@@ -226,7 +253,8 @@ class ChainWriter:
         group_interval_ms: for ``group``, the longest time between ``fdatasync`` calls.
         max_bytes: rotate the active segment once it reaches this size (0 = never).
         max_age: rotate the active segment once it is this many seconds old (None = never).
-        buffer_bytes: size of the write buffer for ``none`` and ``group``.
+        buffer_bytes: size of the write buffer for ``none`` and ``group``; in ``flush``
+            mode, the batch size (at most a quarter of the journal).
         compress: gzip sealed segments (in a background thread).
     """
 
@@ -267,6 +295,12 @@ class ChainWriter:
         self._write_through = durability in ("flush", "always")
         self._grouped = durability == "group"
         self._max_pending = _MAX_PENDING_FACTOR * buffer_bytes
+        self._batch_bytes = min(buffer_bytes, JOURNAL_BYTES // 4)  # flush mode
+        # flush mode: the journal's mapping, its size and the end of the current batch
+        self._journal: Journal | None = None
+        self._jmap: mmap.mmap | None = None
+        self._jcap = 0
+        self._jpos = 0
         self._timed = max_age is not None  # or a sealer attached: rotation/seal deadlines
         self.compress = compress
         self.payload_transform: PayloadTransform | None = None
@@ -301,8 +335,10 @@ class ChainWriter:
         self._segment_size = 0
         self._segment_deadline: float | None = None
         self._recover()
+        if durability == "flush":
+            self._open_journal()
         _LIVE_WRITERS.add(self)
-        if durability == "group":
+        if durability == "group" or self._journal is not None:
             self._start_flusher()
 
     # ------------------------------------------------------------------ opening
@@ -337,7 +373,26 @@ class ChainWriter:
         raise StreamLockedError(f"{where} of {tdir} are locked by other processes")
 
     def _recover(self) -> None:
-        """Find the chain head, finish interrupted sealing, move a torn tail aside."""
+        """Find the chain head, finish interrupted sealing, move a torn tail aside, append
+        what a crashed writer left in the journal, and record what was repaired."""
+        torn_events = self._recover_segments()
+        events = [
+            {
+                "kind": "recovery",
+                "event": "torn_tail",
+                "segment": event.segment,
+                "offset": event.offset,
+                "length": event.length,
+                "moved_to": event.moved_to,
+                "sha256": event.sha256,
+            }
+            for event in torn_events
+        ]
+        events += self._replay_journal()
+        for event in events:
+            self.append({**event, "tenant": self.tenant, "ts": time.time()})
+
+    def _recover_segments(self) -> list[TornTail]:
         for leftover in self.stream_dir.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         segments = list_segments(self.stream_dir)
@@ -346,7 +401,7 @@ class ChainWriter:
             if seg.compressed and plain.exists():
                 plain.unlink()  # the .gz is complete (it only appears after fsync+rename)
         if not segments:
-            return
+            return []
         *sealed, last = segments
         for seg in sealed:
             if not seg.compressed:
@@ -360,7 +415,7 @@ class ChainWriter:
                 compress_segment(last.path)
             self._head_from_sealed(list_segments(self.stream_dir))
             self.segment_number = last.number + 1
-            return
+            return []
         self.segment_number = last.number
         torn_events = self._repair_active(last)
         if self.seq == 0 and sealed:
@@ -374,20 +429,71 @@ class ChainWriter:
             self.segment_number = last.number + 1
         elif size:
             self._open_active()
-        for event in torn_events:
-            self.append(
-                {
-                    "kind": "recovery",
-                    "event": "torn_tail",
-                    "segment": event.segment,
-                    "offset": event.offset,
-                    "length": event.length,
-                    "moved_to": event.moved_to,
-                    "sha256": event.sha256,
-                    "tenant": self.tenant,
-                    "ts": time.time(),
-                }
+        return torn_events
+
+    def _replay_journal(self) -> list[dict[str, Any]]:
+        """Append the entries a crashed ``flush`` writer left only in its journal.
+
+        Returns the recovery events to record in the chain.
+        """
+        path = self.stream_dir / JOURNAL_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        events: list[dict[str, Any]] = []
+        lines, anomaly = pending_lines(data, self.seq, self.head)
+        if lines:
+            first = self.seq + 1
+            if self._fd is None:
+                self._open_active()
+            assert self._fd is not None
+            blob = b"".join(lines)
+            last = split_line(lines[-1][:-1])
+            assert last is not None  # pending_lines only returns entries that parse
+            self._write(blob, last[0])
+            os.fsync(self._fd)
+            self.seq, self.head = last[0], last[2]
+            self._segment_size += len(blob)
+            self.stats.entries += len(lines)
+            events.append(
+                {"kind": "recovery", "event": "journal_replay", "entries": len(lines),
+                 "first_seq": first, "last_seq": self.seq}
             )
+            _log.warning(
+                "appended %d entries (seq %d-%d) that a stopped writer left in the journal "
+                "of %s", len(lines), first, self.seq, self.stream_dir,
+            )
+        if anomaly is not None:
+            torn_dir = self.stream_dir / TORN_DIR
+            torn_dir.mkdir(exist_ok=True, mode=0o700)
+            target = torn_dir / f"journal.{time.time_ns()}.bin"
+            atomic_write(target, data, 0o400)
+            moved_to = str(target.relative_to(self.stream_dir))
+            events.append(
+                {"kind": "recovery", "event": "journal_mismatch", "reason": anomaly,
+                 "moved_to": moved_to, "sha256": hashlib.sha256(data).hexdigest()}
+            )
+            _log.error(
+                "the journal of %s holds an entry that does not continue the chain (%s); "
+                "it was not appended, and the journal is kept at %s",
+                self.stream_dir, anomaly, moved_to,
+            )
+        path.unlink()
+        return events
+
+    def _open_journal(self) -> None:
+        try:
+            journal = Journal(self.stream_dir / JOURNAL_FILE)
+        except (OSError, ValueError) as exc:
+            _log.warning(
+                "no journal for %s (%s): each entry is written to the segment on its own",
+                self.stream_dir, exc,
+            )
+            return
+        self._journal = journal
+        self._jmap = journal.map
+        self._jcap = journal.capacity
 
     def _head_from_sealed(self, segments: list[Segment]) -> None:
         """Continue after the last entry that parses (a damaged line stays for verify)."""
@@ -485,10 +591,12 @@ class ChainWriter:
 
         Raises:
             ImmutableLogError: the writer is closed, or the payload has no member.
-            OSError: writing failed. With ``flush``/``always`` the entry is not chained
-                and nothing of it stays in the file. With ``none``/``group`` it is chained
-                and stays buffered for a later write, unless the buffer already held
-                ``64 x buffer_bytes`` of unwritten entries: then it is refused.
+            OSError: writing failed. With ``always`` (and ``flush`` without a journal)
+                the entry is not chained and nothing of it stays in the file. With
+                ``flush`` it is chained and stays in the journal for a later write, unless
+                the journal was full: then it is refused. With ``none``/``group`` it is
+                chained and stays buffered for a later write, unless the buffer already
+                held ``64 x buffer_bytes`` of unwritten entries: then it is refused.
         """
         with self._lock:
             if self._fd is None or self._segment_size >= self._rotate_at or self._timed:
@@ -501,7 +609,16 @@ class ChainWriter:
             if len(data) <= 2:  # b"{}" would make a line that is not JSON
                 raise ImmutableLogError("an entry needs at least one payload member")
             line, digest = make_line(seq, self.head, data)
-            write_through = self._write_through  # flush / always
+            if self._jmap is not None:  # flush: into the journal, to the segment in batches
+                self._journal_entry(line, seq)
+                self.seq = seq
+                self.head = digest
+                self._segment_size += len(line)
+                self.stats.entries += 1
+                if len(self._buf) >= self._batch_bytes:
+                    self._write_buffer()
+                return seq, digest
+            write_through = self._write_through  # flush without a journal / always
             if write_through:
                 if self._buf:  # an earlier entry (a seal) whose write failed: keep the order
                     self._write(bytes(self._buf) + line, seq)
@@ -578,6 +695,27 @@ class ChainWriter:
         if self._buf:
             self._write(self._buf, self.seq)  # on failure the entries stay buffered
             self._buf = bytearray()
+            self._jpos = 0  # the journal's entries are in the segment now
+
+    def _journal_entry(self, line: bytes, seq: int) -> None:
+        """``flush`` mode: copy entry ``seq`` into the journal and the batch. Lock held.
+
+        A full journal is written to the segment first; an entry larger than the journal
+        is written on its own. Either write raises before the chain moves on.
+        """
+        jmap = self._jmap
+        assert jmap is not None
+        pos = self._jpos
+        end = pos + len(line)
+        if end > self._jcap:
+            self._write_buffer()
+            pos, end = 0, len(line)
+            if end > self._jcap:
+                self._write(line, seq)
+                return
+        jmap[pos:end] = line
+        self._jpos = end
+        self._buf += line
 
     def _sync(self) -> None:
         if self._fd is None:
@@ -679,13 +817,16 @@ class ChainWriter:
         if self._fd is None:
             self._open_active()
         line, digest = make_line(self.seq + 1, self.head, canonical_payload(payload))
+        if self._jmap is not None:
+            self._journal_entry(line, self.seq + 1)
+        else:
+            if not self._buf:
+                self._first_unsynced = time.monotonic()
+            self._buf += line
         self.seq += 1
         self.head = digest
         self._segment_size += len(line)
         self.stats.entries += 1
-        if not self._buf:
-            self._first_unsynced = time.monotonic()
-        self._buf += line
 
     def _seal_idle(self) -> None:
         while True:
@@ -723,22 +864,27 @@ class ChainWriter:
             self._sync()
 
     def _start_flusher(self) -> None:
+        name = "group-commit" if self._grouped else "journal"
         self._flusher = threading.Thread(
-            target=self._flush_idle, name="immutable-logging-group-commit", daemon=True
+            target=self._flush_idle, name=f"immutable-logging-{name}", daemon=True
         )
         self._flusher.start()
 
     def _flush_idle(self) -> None:
-        interval = self._group_interval
+        """``group``: write and sync idle entries; ``flush``: write the journal's batch."""
+        grouped = self._grouped
+        interval = self._group_interval if grouped else JOURNAL_WRITE_INTERVAL
         while not self._flusher_stop.wait(interval):
-            if self._buf and time.monotonic() - self._last_sync >= interval:
+            if self._buf and (not grouped or time.monotonic() - self._last_sync >= interval):
                 with self._lock:
                     if not self._closed and self._buf:
                         try:
                             self._write_buffer()
-                            self._sync()
+                            if grouped:
+                                self._sync()
                         except OSError as exc:  # entries stay buffered; retried next time
-                            _log.warning("group commit of %s failed: %s", self.stream_dir, exc)
+                            what = "group commit" if grouped else "writing the journal"
+                            _log.warning("%s of %s failed: %s", what, self.stream_dir, exc)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write and sync everything, finish compressing sealed segments, release the lock.
@@ -766,6 +912,9 @@ class ChainWriter:
                     os.close(fd)
                 except OSError as exc:
                     failure = failure or exc
+            journal, self._journal, self._jmap = self._journal, None, None
+            if journal is not None:  # keep it while it holds entries the segment lacks
+                journal.close(remove=failure is None and not self._buf)
         if self._flusher is not None:
             self._flusher.join(timeout)
         if self._sealer_thread is not None:
@@ -806,7 +955,8 @@ class ChainWriter:
 
     @property
     def buffer_bytes(self) -> int:
-        """Size of the write buffer for ``none`` and ``group`` (read-only)."""
+        """Size of the write buffer for ``none`` and ``group``, and of the batches of
+        ``flush`` (up to a quarter of the journal) (read-only)."""
         return self._buffer_bytes
 
     @property
@@ -822,6 +972,10 @@ class ChainWriter:
         """
         self._closed = True
         self._buf = bytearray()
+        if self._journal is not None:  # unmap our copy; the parent's mapping is its own
+            with contextlib.suppress(Exception):
+                self._journal.map.close()
+        self._journal = self._jmap = None
         self._lock = threading.RLock()
         self._flusher = None
         if self._sealer is not None:  # the parent keeps sealing its stream: wipe our copy

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from .chain import flush_live_writers
 from .encryption import EntryDecryptor
 from .entry import METADATA_ATTR
 from .errors import ConfigurationError, ImmutableLogError
@@ -142,9 +143,15 @@ class ImmutableLogger:
         then read undecrypted, see :mod:`~immutable_logging.query`)."""
         return self.handler.decryptor if self.handler.keyring is not None else None
 
-    def _entries(self, line_filter: LineFilter | None = None) -> Iterator[Entry]:
+    def _flush_for_reading(self) -> None:
+        """Hand the entries this process logged to the tenant's segment files (all its
+        writers of the tenant, not only this logger's), so that a read sees them."""
         if not self._closed:
             self.handler.flush()
+        flush_live_writers(self.directory, self.tenant)
+
+    def _entries(self, line_filter: LineFilter | None = None) -> Iterator[Entry]:
+        self._flush_for_reading()
         return iter_entries(
             self.directory, self.tenant, decrypt=self._decryptor(), line_filter=line_filter
         )
@@ -182,8 +189,7 @@ class ImmutableLogger:
         return self._find(DocumentQuery(document), limit, workers)
 
     def _find(self, match: Match, limit: int | None, workers: int | None) -> list[Entry]:
-        if not self._closed:
-            self.handler.flush()
+        self._flush_for_reading()
         return find_entries(self.directory, self.tenant, match,
                             decrypt=self._decryptor(), limit=limit, workers=workers)
 
@@ -226,8 +232,7 @@ class ImmutableLogger:
         With an encryption key configured, every encrypted entry is also authenticated (a
         ciphertext whose hash was recomputed after tampering is ``decryption_failed``).
         """
-        if not self._closed:
-            self.handler.flush()
+        self._flush_for_reading()
         return verify_tenant(
             self.directory,
             self.tenant,
@@ -272,8 +277,7 @@ class ImmutableLogger:
         ``sync_percentage`` (blocks are entries) plus ``remote_ok`` and ``problems``.
         """
         backend = self._backend()
-        if not self._closed:
-            self.handler.flush()
+        self._flush_for_reading()
         return verify_cloud_backup(backend, self.directory, self.tenant)
 
     def restore_from_cloud(

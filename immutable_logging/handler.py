@@ -86,7 +86,8 @@ class ImmutableHandler(logging.Handler):
         max_bytes: rotate segments at this size (default 16 MiB; 0 = never).
         max_age: rotate segments after this many seconds (default: never).
         compress: gzip sealed segments (default True).
-        buffer_bytes: write buffer size for ``none``/``group``.
+        buffer_bytes: write buffer size for ``none``/``group``; batch size of ``flush``
+            (at most 256 KiB).
         encryption_key: AES-256 key (base64 text, 32 bytes, a ``Key`` or ``Keyring``):
             encrypt message, metadata and exception text of every entry.
         encryption_key_env: name of an env var holding the base64 key instead.

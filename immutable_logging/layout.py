@@ -23,6 +23,7 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SEGMENT_RE = re.compile(r"^(\d{8,})\.log(\.gz)?$")
 STREAM_META = "stream.json"
 LOCK_FILE = ".lock"
+JOURNAL_FILE = ".journal"
 TORN_DIR = "torn"
 CHECKPOINT_DIR = "checkpoints"
 

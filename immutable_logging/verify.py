@@ -62,8 +62,10 @@ from .errors import (
     TruncationError,
     VerificationError,
 )
+from .journal import pending_lines
 from .layout import (
     CHECKPOINT_DIR,
+    JOURNAL_FILE,
     STREAM_META,
     TORN_DIR,
     Segment,
@@ -174,7 +176,7 @@ class VerificationReport:
 
     @property
     def warnings(self) -> list[str]:
-        """Notable but valid events (recovered torn tails)."""
+        """Notable but valid events (recovered torn tails, journals of stopped writers)."""
         return [w for s in self.streams for w in s.warnings]
 
     @property
@@ -483,7 +485,30 @@ def verify_stream(
                 state.problem("truncation", name, state.expected_seq, "sealed segment is empty")
     state.settle()
     _check_torn_evidence(stream_dir, recoveries, state)
+    _check_journal(stream_dir, state)
     return report
+
+
+def _check_journal(stream_dir: Path, state: _StreamVerifier) -> None:
+    """Report entries that are in the stream's ``flush`` journal but not in a segment."""
+    path = stream_dir / JOURNAL_FILE
+    try:
+        data = path.read_bytes()
+    except OSError:  # no journal: no writer, or one that closed cleanly
+        return
+    lines, reason = pending_lines(data, state.expected_seq - 1, state.prev)
+    if lines:
+        first = state.expected_seq
+        state.report.warnings.append(
+            f"{path}: {len(lines)} entries (seq {first}-{first + len(lines) - 1}) are in the "
+            "journal but not yet in a segment: a running writer writes them within "
+            "50 ms; if it stopped without closing, its stream's next writer appends them"
+        )
+    if reason is not None:
+        state.report.warnings.append(
+            f"{path}: the journal holds an entry that does not continue the chain ({reason}); "
+            "the stream's next writer keeps the journal under torn/ and does not append it"
+        )
 
 
 
@@ -606,12 +631,20 @@ def _recovery_entries(block: bytes) -> Iterator[dict[str, Any]]:
 def _check_torn_evidence(
     stream_dir: Path, recoveries: list[dict[str, Any]], state: _StreamVerifier
 ) -> None:
-    """Every torn tail the writer moved aside must still be in ``torn/``, unchanged."""
+    """Every torn tail (or journal) the writer moved aside must still be in ``torn/``,
+    unchanged; entries appended from a stopped writer's journal are reported."""
     report = state.report
     referenced: set[str] = set()
     for entry in recoveries:
         moved_to = str(entry.get("moved_to", ""))
         seq = entry.get("seq") if isinstance(entry.get("seq"), int) else None
+        if entry.get("event") == "journal_replay":
+            report.warnings.append(
+                f"{report.path}: seq {seq}: {entry.get('entries')} entries (seq "
+                f"{entry.get('first_seq')}-{entry.get('last_seq')}) appended from the journal "
+                "of a writer that stopped without closing"
+            )
+            continue
         target = stream_dir / moved_to
         if not moved_to.startswith(TORN_DIR + "/") or ".." in moved_to:
             state.problem("malformed", str(stream_dir), seq,
@@ -627,6 +660,13 @@ def _check_torn_evidence(
         if digest != entry.get("sha256"):
             state.problem("torn_evidence_altered", str(target), seq,
                           "the torn tail moved aside no longer matches its recorded sha256")
+            continue
+        if entry.get("event") == "journal_mismatch":
+            report.warnings.append(
+                f"{report.path}: seq {seq}: the journal of a stopped writer held entries that "
+                f"did not continue the chain ({entry.get('reason')}); they were not appended "
+                f"and the journal is kept at {moved_to}"
+            )
             continue
         report.warnings.append(
             f"{report.path}: seq {seq}: torn tail recovered ({entry.get('length')} bytes of "

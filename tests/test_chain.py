@@ -16,7 +16,8 @@ from immutable_logging.errors import (
     InvalidTenantError,
     StreamLockedError,
 )
-from immutable_logging.layout import list_segments, list_streams, segment_name
+from immutable_logging.journal import pending_lines
+from immutable_logging.layout import JOURNAL_FILE, list_segments, list_streams, segment_name
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
 
@@ -157,7 +158,7 @@ def test_rotated_read_only_segment_is_not_reopened_for_writing(tmp_path: Path) -
 def test_failed_write_leaves_no_partial_entry_and_the_chain_continues(tmp_path: Path) -> None:
     import resource
 
-    writer = ChainWriter(tmp_path)
+    writer = ChainWriter(tmp_path, durability="always")  # one write per entry
     _append(writer, 3)
     active = writer.stream_dir / segment_name(1)
     size = active.stat().st_size
@@ -270,15 +271,24 @@ def test_second_process_slot_and_fixed_stream_lock(tmp_path: Path) -> None:
     assert report.ok and report.entries == 9
 
 
-@pytest.mark.parametrize("mode", ["flush", "always"])
-def test_flush_modes_reach_the_os_before_append_returns(tmp_path: Path, mode: str) -> None:
-    writer = ChainWriter(tmp_path, durability=mode)
+def test_always_writes_and_syncs_each_entry_before_append_returns(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, durability="always")
     _append(writer, 3)
     active = list_segments(writer.stream_dir)[-1].path
     assert len(read_lines(active)) == 3
     assert writer.written_seq == 3
-    if mode == "always":
-        assert writer.stats.syncs == 3
+    assert writer.stats.syncs == 3
+    writer.close()
+
+
+def test_flush_mode_entries_are_in_the_journal_before_append_returns(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path, durability="flush")
+    _append(writer, 3)
+    journal = (writer.stream_dir / JOURNAL_FILE).read_bytes()  # a shared mapping: the OS
+    assert len(pending_lines(journal, 0, GENESIS_HASH)[0]) == 3
+    writer.flush()
+    assert len(read_lines(writer.stream_dir / segment_name(1))) == 3
+    assert writer.written_seq == 3
     writer.close()
 
 

@@ -31,6 +31,7 @@ def _payload(i: int) -> dict[str, object]:
 def _write(writer: ChainWriter, n: int) -> None:
     for i in range(n):
         writer.append(_payload(i))
+    writer.flush()  # flush mode journals entries; the replicator reads the segment files
 
 
 def _batches(bucket: LocalDirectoryBackend) -> list[tuple[int, int]]:
