@@ -314,6 +314,7 @@ class ChainWriter:
         self._compressor = _Compressor()
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
+        self._batch_started = threading.Event()  # flush mode: wakes the journal flusher
         self._commit_listeners: list[Callable[[int], None]] = []
         self._damaged_tail = False
         self._file_end = 0
@@ -715,6 +716,8 @@ class ChainWriter:
                 return
         jmap[pos:end] = line
         self._jpos = end
+        if not self._buf:
+            self._batch_started.set()  # the flusher writes the batch within 50 ms
         self._buf += line
 
     def _sync(self) -> None:
@@ -872,19 +875,36 @@ class ChainWriter:
 
     def _flush_idle(self) -> None:
         """``group``: write and sync idle entries; ``flush``: write the journal's batch."""
-        grouped = self._grouped
-        interval = self._group_interval if grouped else JOURNAL_WRITE_INTERVAL
+        if not self._grouped:
+            self._write_journaled()
+            return
+        interval = self._group_interval
         while not self._flusher_stop.wait(interval):
-            if self._buf and (not grouped or time.monotonic() - self._last_sync >= interval):
+            if self._buf and time.monotonic() - self._last_sync >= interval:
                 with self._lock:
                     if not self._closed and self._buf:
                         try:
                             self._write_buffer()
-                            if grouped:
-                                self._sync()
+                            self._sync()
                         except OSError as exc:  # entries stay buffered; retried next time
-                            what = "group commit" if grouped else "writing the journal"
-                            _log.warning("%s of %s failed: %s", what, self.stream_dir, exc)
+                            _log.warning("group commit of %s failed: %s", self.stream_dir, exc)
+
+    def _write_journaled(self) -> None:
+        """Write each batch ``JOURNAL_WRITE_INTERVAL`` after its first entry; sleep while
+        no entry is pending (no periodic wake-ups of an idle process)."""
+        while True:
+            self._batch_started.wait()
+            if self._flusher_stop.wait(JOURNAL_WRITE_INTERVAL):
+                return
+            with self._lock:
+                self._batch_started.clear()  # the next entry into an empty batch sets it
+                if self._closed or not self._buf:
+                    continue
+                try:
+                    self._write_buffer()
+                except OSError as exc:  # the entries stay in the journal; retried
+                    self._batch_started.set()
+                    _log.warning("writing the journal of %s failed: %s", self.stream_dir, exc)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write and sync everything, finish compressing sealed segments, release the lock.
@@ -900,6 +920,7 @@ class ChainWriter:
                 self._sealer = None
             self._closed = True
             self._flusher_stop.set()
+            self._batch_started.set()
             failure: OSError | None = None
             if self._fd is not None:
                 try:
