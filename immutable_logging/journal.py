@@ -14,8 +14,9 @@ entries (lower sequence numbers) or zeros, so a scan stops at the first line tha
 the next entry of the chain.
 
 The file is created with :func:`os.posix_fallocate`, so copies into the mapping need no
-new disk space. Truncating the journal of a live writer from outside (another process)
-would fault the writer's next copy (``SIGBUS``), as for any memory-mapped file.
+new disk space, and made read-only (``0400``) once mapped. Truncating the journal of a live
+writer from outside all the same (as root, or after a ``chmod``) would fault the writer's
+next copy (``SIGBUS``), as for any memory-mapped file.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Journal:
         try:
             os.posix_fallocate(fd, 0, capacity)
             self.map = mmap.mmap(fd, capacity)  # MAP_SHARED: the page cache itself
+            # Read-only from now on: the mapping keeps its write access, but another
+            # process (not root) can no longer truncate the file under it.
+            os.fchmod(fd, 0o400)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):

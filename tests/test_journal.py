@@ -70,7 +70,7 @@ def test_entries_of_a_killed_process_are_appended_by_the_next_writer(tmp_path: P
     segment = stream_dir / segment_name(1)
     # The batch had not been written: the entries were only in the journal (the page cache).
     assert not segment.exists() or read_lines(segment) == []
-    assert (stream_dir / JOURNAL_FILE).exists()
+    assert (stream_dir / JOURNAL_FILE).stat().st_mode & 0o777 == 0o400
     before = verify_tenant(tmp_path)  # nothing lost: verify says where the entries are
     assert before.ok and before.entries == 0
     assert "40 entries (seq 1-40) are in the journal but not yet in a segment" in (
