@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 
@@ -653,6 +654,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ReaderGone(Exception):
+    """Writing the command's output failed with EPIPE: its reader went away."""
+
+
+class _Output(io.TextIOBase):
+    """The command's output stream: a broken pipe *there* becomes :class:`_ReaderGone`, so
+    that one raised anywhere else (a backend's socket, say) is not mistaken for ``| head``.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError as exc:
+            raise _ReaderGone from exc
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError as exc:
+            raise _ReaderGone from exc
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
 def _discard_output(out: TextIO) -> None:
     """Point ``out``'s file descriptor at /dev/null, so that flushing what is still buffered
     (at exit) cannot raise BrokenPipeError again."""
@@ -669,17 +702,18 @@ def _discard_output(out: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; return the exit code."""
-    out = out or sys.stdout
+    stream = out or sys.stdout
+    output = cast(TextIO, _Output(stream))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        code = _COMMANDS[args.command](args, out)
-        out.flush()
+        code = _COMMANDS[args.command](args, output)
+        output.flush()
         return code
-    except BrokenPipeError:
+    except _ReaderGone:
         # The reader went away (``| head``): no traceback; the pattern of the Python docs
         # (library/signal.html, "Note on SIGPIPE"), exiting 128 + SIGPIPE like a shell tool.
-        _discard_output(out)
+        _discard_output(stream)
         return EXIT_BROKEN_PIPE
     except _UsageError as exc:
         sys.stderr.write(f"immutable-log: error: {exc}\n")

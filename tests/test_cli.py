@@ -373,3 +373,18 @@ def test_read_says_when_the_limit_cut_the_output(
     code, text = run("read", str(logdir), "--tenant", "shop", "--limit", "4")
     assert code == 0 and "4 entries" in text and capsys.readouterr().err == ""
     assert run("read", str(logdir), "--limit", "-1")[0] == 2
+
+
+def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout(
+    tmp_path: Path, logger_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .helpers import write_log
+
+    write_log(tmp_path, logger_name, 3)
+
+    def connection_gone(*args: object, **kwargs: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a backend's socket
+
+    monkeypatch.setattr("immutable_logging.cli.verify_tenant", connection_gone)
+    with pytest.raises(BrokenPipeError):  # a real error, not a quiet exit 141
+        main(["verify", str(tmp_path)], out=io.StringIO())
