@@ -29,7 +29,12 @@ from .checkpoint import (
 from .config import BackupConfig
 from .crypto import Keyring, key_from_env
 from .encryption import EntryDecryptor, keyring_from_cli_env
-from .errors import BucketNotFoundError, ImmutableLogError
+from .errors import (
+    BucketNotFoundError,
+    DecryptionError,
+    ImmutableLogError,
+    KeyUnavailableError,
+)
 from .layout import (
     DEFAULT_TENANT,
     list_segments,
@@ -40,6 +45,7 @@ from .layout import (
 )
 from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
+    Decryptor,
     Entry,
     LineFilter,
     disk_usage,
@@ -182,11 +188,38 @@ def _decryptor(args: argparse.Namespace, tenant: str) -> EntryDecryptor | None:
     return EntryDecryptor(keyring, tenant) if keyring is not None else None
 
 
-def _entries(args: argparse.Namespace, line_filter: LineFilter | None = None) -> Iterator[Entry]:
+class _MarkingDecryptor:
+    """For ``read``: an entry whose ciphertext fails authentication is shown undecrypted,
+    marked with ``decryption_error``, and counted, instead of ending the read there. A
+    missing key (:class:`KeyUnavailableError`) still ends it: that is a usage error."""
+
+    def __init__(self, inner: Decryptor, failures: list[DecryptionError]) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def __call__(self, entry: Entry, stream: str, file: str) -> Entry:
+        try:
+            return self.inner(entry, stream, file)
+        except KeyUnavailableError:
+            raise
+        except DecryptionError as exc:  # the entry is left as read: clear members + enc
+            self.failures.append(exc)
+            entry["decryption_error"] = str(exc)
+            return entry
+
+
+def _entries(
+    args: argparse.Namespace,
+    line_filter: LineFilter | None = None,
+    failures: list[DecryptionError] | None = None,
+) -> Iterator[Entry]:
+    """Every selected tenant's entries; with ``failures``, entries that fail decryption
+    are marked and collected there (see :class:`_MarkingDecryptor`)."""
     for tenant in _tenants(args):
-        yield from iter_entries(
-            args.directory, tenant, decrypt=_decryptor(args, tenant), line_filter=line_filter
-        )
+        decrypt: Decryptor | None = _decryptor(args, tenant)
+        if decrypt is not None and failures is not None:
+            decrypt = _MarkingDecryptor(decrypt, failures)
+        yield from iter_entries(args.directory, tenant, decrypt=decrypt, line_filter=line_filter)
 
 
 def _find(args: argparse.Namespace, match: Match) -> list[Entry]:
@@ -215,13 +248,19 @@ def _print_entries(args: argparse.Namespace, out: TextIO, entries: list[Entry]) 
             e.get("seq", ""),
             e.get("level", ""),
             e.get("logger", ""),
-            e.get("message", "<encrypted>" if "enc" in e else ""),
+            e.get("message", _hidden_message(e)),
             orjson.dumps(e["metadata"]).decode() if e.get("metadata") else "",
         )
         for e in entries
     ]
     _table(out, ["time", "tenant", "stream", "seq", "level", "logger", "message", "metadata"], rows)
     out.write(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}\n")
+
+
+def _hidden_message(entry: Entry) -> str:
+    if "decryption_error" in entry:
+        return "<cannot decrypt>"
+    return "<encrypted>" if "enc" in entry else ""
 
 
 def _print_report(out: TextIO, report: VerificationReport) -> None:
@@ -282,8 +321,10 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
     if limit < 0:
         raise _UsageError(f"--limit must be 0 or more, got {limit}")
     _require_streams(args)
+    failures: list[DecryptionError] = []
     entries = read_entries(  # one more than asked: tells whether the limit cut the output
-        _entries(args), limit=limit + 1, level=args.level, newest_first=args.newest_first
+        _entries(args, failures=failures), limit=limit + 1, level=args.level,
+        newest_first=args.newest_first,
     )
     cut = len(entries) > limit
     _print_entries(args, out, entries[:limit])
@@ -291,6 +332,15 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
         which = "newest" if args.newest_first else "first"
         sys.stderr.write(f"immutable-log: only the {which} {limit} matching entries are "
                          "shown; more exist: pass --limit N to see up to N\n")
+    if failures:
+        for failure in failures[:10]:
+            sys.stderr.write(f"immutable-log: cannot decrypt: {failure}\n")
+        more = f" ({len(failures) - 10} more not listed)" if len(failures) > 10 else ""
+        sys.stderr.write(
+            f"immutable-log: {len(failures)} entries failed authentication{more}: their "
+            "ciphertext was altered or damaged; run `immutable-log verify` with the key\n"
+        )
+        return EXIT_TAMPERED
     return EXIT_OK
 
 

@@ -388,3 +388,30 @@ def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout(
     monkeypatch.setattr("immutable_logging.cli.verify_tenant", connection_gone)
     with pytest.raises(BrokenPipeError):  # a real error, not a quiet exit 141
         main(["verify", str(tmp_path)], out=io.StringIO())
+
+
+def test_read_with_a_key_shows_every_entry_and_flags_an_altered_ciphertext(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from immutable_logging.crypto import generate_key
+
+    key = generate_key()
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        for word in ("one", "two", "three"):
+            log.info(word)
+    [segment] = list_segments(list_streams(tmp_path / "default")[0])
+    lines = read_lines(segment.path)
+    entry = orjson.loads(lines[1])
+    token = entry["enc"]
+    entry["enc"] = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
+    write_lines(segment.path, [lines[0], orjson.dumps(entry) + b"\n", lines[2]])
+    monkeypatch.setenv("CLI_READ_KEY", key)
+    code, text = run("read", str(tmp_path), "--key-env", "CLI_READ_KEY")
+    err = capsys.readouterr().err
+    assert code == 1, err  # tampering, but the rest of the log is still shown
+    assert "one" in text and "three" in text and "<cannot decrypt>" in text
+    assert "seq 2" in err and "1 entries failed authentication" in err
+    code, text = run("read", str(tmp_path), "--key-env", "CLI_READ_KEY", "--json")
+    shown = orjson.loads(text)
+    assert [e.get("message") for e in shown] == ["one", None, "three"]
+    assert "authentication" in shown[1]["decryption_error"] and "enc" in shown[1]
