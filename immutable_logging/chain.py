@@ -26,6 +26,7 @@ Durability modes (``durability=``):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -240,6 +241,16 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _write_pending_at_exit() -> None:
+    """At interpreter exit, write what open writers hold (``flush`` mode's journal batch, a
+    ``none`` buffer) to their segments, as ``logging.shutdown`` does for handlers: entries of
+    a writer nobody closed are then in its segment files, not only in its journal."""
+    for writer in list(_LIVE_WRITERS):
+        with contextlib.suppress(Exception):
+            writer.flush()
 
 
 class ChainWriter:
@@ -897,8 +908,10 @@ class ChainWriter:
             if self._flusher_stop.wait(JOURNAL_WRITE_INTERVAL):
                 return
             with self._lock:
+                if self._closed:  # close() ran while we waited for the lock: it set the
+                    return  # events already, so clearing one now would wait forever
                 self._batch_started.clear()  # the next entry into an empty batch sets it
-                if self._closed or not self._buf:
+                if not self._buf:
                     continue
                 try:
                     self._write_buffer()

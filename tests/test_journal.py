@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -252,3 +253,46 @@ def test_the_default_handler_loses_nothing_when_the_process_is_killed(tmp_path: 
         assert log.verify().ok
     finally:
         log.shutdown()
+
+
+def test_close_does_not_wait_for_a_flusher_queued_behind_it(tmp_path: Path) -> None:
+    # Another thread holds the writer's lock (a slow append or seal) until the flusher's
+    # 50 ms wait has run out; close() queues on the lock before the flusher does.
+    for trial in range(3):
+        writer = ChainWriter(tmp_path / str(trial))
+        writer.append({"message": "one"})  # starts a batch: the flusher wakes in 50 ms
+        holding = threading.Event()
+
+        def hold(writer: ChainWriter = writer, holding: threading.Event = holding) -> None:
+            with writer._lock:
+                holding.set()
+                time.sleep(0.08)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait()
+        time.sleep(0.01)
+        started = time.monotonic()
+        writer.close(timeout=2.0)
+        holder.join()
+        assert time.monotonic() - started < 1.0, "close() waited for the flusher's timeout"
+        assert writer._flusher is not None and not writer._flusher.is_alive()
+
+
+def test_entries_of_a_writer_nobody_closed_are_in_its_segment_after_exit(
+    tmp_path: Path,
+) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from immutable_logging.chain import ChainWriter
+        writer = ChainWriter(sys.argv[1], stream="s")
+        for i in range(10):
+            writer.append({"message": f"m{i + 1}"})
+        sys.exit(0)  # no close(): the interpreter's exit writes the batch
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60)
+    assert len(read_lines(tmp_path / "default" / "s" / segment_name(1))) == 10
+    report = verify_tenant(tmp_path)
+    assert report.ok and report.entries == 10 and report.warnings == []
