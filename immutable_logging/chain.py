@@ -16,7 +16,8 @@ Durability modes (``durability=``):
     batches, at :meth:`~ChainWriter.flush` and :meth:`~ChainWriter.close`, and at the
     latest ``JOURNAL_WRITE_INTERVAL`` (50 ms) after they were appended. The next writer of
     a crashed stream appends what its journal holds. Where the journal cannot be created
-    (no ``mmap``/``posix_fallocate``), each entry is written on its own.
+    (no ``mmap``/``posix_fallocate``), and in a process started by ``fork``, each entry is
+    written on its own.
 ``group``
     entries are buffered and ``fdatasync``'ed at most every ``group_interval_ms`` by the
     appending thread; an idle-time flusher thread bounds the lag when no entries arrive.
@@ -218,6 +219,11 @@ class _Compressor:
 
 
 _LIVE_WRITERS: weakref.WeakSet[ChainWriter] = weakref.WeakSet()
+#: True in a process started by ``fork``: there ``flush`` writes each entry (no journal),
+#: because such processes often end with ``os._exit`` (multiprocessing's workers do), which
+#: skips every exit hook and would leave the last batch only in the journal of a stream
+#: that no writer may ever open again.
+_FORKED_CHILD = False
 
 
 def flush_live_writers(root: str | os.PathLike[str], tenant: str) -> None:
@@ -236,6 +242,8 @@ def flush_live_writers(root: str | os.PathLike[str], tenant: str) -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _FORKED_CHILD
+    _FORKED_CHILD = True
     for writer in list(_LIVE_WRITERS):
         writer._abandon_after_fork()
 
@@ -347,7 +355,7 @@ class ChainWriter:
         self._segment_size = 0
         self._segment_deadline: float | None = None
         self._recover()
-        if durability == "flush":
+        if durability == "flush" and not _FORKED_CHILD:
             self._open_journal()
         _LIVE_WRITERS.add(self)
         if durability == "group" or self._journal is not None:
@@ -628,7 +636,11 @@ class ChainWriter:
                 self._segment_size += len(line)
                 self.stats.entries += 1
                 if len(self._buf) >= self._batch_bytes:
-                    self._write_buffer()
+                    # The entry is chained and in the journal: a failed write (counted in
+                    # stats.write_errors) is retried and logged by the flusher, and only a
+                    # full journal refuses entries.
+                    with contextlib.suppress(OSError):
+                        self._write_buffer()
                 return seq, digest
             write_through = self._write_through  # flush without a journal / always
             if write_through:
@@ -892,13 +904,16 @@ class ChainWriter:
         interval = self._group_interval
         while not self._flusher_stop.wait(interval):
             if self._buf and time.monotonic() - self._last_sync >= interval:
+                failure: OSError | None = None
                 with self._lock:
                     if not self._closed and self._buf:
                         try:
                             self._write_buffer()
                             self._sync()
                         except OSError as exc:  # entries stay buffered; retried next time
-                            _log.warning("group commit of %s failed: %s", self.stream_dir, exc)
+                            failure = exc
+                if failure is not None:  # logged without the lock: see _write_journaled
+                    _log.warning("group commit of %s failed: %s", self.stream_dir, failure)
 
     def _write_journaled(self) -> None:
         """Write each batch ``JOURNAL_WRITE_INTERVAL`` after its first entry; sleep while
@@ -907,6 +922,7 @@ class ChainWriter:
             self._batch_started.wait()
             if self._flusher_stop.wait(JOURNAL_WRITE_INTERVAL):
                 return
+            failure: OSError | None = None
             with self._lock:
                 if self._closed:  # close() ran while we waited for the lock: it set the
                     return  # events already, so clearing one now would wait forever
@@ -917,7 +933,12 @@ class ChainWriter:
                     self._write_buffer()
                 except OSError as exc:  # the entries stay in the journal; retried
                     self._batch_started.set()
-                    _log.warning("writing the journal of %s failed: %s", self.stream_dir, exc)
+                    failure = exc
+            if failure is not None:
+                # Never log while holding the writer lock: a handler of that record may
+                # wait for a thread that waits for this lock.
+                _log.warning("writing the batch of %s failed: %s; the entries stay in the "
+                             "journal", self.stream_dir, failure)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write and sync everything, finish compressing sealed segments, release the lock.
@@ -959,9 +980,13 @@ class ChainWriter:
         _LIVE_WRITERS.discard(self)
         if failure is not None:
             lost = self.seq - self.written_seq
+            where = (
+                "; they are kept in the journal, and the stream's next writer appends them"
+                if journal is not None and self._buf else ""
+            )
             raise ImmutableLogError(
                 f"closing {self.stream_dir}: {failure}; the last {lost} entries could not be "
-                "written"
+                f"written{where}"
             ) from failure
 
     # The settings are fixed at construction: append() works out what it needs from them

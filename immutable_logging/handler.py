@@ -357,7 +357,12 @@ class ImmutableHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> Any:  # bool; the record since 3.12
         """:meth:`logging.Handler.handle`, with the handler lock taken directly when there
         are no filters and ``filter`` is not overridden (the per-record path saves three
-        Python calls). Same locking, same result."""
+        Python calls). Records of the excluded loggers (ours, boto, google, urllib3) are
+        dropped before the handler lock is taken."""
+        if record.name.startswith(EXCLUDED_LOGGERS) and _is_excluded(record.name):
+            # Before the handler lock: our own threads log while holding a writer lock,
+            # and an application thread may hold this lock while it waits for that one.
+            return False
         if self.filters or type(self).filter is not _FILTERER_FILTER:
             return super().handle(record)  # filters, or a subclass's own filter()
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__

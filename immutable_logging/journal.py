@@ -14,7 +14,8 @@ entries (lower sequence numbers) or zeros, so a scan stops at the first line tha
 the next entry of the chain.
 
 The file is created with :func:`os.posix_fallocate`, so copies into the mapping need no
-new disk space, and made read-only (``0400``) once mapped. Truncating the journal of a live
+new disk space (except on copy-on-write file systems such as btrfs and ZFS), and made
+read-only (``0400``) once mapped. Truncating the journal of a live
 writer from outside all the same (as root, or after a ``chmod``) would fault the writer's
 next copy (``SIGBUS``), as for any memory-mapped file.
 """

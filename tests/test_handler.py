@@ -236,3 +236,32 @@ def test_a_passphrase_tenant_opened_without_its_passphrase_refuses_entries(
     keyless = ImmutableHandler(tmp_path, "acme")
     assert "holds encrypted entries" in (keyless.cleartext_refusal or "")
     keyless.close()
+
+
+def test_our_own_loggers_never_wait_for_the_handler_lock(tmp_path: Path) -> None:
+    # The journal flusher or the sealer thread logs while holding the writer's lock; an
+    # application thread may hold the handler's lock while it waits for that writer lock.
+    handler = ImmutableHandler(tmp_path)
+    try:
+        holding, release = threading.Event(), threading.Event()
+
+        def app_thread() -> None:
+            with handler.lock:  # type: ignore[union-attr]
+                holding.set()
+                release.wait(5.0)
+
+        holder = threading.Thread(target=app_thread)
+        holder.start()
+        holding.wait()
+        record = logging.LogRecord("immutable_logging.chain", logging.WARNING, __file__, 1,
+                                   "writing the batch failed", None, None)
+        done = threading.Event()
+        ours = threading.Thread(target=lambda: (handler.handle(record), done.set()))
+        ours.start()
+        finished = done.wait(2.0)
+        release.set()
+        holder.join()
+        ours.join()
+        assert finished, "a record of our own logger waited for the handler lock"
+    finally:
+        handler.close()
