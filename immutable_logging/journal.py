@@ -15,9 +15,9 @@ the next entry of the chain.
 
 The file is created with :func:`os.posix_fallocate`, so copies into the mapping need no
 new disk space (except on copy-on-write file systems such as btrfs and ZFS), and made
-read-only (``0400``) once mapped. Truncating the journal of a live
-writer from outside all the same (as root, or after a ``chmod``) would fault the writer's
-next copy (``SIGBUS``), as for any memory-mapped file.
+read-only (``0400``) once mapped. Truncating the journal of a live writer from outside all
+the same (as root, or after a ``chmod``) would fault the writer's next copy (``SIGBUS``),
+as for any memory-mapped file.
 """
 
 from __future__ import annotations
@@ -45,19 +45,25 @@ class Journal:
     def __init__(self, path: Path, capacity: int = JOURNAL_BYTES) -> None:
         self.path = path
         self.capacity = capacity
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a leftover is read-only; the writer replayed it already
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        mapping: mmap.mmap | None = None
         try:
             os.posix_fallocate(fd, 0, capacity)
-            self.map = mmap.mmap(fd, capacity)  # MAP_SHARED: the page cache itself
+            mapping = mmap.mmap(fd, capacity)  # MAP_SHARED: the page cache itself
             # Read-only from now on: the mapping keeps its write access, but another
             # process (not root) can no longer truncate the file under it.
             os.fchmod(fd, 0o400)
         except BaseException:
+            if mapping is not None:
+                mapping.close()
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
         os.close(fd)  # the mapping keeps the file open
+        self.map = mapping
 
     def close(self, *, remove: bool) -> None:
         """Unmap; with ``remove`` also delete the file (every entry reached its segment)."""
