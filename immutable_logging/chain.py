@@ -91,6 +91,9 @@ class EpochSealer(Protocol):
     def seal(self, now: float, last_seq: int, head: str) -> dict[str, Any]:
         """Seal everything up to entry *last_seq*; return the seal entry's payload."""
 
+    def commit(self) -> None:
+        """The seal entry is chained: move the sealer's key and state on."""
+
     def close(self) -> None:
         """Wipe key material."""
 
@@ -814,8 +817,10 @@ class ChainWriter:
     def _seal_due(self) -> bool:
         """Append the seal entry of the ended epoch(s) and make it durable. Lock held.
 
-        A failure is logged and counted, never raised: the entry being logged must not be
-        lost because sealing failed (the verifier reports the missing seal).
+        The sealer's key moves on (:meth:`EpochSealer.commit`) only once the seal entry is
+        chained. If it could not be chained, the epoch is sealed again a second later. A
+        failure is logged and counted, never raised: the entry being logged must not be
+        lost because sealing failed.
         """
         sealer = self._sealer
         assert sealer is not None
@@ -825,14 +830,23 @@ class ChainWriter:
         try:
             payload = sealer.seal(now, self.seq, self.head)
             self._append_system(payload)
+        except Exception as exc:  # nothing chained, the key unchanged: retry in a second
+            self.stats.seal_errors += 1
+            self._seal_deadline = now + 1.0
+            _log.error("sealing %s failed: %s; retrying", self.stream_dir, exc)
+            return False
+        try:
             self._write_buffer()
             self._sync()
+        except OSError as exc:  # the seal is chained and stays buffered for a later write
+            self.stats.seal_errors += 1
+            _log.error("writing the seal of %s failed: %s", self.stream_dir, exc)
+        try:
+            sealer.commit()
         except Exception as exc:
             self.stats.seal_errors += 1
-            _log.error("sealing %s failed: %s", self.stream_dir, exc)
-            return False
-        finally:
-            self._seal_deadline = sealer.deadline
+            _log.error("saving the seal state of %s failed: %s", self.stream_dir, exc)
+        self._seal_deadline = sealer.deadline
         self.stats.seals += 1
         return True
 

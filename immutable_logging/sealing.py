@@ -47,7 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compression import READ_ERRORS
+from .entry import split_line
 from .errors import ConfigurationError, SealError
+from .layout import list_segments
 from .seal import (
     DEFAULT_EPOCH_SECONDS,
     ZERO_HEAD,
@@ -282,6 +285,33 @@ def check_seed_matches(tdir: str | os.PathLike[str], seed: bytes | str) -> None:
 # ---------------------------------------------------------------------- the sealer
 
 
+#: How far back from the end of a stream :meth:`StreamSealer._adopt_chained_seal` looks.
+_SEAL_LOOKBACK = 256 * 1024
+
+
+def _last_seal_payload(stream_dir: Path) -> dict[str, Any] | None:
+    """The payload of the last seal entry near the end of the stream's last two segments
+    (recovery entries may follow it), or None."""
+    for segment in reversed(list_segments(stream_dir)[-2:]):
+        try:
+            with segment.open() as handle:
+                if not segment.compressed:
+                    size = handle.seek(0, os.SEEK_END)
+                    handle.seek(max(0, size - _SEAL_LOOKBACK))
+                data = handle.read()
+        except READ_ERRORS:
+            continue
+        for line in reversed(data[-_SEAL_LOOKBACK:].split(b"\n")):
+            if b'"kind":"seal"' in line and split_line(line) is not None:
+                try:
+                    payload = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(payload, dict):
+                    return payload
+    return None
+
+
 class StreamSealer:
     """Seals one stream's epochs for its :class:`~immutable_logging.chain.ChainWriter`.
 
@@ -320,8 +350,10 @@ class StreamSealer:
             )
         self.grid = grid
         self._persist_failed = False
+        self._pending: tuple[int, int] | None = None  # (end epoch, last seq) of seal()
         if self._path.exists():
             self._load(chain_seq)
+            self._adopt_chained_seal(Path(stream_dir))
         else:
             self._create(chain_seq)
         self._deadline = grid.start(self._key.epoch + 1)
@@ -350,6 +382,35 @@ class StreamSealer:
         self._key = EpochKey(key, epoch)
         self.sealed_seq = sealed
         self.first_epoch = first
+
+    def _adopt_chained_seal(self, stream_dir: Path) -> None:
+        """Move past an epoch whose seal is in the chain but whose key state was not saved.
+
+        :meth:`commit` saves the evolved key only after the seal entry was chained, so a
+        crash in between leaves the seal in the chain (the journal replays it) and the
+        state at its epoch: sealing that epoch again would repeat it. The seal is adopted
+        only if its tag verifies under the saved key.
+        """
+        payload = _last_seal_payload(stream_dir)
+        if payload is None:
+            return
+        try:
+            record = SealRecord.from_payload(payload)
+        except SealError:
+            return  # the verifier reports a malformed seal
+        if record.origin != self.origin or not self._key.verifies(record):
+            return  # an older epoch's seal (the normal case), or not ours
+        end_epoch = self.grid.epoch_at(record.t_end)
+        self._key.advance_to(end_epoch)
+        self.sealed_seq = max(self.sealed_seq, record.last_seq)
+        self._persist()
+        with contextlib.suppress(OSError, ConfigurationError):
+            _advance_tenant(self._tdir, end_epoch)
+        _log.warning(
+            "stream %s: the seal of epoch %d is in the chain but the key state was saved "
+            "before it (the writer stopped in between); the key moved on to epoch %d",
+            self.origin, record.epoch, end_epoch,
+        )
 
     def _create(self, chain_seq: int) -> None:
         now = self._clock()
@@ -387,6 +448,8 @@ class StreamSealer:
     def seal(self, now: float, last_seq: int, head: str) -> dict[str, Any]:
         """Seal everything since the previous seal, up to the start of the epoch of *now*.
 
+        Nothing changes until :meth:`commit`: call it once the entry is chained.
+
         Args:
             now: the current time (must be past :attr:`deadline`).
             last_seq: seq of the chain's last entry (the seal entry will be ``last_seq+1``).
@@ -404,9 +467,24 @@ class StreamSealer:
         start, end = grid.start(epoch), grid.start(end_epoch)
         tag = self._key.tag(start, end, first_seq, last_seq, head, self.origin)
         record = SealRecord(epoch, start, end, first_seq, last_seq, head, tag, self.origin)
+        self._pending = (end_epoch, last_seq)
+        return {**record.to_payload(), "ts": now, "tenant": self.tenant, **grid.to_json()}
+
+    def commit(self) -> None:
+        """The seal entry of the last :meth:`seal` is in the chain: evolve the key past its
+        epoch (the old key is gone from memory and disk) and save the state.
+
+        Called only once the entry is chained, so that a crash before it leaves either no
+        seal and the old key (the epoch is sealed again) or the seal in the chain (adopted
+        when the stream is opened again), never a saved key without its seal.
+        """
+        if self._pending is None:
+            return
+        end_epoch, last_seq = self._pending
+        self._pending = None
         self._key.advance_to(end_epoch)
         self.sealed_seq = last_seq
-        self._deadline = grid.start(end_epoch + 1)
+        self._deadline = self.grid.start(end_epoch + 1)
         try:
             self._persist()
             self._persist_failed = False
@@ -417,7 +495,6 @@ class StreamSealer:
             _advance_tenant(self._tdir, end_epoch)
         except (OSError, ConfigurationError) as exc:
             _log.error("could not advance tenant seal state in %s: %s", self._tdir, exc)
-        return {**record.to_payload(), "ts": now, "tenant": self.tenant, **grid.to_json()}
 
     def close(self) -> None:
         """Wipe the in-memory key (the state file keeps the current epoch's key)."""

@@ -418,8 +418,11 @@ def test_entries_stay_in_order_when_a_seal_write_fails(
             self.deadline = time.time() + 3600
 
         def seal(self, now: float, last_seq: int, head: str) -> dict[str, object]:
-            self.deadline = now + 3600
+            self.pending = now + 3600
             return {"kind": "seal", "last_seq": last_seq, "head": head, "ts": now}
+
+        def commit(self) -> None:
+            self.deadline = self.pending
 
         def close(self) -> None:
             pass

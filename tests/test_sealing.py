@@ -16,6 +16,7 @@ from immutable_logging.chain import ChainWriter
 from immutable_logging.errors import ConfigurationError
 from immutable_logging.handler import ImmutableHandler
 from immutable_logging.layout import list_streams
+from immutable_logging.query import iter_entries
 from immutable_logging.seal import (
     decode_seed,
     derive_epoch_key,
@@ -285,3 +286,68 @@ def test_report_json_carries_seal_fields(tmp_path: Path) -> None:
     assert orjson.dumps(data)
     assert list_streams(tmp_path / "j")
     logging.getLogger("seal.json").handlers.clear()
+
+
+_KILLED_WHILE_SEALING = """
+import logging, os, signal, sys, time
+from immutable_logging import ImmutableHandler
+from immutable_logging.chain import ChainWriter
+from immutable_logging.sealing import StreamSealer
+root, seed, where = sys.argv[1], sys.argv[2], sys.argv[3]
+offset = [0.0]
+handler = ImmutableHandler(root, stream="s", seal_seed=seed, seal_epoch_seconds=60,
+                           seal_clock=lambda: time.time() + offset[0])
+class Stamp(logging.Filter):  # records carry the seal clock's time
+    def filter(self, record):
+        record.created = time.time() + offset[0]
+        return True
+handler.addFilter(Stamp())
+logger = logging.getLogger("sealed.app")
+logger.propagate = False
+logger.addHandler(handler)
+for i in range(5):
+    logger.warning("m%d", i)
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "before_chaining":  # the seal computed, its entry not chained yet
+    real = ChainWriter._append_system
+    def append_system(self, payload):
+        if payload.get("kind") == "seal":
+            die()
+        return real(self, payload)
+    ChainWriter._append_system = append_system
+else:  # the seal entry chained (in the journal), the evolved key not saved yet
+    StreamSealer.commit = die
+offset[0] += 60
+logger.warning("after the epoch")  # this call seals the ended epoch first
+"""
+
+
+@pytest.mark.parametrize("where", ["before_chaining", "after_chaining"])
+def test_a_writer_killed_while_sealing_leaves_no_seal_gap(tmp_path: Path, where: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    seed = encode_seed(generate_seed())
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_SEALING, str(tmp_path), seed, where],
+        capture_output=True, timeout=60,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    # The next writer of the stream seals on; a later epoch is sealed too.
+    clock = FakeClock(time.time() + 60)
+    handler, logger = open_handler(tmp_path, "default", clock, f"sealed.reopened.{where}",
+                                   stream="s", seal_seed=seed, seal_epoch_seconds=60)
+    logger.warning("reopened")
+    clock.advance(60)
+    logger.warning("one epoch later")
+    logger.removeHandler(handler)
+    handler.close()
+    report = verify_tenant(tmp_path, seed=seed)
+    assert report.ok, [str(p) for p in report.problems]
+    seals = [e for e in iter_entries(tmp_path, include_system=True) if e.get("kind") == "seal"]
+    epochs = [e["epoch"] for e in seals]
+    assert len(epochs) == len(set(epochs)) >= 2  # no epoch sealed twice, none missing
