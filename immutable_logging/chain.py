@@ -37,6 +37,7 @@ import mmap
 import os
 import queue
 import re
+import sys
 import threading
 import time
 import weakref
@@ -344,6 +345,9 @@ class ChainWriter:
         self._sealer: EpochSealer | None = None
         self._seal_clock: Callable[[], float] = time.time
         self._seal_deadline = math.inf  # a copy of the sealer's, read on every append
+        self._seal_unwritten = False  # a chained seal entry has not reached the OS yet
+        # Messages of sealing failures, logged by the sealer thread without the lock.
+        self._deferred_logs: list[tuple[int, str, tuple[Any, ...]]] = []
         self._sealer_thread: threading.Thread | None = None
 
         tdir = tenant_dir(root, tenant)
@@ -714,6 +718,8 @@ class ChainWriter:
         stats.writes += 1
         stats.bytes += size
         self.written_seq = last_seq
+        if self._seal_unwritten:  # the oldest pending entry was a seal: it is written now
+            self._seal_written()
         if self._commit_listeners:
             for listener in self._commit_listeners:
                 listener(last_seq)
@@ -789,6 +795,7 @@ class ChainWriter:
             if self._sealer is not None:
                 self._sealer.close()
             self._sealer = sealer
+            self._seal_unwritten = False  # the old sealer's seal: adopted at the next open
             self._seal_clock = clock
             self._timed = sealer is not None or self._max_age is not None
             if sealer is None:
@@ -815,17 +822,18 @@ class ChainWriter:
             return self._seal_due()
 
     def _seal_due(self) -> bool:
-        """Append the seal entry of the ended epoch(s) and make it durable. Lock held.
+        """Chain the seal entry of the ended epoch(s) and write it. Lock held.
 
         The sealer's key moves on (:meth:`EpochSealer.commit`) only once the seal entry is
-        chained. If it could not be chained, the epoch is sealed again a second later. A
-        failure is logged and counted, never raised: the entry being logged must not be
-        lost because sealing failed.
+        written and synced (:meth:`_seal_written`); until then no other epoch is sealed. A
+        seal that cannot be chained changes nothing and is tried again a second later. A
+        failure is counted and logged by the sealer thread (never under this lock), not
+        raised: the entry being logged must not be lost because sealing failed.
         """
         sealer = self._sealer
         assert sealer is not None
         now = self._seal_clock()
-        if now < sealer.deadline:
+        if now < self._seal_deadline or self._seal_unwritten:
             return False
         try:
             payload = sealer.seal(now, self.seq, self.head)
@@ -833,22 +841,57 @@ class ChainWriter:
         except Exception as exc:  # nothing chained, the key unchanged: retry in a second
             self.stats.seal_errors += 1
             self._seal_deadline = now + 1.0
-            _log.error("sealing %s failed: %s; retrying", self.stream_dir, exc)
+            self._defer_log(logging.ERROR, "sealing %s failed: %s; retrying in 1 s",
+                            self.stream_dir, exc)
             return False
+        self._seal_unwritten = True
+        self._seal_deadline = math.inf  # no new seal before this one is written
+        self.stats.seals += 1
         try:
-            self._write_buffer()
-            self._sync()
-        except OSError as exc:  # the seal is chained and stays buffered for a later write
+            self._write_buffer()  # _write() calls _seal_written()
+        except OSError as exc:  # chained; written with the next batch, then committed
             self.stats.seal_errors += 1
-            _log.error("writing the seal of %s failed: %s", self.stream_dir, exc)
+            self._defer_log(logging.ERROR, "writing the seal of %s failed: %s; the seal key "
+                            "moves on once it is written", self.stream_dir, exc)
+        return True
+
+    def _seal_written(self) -> None:
+        """The pending seal entry reached the OS: sync it, then let the sealer erase the
+        sealed epoch's key. Lock held."""
+        self._seal_unwritten = False
+        sealer = self._sealer
+        if sealer is None:  # detached or closed: the next writer adopts it from the chain
+            return
+        try:
+            self._sync()
+        except OSError as exc:
+            self.stats.seal_errors += 1
+            self._defer_log(logging.ERROR, "syncing the seal of %s failed: %s",
+                            self.stream_dir, exc)
         try:
             sealer.commit()
         except Exception as exc:
             self.stats.seal_errors += 1
-            _log.error("saving the seal state of %s failed: %s", self.stream_dir, exc)
+            self._defer_log(logging.ERROR, "saving the seal state of %s failed: %s",
+                            self.stream_dir, exc)
         self._seal_deadline = sealer.deadline
-        self.stats.seals += 1
-        return True
+
+    def _defer_log(self, level: int, msg: str, *args: Any) -> None:
+        """Keep a message for :meth:`_emit_deferred_logs`. Logging under the writer lock
+        could deadlock: a handler (ours behind a ``MemoryHandler``, say) may be held by a
+        thread that waits for this lock."""
+        self._deferred_logs.append((level, msg, args))
+
+    def _emit_deferred_logs(self, *, to_stderr: bool = False) -> None:
+        """Log the deferred messages; call without the writer lock."""
+        with self._lock:
+            items, self._deferred_logs = self._deferred_logs, []
+        for level, msg, args in items:
+            if to_stderr:  # at close(), which logging.shutdown() calls under a handler lock
+                with contextlib.suppress(Exception):
+                    sys.stderr.write(f"immutable_logging: {msg % args}\n")
+            else:
+                _log.log(level, msg, *args)
 
     def _append_system(self, payload: dict[str, Any]) -> None:
         """Chain a system entry into the buffer (no payload transform). Lock held."""
@@ -870,13 +913,16 @@ class ChainWriter:
 
     def _seal_idle(self) -> None:
         while True:
-            sealer = self._sealer
-            if sealer is None:
+            if self._deferred_logs:
+                self._emit_deferred_logs()
+            if self._sealer is None:
                 return
-            wait = min(max(sealer.deadline - self._seal_clock(), 0.0) + 0.001, 5.0)
+            # The writer's deadline: the sealer's, a retry a second after a failure, or
+            # none while a chained seal waits to be written.
+            wait = min(max(self._seal_deadline - self._seal_clock(), 0.0) + 0.001, 5.0)
             if self._flusher_stop.wait(wait):
                 return
-            if self._sealer is not None and self._seal_clock() >= self._sealer.deadline:
+            if self._sealer is not None and self._seal_clock() >= self._seal_deadline:
                 self.seal_if_due()
 
     def rotate(self) -> None:
@@ -988,6 +1034,8 @@ class ChainWriter:
             self._flusher.join(timeout)
         if self._sealer_thread is not None:
             self._sealer_thread.join(timeout)
+        if self._deferred_logs:
+            self._emit_deferred_logs(to_stderr=True)
         self._compressor.drain(timeout)
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)

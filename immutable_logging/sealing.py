@@ -24,9 +24,12 @@ Seals
     returns one seal payload covering every entry since the previous seal (the previous
     seal entry included), for the time range from its epoch's start to the current
     epoch's start: normally one epoch, a longer *span* after downtime. The key evolves
-    by the number of epochs covered, the stream state is rewritten atomically *before* the
-    seal entry reaches the chain (a crash in between loses that seal, which the verifier
-    reports, but never reuses a key), and the tenant file is advanced.
+    by the number of epochs covered, the stream state is rewritten atomically and the
+    tenant file is advanced, but only once the seal entry is written and synced
+    (:meth:`StreamSealer.commit`). A crash before that leaves no seal and the old key (the
+    epoch is sealed again) or the seal in the chain and the old key: the next writer then
+    finds the seal, checks its tag and moves the key on. In that window the disk holds the
+    key of an epoch next to its seal, until the stream is opened again.
 
 :class:`SealChecker` verifies a stream's seals with the seed alone (see its docstring for
 every rule and problem reason).
@@ -49,7 +52,7 @@ from typing import Any
 
 from .compression import READ_ERRORS
 from .entry import split_line
-from .errors import ConfigurationError, SealError
+from .errors import ConfigurationError, ImmutableLogError, SealError
 from .layout import list_segments
 from .seal import (
     DEFAULT_EPOCH_SECONDS,
@@ -285,30 +288,39 @@ def check_seed_matches(tdir: str | os.PathLike[str], seed: bytes | str) -> None:
 # ---------------------------------------------------------------------- the sealer
 
 
-#: How far back from the end of a stream :meth:`StreamSealer._adopt_chained_seal` looks.
-_SEAL_LOOKBACK = 256 * 1024
+def _last_seal_payload(stream_dir: Path, after_seq: int) -> dict[str, Any] | None:
+    """The payload of the stream's last seal entry after entry ``after_seq``, or None.
 
-
-def _last_seal_payload(stream_dir: Path) -> dict[str, Any] | None:
-    """The payload of the last seal entry near the end of the stream's last two segments
-    (recovery entries may follow it), or None."""
-    for segment in reversed(list_segments(stream_dir)[-2:]):
+    Reads segments backwards, newest first, and stops at the segment that starts at or
+    before ``after_seq + 1``: a seal the sealer has not committed comes after the entries
+    it already sealed, so at most about one epoch of entries is read.
+    """
+    marker = b'"kind":"seal"'
+    for segment in reversed(list_segments(stream_dir)):
         try:
             with segment.open() as handle:
-                if not segment.compressed:
-                    size = handle.seek(0, os.SEEK_END)
-                    handle.seek(max(0, size - _SEAL_LOOKBACK))
                 data = handle.read()
         except READ_ERRORS:
-            continue
-        for line in reversed(data[-_SEAL_LOOKBACK:].split(b"\n")):
-            if b'"kind":"seal"' in line and split_line(line) is not None:
-                try:
-                    payload = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(payload, dict):
-                    return payload
+            continue  # unreadable: the verifier reports it
+        end = len(data)
+        while (hit := data.rfind(marker, 0, end)) >= 0:
+            start = data.rfind(b"\n", 0, hit) + 1
+            stop = data.find(b"\n", hit)
+            end = start
+            parsed = split_line(data[start : stop if stop >= 0 else len(data)])
+            if parsed is None:
+                continue  # a damaged or torn line: the verifier reports it
+            if parsed[0] <= after_seq:
+                return None  # back at what the last committed seal covers: none pending
+            try:
+                payload = json.loads(data[start:stop])
+            except ValueError:
+                continue
+            if isinstance(payload, dict) and payload.get("kind") == "seal":
+                return payload  # not a member named "kind" deeper inside an entry
+        first = split_line(data[: max(data.find(b"\n"), 0)])
+        if first is not None and first[0] <= after_seq + 1:
+            return None
     return None
 
 
@@ -369,6 +381,8 @@ class StreamSealer:
             raise ConfigurationError(
                 f"{self._path} was made under another seal state than {self._tdir}"
             )
+        created = doc.get("created_seq", 0)
+        self._created_seq = created if isinstance(created, int) and created >= 0 else 0
         sealed, first = doc.get("sealed_seq"), doc.get("first_epoch")
         if not isinstance(sealed, int) or sealed < 0 or not isinstance(first, int):
             raise ConfigurationError(f"{self._path} has an invalid sealed_seq or first_epoch")
@@ -391,7 +405,7 @@ class StreamSealer:
         state at its epoch: sealing that epoch again would repeat it. The seal is adopted
         only if its tag verifies under the saved key.
         """
-        payload = _last_seal_payload(stream_dir)
+        payload = _last_seal_payload(stream_dir, max(self.sealed_seq, self._created_seq))
         if payload is None:
             return
         try:
@@ -420,8 +434,8 @@ class StreamSealer:
         # than its epoch the verifier says so (seal_entry_time).
         self.sealed_seq = 0
         self.first_epoch = epoch
+        self._created_seq = chain_seq  # a seal of this state comes after this entry
         self._persist()
-        del chain_seq
 
     def _persist(self) -> None:
         doc = {
@@ -431,6 +445,7 @@ class StreamSealer:
             "origin": self.origin,
             "sealed_seq": self.sealed_seq,
             "first_epoch": self.first_epoch,
+            "created_seq": self._created_seq,
             **self.grid.to_json(),
         }
         _atomic_write(self._path, json.dumps(doc, sort_keys=True).encode("ascii"))
@@ -474,9 +489,13 @@ class StreamSealer:
         """The seal entry of the last :meth:`seal` is in the chain: evolve the key past its
         epoch (the old key is gone from memory and disk) and save the state.
 
-        Called only once the entry is chained, so that a crash before it leaves either no
-        seal and the old key (the epoch is sealed again) or the seal in the chain (adopted
-        when the stream is opened again), never a saved key without its seal.
+        Called only once the entry is written and synced, so that a crash before it leaves
+        either no seal and the old key (the epoch is sealed again) or the seal in the chain
+        (adopted when the stream is opened again), never a saved key without its seal.
+
+        Raises:
+            ImmutableLogError: saving the stream or tenant state failed (the key moved on in
+                memory all the same, so it is never used twice).
         """
         if self._pending is None:
             return
@@ -485,16 +504,19 @@ class StreamSealer:
         self._key.advance_to(end_epoch)
         self.sealed_seq = last_seq
         self._deadline = self.grid.start(end_epoch + 1)
+        failures = []
         try:
             self._persist()
             self._persist_failed = False
         except OSError as exc:  # the key moved on in memory anyway: it is never reused
             self._persist_failed = True
-            _log.error("could not persist stream seal state %s: %s", self._path, exc)
+            failures.append(f"could not persist stream seal state {self._path}: {exc}")
         try:
             _advance_tenant(self._tdir, end_epoch)
         except (OSError, ConfigurationError) as exc:
-            _log.error("could not advance tenant seal state in %s: %s", self._tdir, exc)
+            failures.append(f"could not advance tenant seal state in {self._tdir}: {exc}")
+        if failures:  # raised, not logged: the writer calls this under its lock
+            raise ImmutableLogError("; ".join(failures))
 
     def close(self) -> None:
         """Wipe the in-memory key (the state file keeps the current epoch's key)."""

@@ -351,3 +351,130 @@ def test_a_writer_killed_while_sealing_leaves_no_seal_gap(tmp_path: Path, where:
     seals = [e for e in iter_entries(tmp_path, include_system=True) if e.get("kind") == "seal"]
     epochs = [e["epoch"] for e in seals]
     assert len(epochs) == len(set(epochs)) >= 2  # no epoch sealed twice, none missing
+
+
+_DISK_FULL_AT_THE_SEAL = """
+import logging, os, resource, signal, sys, time
+from immutable_logging import ImmutableHandler
+root, seed, mode = sys.argv[1:4]
+handler = ImmutableHandler(root, stream="s", seal_seed=seed, seal_epoch_seconds=1.0,
+                           durability=mode)
+logger = logging.getLogger("a")
+logger.setLevel(logging.INFO)
+logger.addHandler(handler)
+for i in range(20):
+    logger.info("before %d %s", i, "z" * 300)
+handler.flush()
+writer = handler.writer
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+size = os.path.getsize(writer.stream_dir / "00000001.log")
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))  # disk full
+time.sleep(writer.sealer.deadline - time.time() + 0.3)  # the seal is chained, not written
+assert writer.stats.seals == 1 and writer.stats.seal_errors >= 1 and writer.sealer.epoch == 1
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("mode", ["always", "none"])
+def test_a_seal_that_never_reached_the_disk_leaves_its_key(tmp_path: Path, mode: str) -> None:
+    # The key moves on only once the seal entry is written: a writer that dies with its
+    # seal still buffered (disk full) leaves the epoch to be sealed again, not a gap.
+    import signal
+    import subprocess
+    import sys
+
+    seed = encode_seed(generate_seed())
+    result = subprocess.run([sys.executable, "-c", _DISK_FULL_AT_THE_SEAL, str(tmp_path), seed,
+                             mode], capture_output=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    handler = ImmutableHandler(tmp_path, stream="s", seal_seed=seed, durability=mode)
+    handler.close()
+    report = verify_tenant(tmp_path, seed=seed)
+    assert report.ok, [str(p) for p in report.problems]
+    seals = [e["epoch"] for e in iter_entries(tmp_path, include_system=True)
+             if e.get("kind") == "seal"]
+    assert seals and len(seals) == len(set(seals))
+
+
+_SEAL_FAILING_BEHIND_A_MEMORY_HANDLER = """
+import logging, logging.handlers, os, resource, signal, sys, threading, time
+from immutable_logging import ImmutableHandler
+root, seed = sys.argv[1:3]
+logging.raiseExceptions = False
+chained = ImmutableHandler(root, stream="s", seal_seed=seed, seal_epoch_seconds=0.3,
+                           durability="none", max_bytes=3000, buffer_bytes=100_000)
+logging.getLogger().addHandler(logging.handlers.MemoryHandler(capacity=1, target=chained))
+app = logging.getLogger("app")
+app.setLevel(logging.INFO)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))  # disk full
+progress = [0]
+def log_forever():
+    while True:
+        app.info("entry %d %s", progress[0], "x" * 150)
+        progress[0] += 1
+        time.sleep(0.0005)
+threading.Thread(target=log_forever, daemon=True).start()
+time.sleep(1.5)
+before = progress[0]
+time.sleep(1.0)
+print(before, progress[0], chained.writer.stats.seal_errors, flush=True)
+os._exit(0)  # a deadlocked thread would block any clean exit
+"""
+
+
+def test_a_seal_that_cannot_be_chained_is_retried_once_a_second_and_never_deadlocks(
+    tmp_path: Path,
+) -> None:
+    # A MemoryHandler in front of ours on the root logger: logging a sealing failure while
+    # holding the writer lock deadlocked with an application thread holding its lock.
+    import subprocess
+    import sys
+
+    seed = encode_seed(generate_seed())
+    result = subprocess.run(
+        [sys.executable, "-c", _SEAL_FAILING_BEHIND_A_MEMORY_HANDLER, str(tmp_path), seed],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    before, after, errors = map(int, result.stdout.split())
+    assert after > before, "the application's logging thread deadlocked"
+    assert 1 <= errors <= 5  # one try a second, not one per millisecond
+
+
+_KILLED_IN_COMMIT = """
+import logging, os, signal, sys, time
+from immutable_logging import ImmutableHandler
+from immutable_logging.sealing import StreamSealer
+root, seed = sys.argv[1:3]
+handler = ImmutableHandler(root, stream="s", seal_seed=seed, seal_epoch_seconds=1.0)
+logger = logging.getLogger("a")
+logger.setLevel(logging.INFO)
+logger.addHandler(handler)
+logger.info("before")
+StreamSealer.commit = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(3)  # the sealer thread chains and writes the seal, then dies in commit()
+"""
+
+
+def test_a_seal_far_behind_the_end_of_the_stream_is_still_adopted(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    seed = encode_seed(generate_seed())
+    result = subprocess.run([sys.executable, "-c", _KILLED_IN_COMMIT, str(tmp_path), seed],
+                            capture_output=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    unsealed = ImmutableHandler(tmp_path, stream="s", seal=False)  # e.g. a maintenance job
+    for i in range(1200):  # about 500 KB after the seal
+        unsealed.handle(logging.LogRecord("job", logging.INFO, __file__, 1, "unsealed %d %s",
+                                          (i, "y" * 200), None))
+    unsealed.close()
+    handler = ImmutableHandler(tmp_path, stream="s", seal_seed=seed)
+    handler.close()
+    report = verify_tenant(tmp_path, seed=seed)
+    assert report.ok, [str(p) for p in report.problems]
+    seals = [e["epoch"] for e in iter_entries(tmp_path, include_system=True)
+             if e.get("kind") == "seal"]
+    assert seals[0] == 1 and len(seals) == len(set(seals))
