@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,7 @@ import orjson
 from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
+from .fileio import write_all
 from .journal import JOURNAL_BYTES, Journal, pending_lines
 from .layout import (
     JOURNAL_FILE,
@@ -143,7 +144,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     finally:
@@ -239,9 +240,17 @@ def flush_live_writers(root: str | os.PathLike[str], tenant: str) -> None:
     whose write fails keeps its entries (its handler reports the failure on its own).
     """
     tdir = os.path.realpath(tenant_dir(root, tenant))
-    for writer in list(_LIVE_WRITERS):
-        if not writer.closed and os.path.realpath(writer.stream_dir.parent) == tdir:
-            with contextlib.suppress(OSError):
+    _write_pending(
+        w for w in list(_LIVE_WRITERS) if os.path.realpath(w.stream_dir.parent) == tdir
+    )
+
+
+def _write_pending(writers: Iterable[ChainWriter]) -> None:
+    """:meth:`ChainWriter.flush` each open writer that holds unwritten entries (one with
+    none has nothing to hand over: no write, no sync); a failure keeps its entries."""
+    for writer in writers:
+        if not writer.closed and writer._buf:
+            with contextlib.suppress(Exception):
                 writer.flush()
 
 
@@ -260,9 +269,7 @@ def _write_pending_at_exit() -> None:
     """At interpreter exit, write what open writers hold (``flush`` mode's journal batch, a
     ``none`` buffer) to their segments, as ``logging.shutdown`` does for handlers: entries of
     a writer nobody closed are then in its segment files, not only in its journal."""
-    for writer in list(_LIVE_WRITERS):
-        with contextlib.suppress(Exception):
-            writer.flush()
+    _write_pending(list(_LIVE_WRITERS))
 
 
 class ChainWriter:
@@ -492,14 +499,10 @@ class ChainWriter:
                 "of %s", len(lines), first, self.seq, self.stream_dir,
             )
         if anomaly is not None:
-            torn_dir = self.stream_dir / TORN_DIR
-            torn_dir.mkdir(exist_ok=True, mode=0o700)
-            target = torn_dir / f"journal.{time.time_ns()}.bin"
-            atomic_write(target, data, 0o400)
-            moved_to = str(target.relative_to(self.stream_dir))
+            moved_to, digest = self._keep_evidence(f"journal.{time.time_ns()}.bin", data)
             events.append(
                 {"kind": "recovery", "event": "journal_mismatch", "reason": anomaly,
-                 "moved_to": moved_to, "sha256": hashlib.sha256(data).hexdigest()}
+                 "moved_to": moved_to, "sha256": digest}
             )
             _log.error(
                 "the journal of %s holds an entry that does not continue the chain (%s); "
@@ -571,10 +574,7 @@ class ChainWriter:
         with open(seg.path, "rb") as handle:
             handle.seek(start)
             data = handle.read(end - start)
-        torn_dir = self.stream_dir / TORN_DIR
-        torn_dir.mkdir(exist_ok=True, mode=0o700)
-        target = torn_dir / f"{seg.path.name}.{start}.torn"
-        atomic_write(target, data, 0o400)
+        moved_to, digest = self._keep_evidence(f"{seg.path.name}.{start}.torn", data)
         os.chmod(seg.path, 0o600)
         os.truncate(seg.path, start)
         fd = os.open(seg.path, os.O_RDONLY)
@@ -586,8 +586,8 @@ class ChainWriter:
             segment=seg.path.name,
             offset=start,
             length=len(data),
-            moved_to=str(target.relative_to(self.stream_dir)),
-            sha256=hashlib.sha256(data).hexdigest(),
+            moved_to=moved_to,
+            sha256=digest,
         )
         self.stats.torn_tails.append(event)
         _log.warning(
@@ -595,9 +595,18 @@ class ChainWriter:
             seg.path,
             start,
             len(data),
-            target,
+            self.stream_dir / moved_to,
         )
         return event
+
+    def _keep_evidence(self, name: str, data: bytes) -> tuple[str, str]:
+        """Keep ``data`` (a torn tail, a journal) read-only under ``torn/`` for verify;
+        return its path relative to the stream and its SHA-256, for the recovery entry."""
+        torn_dir = self.stream_dir / TORN_DIR
+        torn_dir.mkdir(exist_ok=True, mode=0o700)
+        target = torn_dir / name
+        atomic_write(target, data, 0o400)
+        return str(target.relative_to(self.stream_dir)), hashlib.sha256(data).hexdigest()
 
     def _open_active(self) -> None:
         path = self.stream_dir / segment_name(self.segment_number)

@@ -391,9 +391,7 @@ class _StreamVerifier:
                     f"(seq {first}..{seq - 1}) before seq {seq}",
                 )
         elif seq < expected:
-            self.problem(
-                "reorder", file, seq, f"seq {seq} appears where seq {expected} was expected"
-            )
+            self._out_of_order(file, seq, expected)
         elif prev != self.prev:
             self._link_broken(file, seq)
         self._adopt(seq, stored)
@@ -404,9 +402,12 @@ class _StreamVerifier:
         if seq == expected:
             self._link_broken(file, seq)
         else:
-            self.problem(
-                "reorder", file, seq, f"seq {seq} appears where seq {expected} was expected"
-            )
+            self._out_of_order(file, seq, expected)
+
+    def _out_of_order(self, file: str, seq: int, expected: int) -> None:
+        self.problem(
+            "reorder", file, seq, f"seq {seq} appears where seq {expected} was expected"
+        )
 
     def _link_broken(self, file: str, seq: int) -> None:
         self.problem(
