@@ -65,8 +65,9 @@ from .layout import (
     tenant_dir,
     validate_stream_name,
 )
+from .own_loggers import own_logger
 
-_log = logging.getLogger("immutable_logging.chain")
+_log = own_logger("immutable_logging.chain")
 
 DURABILITY_MODES = ("none", "flush", "group", "always")
 MAX_STREAM_SLOTS = 4096

@@ -20,6 +20,7 @@ written: they would feed replication back into itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -46,6 +47,7 @@ from .entry import record_payload
 from .errors import ConfigurationError, StreamLockedError
 from .layout import validate_tenant
 from .levels import register_level_names
+from .own_loggers import holding_back, own_logger, release
 from .replication.replicator import ReplicationStatus, Replicator
 from .seal import CheckpointSigner
 from .sealing import (
@@ -56,7 +58,7 @@ from .sealing import (
     sealing_configured,
 )
 
-_log = logging.getLogger("immutable_logging.handler")
+_log = own_logger("immutable_logging.handler")
 #: ``Handler.handle`` returns the record that passed since Python 3.12, ``True`` before.
 _HANDLE_RETURNS_RECORD = sys.version_info >= (3, 12)
 _FILTERER_FILTER = logging.Filterer.filter
@@ -345,13 +347,22 @@ class ImmutableHandler(logging.Handler):
         self._open_lock = threading.Lock()
 
     def _live_writer(self) -> ChainWriter:
+        """The writer, opened again if it was closed (``close()``, or abandoned by a fork).
+
+        What opening logs (a torn tail moved aside, a journal replayed, a seal adopted) is
+        logged once ``_open_lock`` is released: see :mod:`.own_loggers`.
+        """
         writer = self.writer
         if writer.closed:
-            with self._open_lock:
-                writer = self.writer
-                if writer.closed:
-                    writer = self.writer = self._open_writer(reopening=True)
-                    self._start_checkpointing()
+            records: list[logging.LogRecord] = []
+            try:
+                with holding_back() as records, self._open_lock:
+                    writer = self.writer
+                    if writer.closed:
+                        writer = self.writer = self._open_writer(reopening=True)
+                        self._start_checkpointing()
+            finally:
+                release(records)
         return writer
 
     def handle(self, record: logging.LogRecord) -> Any:  # bool; the record since 3.12
@@ -365,6 +376,12 @@ class ImmutableHandler(logging.Handler):
             return False
         if self.filters or type(self).filter is not _FILTERER_FILTER:
             return super().handle(record)  # filters, or a subclass's own filter()
+        if self.writer.closed:
+            # Open it again before taking the handler lock, so that what opening logs
+            # never reaches other handlers while this one is locked. A failure is left
+            # to emit(), which tries again and reports it through handleError().
+            with contextlib.suppress(Exception):
+                self._live_writer()
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self.emit(record)
         return record if _HANDLE_RETURNS_RECORD else True

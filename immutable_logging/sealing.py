@@ -41,7 +41,6 @@ import contextlib
 import fcntl
 import hmac
 import json
-import logging
 import math
 import os
 import time
@@ -54,6 +53,7 @@ from .compression import READ_ERRORS
 from .entry import split_line
 from .errors import ConfigurationError, ImmutableLogError, SealError
 from .layout import list_segments
+from .own_loggers import own_logger
 from .seal import (
     DEFAULT_EPOCH_SECONDS,
     ZERO_HEAD,
@@ -79,7 +79,7 @@ __all__ = [
     "sealing_configured",
 ]
 
-_log = logging.getLogger("immutable_logging.sealing")
+_log = own_logger("immutable_logging.sealing")
 
 TENANT_STATE = ".seal-state.json"
 TENANT_LOCK = ".seal-state.lock"

@@ -265,3 +265,52 @@ def test_our_own_loggers_never_wait_for_the_handler_lock(tmp_path: Path) -> None
         assert finished, "a record of our own logger waited for the handler lock"
     finally:
         handler.close()
+
+
+def test_reopening_logs_only_after_our_locks_are_released(
+    tmp_path: Path, logger_name: str
+) -> None:
+    # Opening the writer again (after close() or a fork) may log: here, a torn tail is
+    # moved aside. Those records reach every handler on the root logger; one that forwards
+    # to ours (a MemoryHandler held by another thread) would deadlock if they came while
+    # our handler lock or open lock was held.
+    handler = ImmutableHandler(tmp_path, durability="always")
+    logger = _logger(logger_name, handler)
+    logger.info("before the crash")
+    handler.close()
+    [segment] = (tmp_path / "default").glob("*/*.log")
+    with open(segment, "ab") as torn:
+        torn.write(b'{"seq":2,"prev":"')
+
+    free_when_logged: list[tuple[str, bool, bool]] = []
+
+    def lock_is_free(lock: threading.Lock | threading.RLock) -> bool:
+        taken: list[bool] = []
+
+        def try_lock() -> None:
+            taken.append(lock.acquire(timeout=1.0))
+            if taken[0]:
+                lock.release()
+
+        probe = threading.Thread(target=try_lock)
+        probe.start()
+        probe.join()
+        return taken[0]
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name.startswith("immutable_logging"):
+                free_when_logged.append((
+                    record.getMessage(),
+                    lock_is_free(handler.lock),  # type: ignore[arg-type]
+                    lock_is_free(handler._open_lock),
+                ))
+
+    logging.getLogger().addHandler(Probe())
+    logger.info("after the crash")
+    handler.close()
+    assert [m for m, _, _ in free_when_logged if "torn tail" in m], free_when_logged
+    assert all(handler_free and open_free for _, handler_free, open_free in free_when_logged), (
+        free_when_logged)
+    assert [e.get("message") for e in iter_entries(tmp_path)
+            if e.get("kind") != "recovery"] == ["before the crash", "after the crash"]

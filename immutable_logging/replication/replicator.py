@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import queue
 import threading
@@ -46,6 +45,7 @@ from ..layout import (
     read_tail,
     segment_name,
 )
+from ..own_loggers import own_logger
 from .backend import StorageBackend
 from .keys import (
     batch_key,
@@ -58,7 +58,7 @@ from .keys import (
     torn_key,
 )
 
-_log = logging.getLogger("immutable_logging.replication")
+_log = own_logger("immutable_logging.replication")
 
 _WAKE = object()
 _TICK = object()

@@ -1,0 +1,64 @@
+"""The library's own loggers, and holding back what they log while one of our locks is held.
+
+A log call made while a lock is held can deadlock: the record goes to every handler on
+the root logger, and a handler that forwards to ours (``logging.handlers.MemoryHandler``,
+say) may be held by another thread that is waiting for the very lock we hold. Code that
+must run under such a lock and may log (opening a writer again after ``close()`` or a
+fork: torn tails, journal replay, adopted seals) runs inside :func:`holding_back`, and
+hands the records on with :func:`release` once the lock is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_holding = threading.local()
+
+
+class _HoldBack(logging.Filter):
+    """Keep this thread's records aside while it is inside :func:`holding_back`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held: list[logging.LogRecord] | None = getattr(_holding, "records", None)
+        if held is None:
+            return True
+        held.append(record)
+        return False
+
+
+_HOLD_BACK = _HoldBack()
+
+
+def own_logger(name: str) -> logging.Logger:
+    """The logger ``name`` (one of ``immutable_logging.*``), able to hold records back."""
+    logger = logging.getLogger(name)
+    if _HOLD_BACK not in logger.filters:
+        logger.addFilter(_HOLD_BACK)
+    return logger
+
+
+@contextmanager
+def holding_back() -> Iterator[list[logging.LogRecord]]:
+    """Hold back what our loggers log on this thread; yields the list that receives them.
+
+    Pass the list to :func:`release` after leaving the lock. Nested uses each keep
+    their own records.
+    """
+    outer = getattr(_holding, "records", None)
+    records: list[logging.LogRecord] = []
+    _holding.records = records
+    try:
+        yield records
+    finally:
+        _holding.records = outer
+
+
+def release(records: list[logging.LogRecord]) -> None:
+    """Hand held-back records to their loggers' handlers, as if logged now (on this
+    thread; inside an outer :func:`holding_back` they are held back again)."""
+    while records:
+        record = records.pop(0)
+        logging.getLogger(record.name).handle(record)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from immutable_logging.own_loggers import holding_back, own_logger, release
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def logged(logger_name: str) -> tuple[logging.Logger, _Collect]:
+    logger = own_logger(f"immutable_logging.{logger_name}")
+    collect = _Collect()
+    logger.addHandler(collect)
+    logger.propagate = False
+    return logger, collect
+
+
+def test_records_are_held_back_until_released_in_order(
+    logged: tuple[logging.Logger, _Collect]
+) -> None:
+    logger, collect = logged
+    with holding_back() as records:
+        logger.warning("first %d", 1)
+        logger.error("second")
+        assert collect.messages == []
+    assert [r.getMessage() for r in records] == ["first 1", "second"]
+    release(records)
+    assert collect.messages == ["first 1", "second"]
+    assert records == []
+    logger.warning("outside")
+    assert collect.messages[-1] == "outside"
+
+
+def test_other_threads_are_not_held_back(logged: tuple[logging.Logger, _Collect]) -> None:
+    logger, collect = logged
+    with holding_back() as records:
+        other = threading.Thread(target=logger.warning, args=("from another thread",))
+        other.start()
+        other.join()
+        assert collect.messages == ["from another thread"]
+    assert records == []
+
+
+def test_nested_holding_back_keeps_each_level(logged: tuple[logging.Logger, _Collect]) -> None:
+    logger, collect = logged
+    with holding_back() as outer:
+        with holding_back() as inner:
+            logger.warning("inner")
+        logger.warning("outer")
+        release(inner)  # still inside the outer hold: held back again, there
+        assert collect.messages == []
+    assert [r.getMessage() for r in outer] == ["outer", "inner"]
+    release(outer)
+    assert collect.messages == ["outer", "inner"]
+
+
+def test_an_exception_ends_the_hold(logged: tuple[logging.Logger, _Collect]) -> None:
+    logger, collect = logged
+    with pytest.raises(RuntimeError), holding_back():
+        raise RuntimeError("boom")
+    logger.warning("after")
+    assert collect.messages == ["after"]
+
+
+def test_own_logger_adds_its_filter_once(logger_name: str) -> None:
+    name = f"immutable_logging.{logger_name}"
+    assert own_logger(name) is own_logger(name) is logging.getLogger(name)
+    assert len(logging.getLogger(name).filters) == 1
