@@ -105,6 +105,45 @@ _Pending = tuple[int, str, str, str, int]
 #: unknown, so whatever entry comes next continues the chain (the read error is the problem).
 _UNKNOWN = sys.maxsize
 
+#: How many reported gaps and stray lines a stream's verifier remembers, to tell entries
+#: that were moved from entries that are missing (older ones are forgotten).
+_MOVE_MEMORY = 64
+
+
+@dataclass
+class _Gap:
+    """A reported gap: entries ``first..last`` missing between hashes ``before`` and
+    ``after`` (the ``prev`` of the entry after the gap), until they turn up further on."""
+
+    first: int
+    last: int
+    before: str
+    after: str
+    problem: Problem
+
+
+@dataclass
+class _Stray:
+    """A line out of place that the chain went on without, until the gap it fills turns up."""
+
+    seq: int
+    prev: str
+    stored: str
+    expected: int  # where it was read
+    problem: Problem
+
+
+@dataclass
+class _Move:
+    """Entries that fill a reported gap being placed after the entries that followed it:
+    once they link up to the gap's end, the chain resumes at ``resume_seq``."""
+
+    gap: _Gap
+    problem: Problem  # the reorder reported for the first of them
+    resume_seq: int
+    resume_prev: str
+
+
 #: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
 
@@ -248,9 +287,16 @@ class _StreamVerifier:
         self.skipped = 0
         #: A line that did not continue the chain, until the next line tells why.
         self.pending: _Pending | None = None
+        #: Gaps and stray lines reported, and a run of entries being put back: entries that
+        #: were moved are reported once, as moved, not as missing and out of place.
+        self.gaps: list[_Gap] = []
+        self.strays: list[_Stray] = []
+        self.moved: _Move | None = None
 
-    def problem(self, reason: str, file: str, seq: int | None, detail: str) -> None:
-        self.report.problems.append(Problem(reason, file, seq, detail))
+    def problem(self, reason: str, file: str, seq: int | None, detail: str) -> Problem:
+        found = Problem(reason, file, seq, detail)
+        self.report.problems.append(found)
+        return found
 
     def block(self, block: bytes, file: str) -> None:
         """Verify a block of whole lines. The common case (a well-formed entry that links to
@@ -336,10 +382,16 @@ class _StreamVerifier:
         pending, self.pending = self.pending, None
         if pending is not None:
             self._misplaced(pending)
+        if self.moved is not None:
+            self._put_back()
 
     def _place(self, seq: int, prev: str, stored: str, file: str) -> None:
         """Put a parsed entry on the chain, or hold it while it does not continue it."""
         pending, self.pending = self.pending, None
+        if pending is None and self.moved is not None and (
+            seq != self.expected_seq or prev != self.prev
+        ):
+            self._put_back()
         if pending is not None:
             if seq == self.expected_seq and prev == self.prev:
                 self._adopt(seq, stored)
@@ -384,30 +436,81 @@ class _StreamVerifier:
         if seq > expected:
             first = expected + self.skipped  # the damaged lines may have held the others
             missing = seq - first
-            if missing > 0:
-                self.problem(
+            if missing > 0 and not (self.skipped == 0 and self._moved_earlier(seq, prev)):
+                gap = self.problem(
                     "gap", file, first,
                     f"{missing} entr{'y' if missing == 1 else 'ies'} missing "
                     f"(seq {first}..{seq - 1}) before seq {seq}",
                 )
+                if self.skipped == 0:
+                    _remember(self.gaps, _Gap(first, seq - 1, self.prev, prev, gap))
         elif seq < expected:
-            self._out_of_order(file, seq, expected)
+            reorder = self._out_of_order(file, seq, expected)
+            if self.moved is None:
+                for open_gap in self.gaps:
+                    if open_gap.first == seq and open_gap.before == prev:
+                        self.moved = _Move(open_gap, reorder, expected, self.prev)
+                        break
         elif prev != self.prev:
             self._link_broken(file, seq)
         self._adopt(seq, stored)
 
     def _stray(self, pending: _Pending) -> None:
         """A line out of place that the chain went on without (inserted, copied, moved)."""
-        seq, _, _, file, expected = pending
+        seq, prev, stored, file, expected = pending
         if seq == expected:
             self._link_broken(file, seq)
-        else:
-            self._out_of_order(file, seq, expected)
+            return
+        for gap in self.gaps:
+            if gap.first == gap.last == seq and gap.before == prev and gap.after == stored:
+                # The one entry a gap lacked, after the entries that followed it.
+                self.gaps.remove(gap)
+                self._replace(gap.problem, _moved_later(gap, file, expected - 1))
+                return
+        reorder = self._out_of_order(file, seq, expected)
+        _remember(self.strays, _Stray(seq, prev, stored, expected, reorder))
 
-    def _out_of_order(self, file: str, seq: int, expected: int) -> None:
-        self.problem(
+    def _out_of_order(self, file: str, seq: int, expected: int) -> Problem:
+        return self.problem(
             "reorder", file, seq, f"seq {seq} appears where seq {expected} was expected"
         )
+
+    def _moved_earlier(self, seq: int, prev: str) -> bool:
+        """Whether the one entry missing before ``seq`` (whose hash is ``prev``) is a stray
+        line seen earlier that links into the gap: then that line was moved, and its
+        reorder problem says so instead of a gap being reported."""
+        missing = self.expected_seq
+        if seq != missing + 1:
+            return False
+        for stray in self.strays:
+            if stray.seq == missing and stray.prev == self.prev and stray.stored == prev:
+                self.strays.remove(stray)
+                self._replace(stray.problem, Problem(
+                    "reorder", stray.problem.file, missing,
+                    f"seq {missing} appears before seq {stray.expected} instead of "
+                    f"{_place(missing, missing)}: moved (the hashes link it there)",
+                ))
+                return True
+        return False
+
+    def _put_back(self) -> None:
+        """The run of entries placed since a rewind ends here: if it filled its gap
+        exactly, report one move instead of the gap and the reorder, and resume the chain
+        where it stood before the run."""
+        move, self.moved = self.moved, None
+        assert move is not None
+        gap = move.gap
+        if self.expected_seq != gap.last + 1 or self.prev != gap.after or self.skipped:
+            return
+        self.gaps.remove(gap)
+        self.report.problems.remove(move.problem)
+        self._replace(gap.problem, _moved_later(gap, move.problem.file, move.resume_seq - 1))
+        self.expected_seq, self.prev = move.resume_seq, move.resume_prev
+        self.report.last_seq, self.report.head = move.resume_seq - 1, move.resume_prev
+
+    def _replace(self, old: Problem, new: Problem) -> None:
+        problems = self.report.problems
+        problems[next(i for i, p in enumerate(problems) if p is old)] = new
 
     def _link_broken(self, file: str, seq: int) -> None:
         self.problem(
@@ -488,6 +591,30 @@ def verify_stream(
     _check_torn_evidence(stream_dir, recoveries, state)
     _check_journal(stream_dir, state)
     return report
+
+
+def _moved_later(gap: _Gap, file: str, after: int) -> Problem:
+    """The problem that replaces ``gap`` once its entries turned up after seq ``after``."""
+    entries = (f"seq {gap.first} appears" if gap.first == gap.last
+               else f"seq {gap.first}..{gap.last} appear")
+    return Problem(
+        "reorder", file, gap.first,
+        f"{entries} after seq {after} instead of {_place(gap.first, gap.last)}: moved (the "
+        f"hashes link {'it' if gap.first == gap.last else 'them'} there)",
+    )
+
+
+def _place(first: int, last: int) -> str:
+    """Where entries ``first..last`` belong, in words."""
+    if first == 1:
+        return f"before seq {last + 1}"
+    return f"between seq {first - 1} and seq {last + 1}"
+
+
+def _remember(items: list[Any], item: Any) -> None:
+    items.append(item)
+    if len(items) > _MOVE_MEMORY:
+        del items[0]
 
 
 def _check_journal(stream_dir: Path, state: _StreamVerifier) -> None:
@@ -601,6 +728,7 @@ def _collect(
         done.start is None
         or state.pending is not None  # the segment's first line tells what the held one is
         or done.start != (state.expected_seq, state.prev)
+        or done.report.problems  # moved entries are told apart across segments
     ):
         return None
     report, part = state.report, done.report

@@ -137,6 +137,83 @@ def test_swap_two_entries(rotated_log: Path, where: str) -> None:
         report.raise_for_problems()
 
 
+def _moved(lines: list[bytes], start: int, count: int, to: int) -> list[bytes]:
+    """``lines`` with ``lines[start:start + count]`` moved to just before ``lines[to]`` (an
+    index into the original list)."""
+    block = lines[start:start + count]
+    rest = lines[:start] + lines[start + count:]
+    at = to if to < start else to - count
+    return rest[:at] + block + rest[at:]
+
+
+@pytest.mark.parametrize(
+    ("start", "count", "to", "expected"),
+    [
+        (20, 1, 24, "seq {s} appears after seq {a} instead of between seq {b} and seq {n}"),
+        (20, 3, 30, "seq {s}..{e} appear after seq {a} instead of between seq {b} and seq {n}"),
+        (20, 1, 10, "seq {s} appears before seq {t} instead of between seq {b} and seq {n}"),
+        (20, 4, 10, "seq {t}..{u} appear after seq {e} instead of between seq {v} and seq {s}"),
+        (0, 3, 8, "seq {s}..{e} appear after seq {a} instead of between seq {b} and seq {n}"),
+    ],
+    ids=["one later", "three later", "one earlier", "four earlier", "first three later"],
+)
+def test_moved_entries_are_one_reorder_not_gaps(
+    rotated_log: Path, start: int, count: int, to: int, expected: str
+) -> None:
+    """Entries moved elsewhere in the stream: nothing is missing, so no gap is reported,
+    only where they are and where they belong (their hashes link them there)."""
+    stream = only_stream(rotated_log)
+    path, lines = _segment_with(stream, 1)
+    seqs = [_seq_of(line) for line in lines]
+    write_lines(path, _moved(lines, start, count, to))
+    report = verify_tenant(rotated_log)
+    s, e = seqs[start], seqs[start + count - 1]
+    words = {"s": s, "e": e, "b": s - 1, "n": e + 1, "a": seqs[to - 1], "t": seqs[to],
+             "u": seqs[start - 1], "v": seqs[to] - 1}
+    assert [(p.reason, p.file) for p in report.problems] == [("reorder", str(path))], (
+        report.problems)
+    assert expected.format(**words) in report.problems[0].detail
+    assert report.entries == 600 and report.streams[0].last_seq == 600
+    with pytest.raises(ReorderError):
+        report.raise_for_problems()
+
+
+def test_moved_entries_to_the_end_of_the_stream(rotated_log: Path) -> None:
+    stream = only_stream(rotated_log)
+    active = list_segments(stream)[-1].path
+    lines = read_lines(active)
+    first = _seq_of(lines[2])
+    write_lines(active, _moved(lines, 2, 3, len(lines)))
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("reorder", first, str(active))]
+    assert f"seq {first}..{first + 2} appear after seq 600" in report.problems[0].detail
+    assert report.streams[0].last_seq == 600  # the head is the true last entry
+    assert report.streams[0].head == split_line(lines[-1].rstrip(b"\n"))[2]  # type: ignore[index]
+
+
+def test_a_move_and_a_deletion_are_both_reported(rotated_log: Path) -> None:
+    path, lines = _segment_with(only_stream(rotated_log), 1)
+    moved, deleted = _seq_of(lines[10]), _seq_of(lines[40])
+    lines = _moved(lines, 10, 1, 15)
+    del lines[40]
+    write_lines(path, lines)
+    assert _problems(verify_tenant(rotated_log)) == [
+        ("reorder", moved, str(path)), ("gap", deleted, str(path))]
+
+
+def test_a_moved_block_missing_an_entry_is_still_a_gap(rotated_log: Path) -> None:
+    """The hashes do not link the block into place: no move is claimed."""
+    path, lines = _segment_with(only_stream(rotated_log), 1)
+    missing = _seq_of(lines[12])
+    lines = _moved(lines, 10, 3, 20)
+    lines.remove(lines[lines.index(read_lines(path)[12])])
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert not report.ok
+    assert ("gap", missing) in [(p.reason, p.seq) for p in report.problems]
+    assert not any("moved" in p.detail for p in report.problems)
+
+
 @pytest.mark.parametrize("count", [1, 2])
 def test_a_garbage_line_inserted_is_only_malformed(rotated_log: Path, count: int) -> None:
     """The intact entries after it continue the chain: no false reorder."""

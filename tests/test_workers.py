@@ -83,7 +83,21 @@ TAMPERS: dict[str, Callable[[Path], None]] = {
     "first segment dropped": _drop(0),
     "gzip truncated": _truncate_gzip,
     "two segments swapped in content": lambda stream: _swap_contents(stream, 1, 2),
+    "entry moved three places later": _edit(1, lambda ls: [*ls[:4], *ls[5:8], ls[4], *ls[8:]]),
+    "lines moved to the end of the next segment": lambda stream: _move_lines(stream, 1, -3, 3),
+    "lines moved into the next segment": lambda stream: _move_lines(stream, 1, 5, 10),
 }
+
+
+def _move_lines(stream: Path, index: int, start: int, count: int) -> None:
+    """Move ``count`` lines of segment ``index`` from ``start`` to the next segment: to
+    its middle, or to its end if ``start`` is negative."""
+    segments = list_segments(stream)
+    here, there = read_lines(segments[index].path), read_lines(segments[index + 1].path)
+    block = here[start:start + count] if start >= 0 else here[start:]
+    write_lines(segments[index].path, [line for line in here if line not in block])
+    at = len(there) if start < 0 else len(there) // 2
+    write_lines(segments[index + 1].path, there[:at] + block + there[at:])
 
 
 def _swap_contents(stream: Path, a: int, b: int) -> None:
