@@ -391,7 +391,7 @@ class _StreamVerifier:
         if pending is None and self.moved is not None and (
             seq != self.expected_seq or prev != self.prev
         ):
-            self._put_back()
+            self._put_back((seq, prev))
         if pending is not None:
             if seq == self.expected_seq and prev == self.prev:
                 self._adopt(seq, stored)
@@ -493,18 +493,36 @@ class _StreamVerifier:
                 return True
         return False
 
-    def _put_back(self) -> None:
-        """The run of entries placed since a rewind ends here: if it filled its gap
-        exactly, report one move instead of the gap and the reorder, and resume the chain
-        where it stood before the run."""
+    def _put_back(self, next_entry: tuple[int, str] | None = None) -> None:
+        """The run of entries placed since a rewind ends here, before ``next_entry``
+        (seq, prev), if any. If the run filled its gap exactly, report one move instead of
+        the gap and the reorder; if it filled the start of its gap and the chain then
+        goes on where it stood before the run, report the move and a smaller gap. Either
+        way, resume the chain where it stood before the run."""
         move, self.moved = self.moved, None
         assert move is not None
         gap = move.gap
-        if self.expected_seq != gap.last + 1 or self.prev != gap.after or self.skipped:
+        if self.skipped:
+            return
+        moved_to = move.problem.file
+        last_placed = self.expected_seq - 1
+        if last_placed == gap.last and self.prev == gap.after:
+            self._replace(gap.problem, _moved_later(gap, moved_to, move.resume_seq - 1))
+        elif (gap.first <= last_placed < gap.last
+              and next_entry == (move.resume_seq, move.resume_prev)):
+            moved = _Gap(gap.first, last_placed, gap.before, self.prev, gap.problem)
+            self._replace(gap.problem, _moved_later(moved, moved_to, move.resume_seq - 1,
+                                                    linked="the first links there"))
+            missing = gap.last - last_placed
+            self.problem(
+                "gap", gap.problem.file, last_placed + 1,
+                f"{missing} entr{'y' if missing == 1 else 'ies'} missing "
+                f"(seq {last_placed + 1}..{gap.last}) before seq {gap.last + 1}",
+            )
+        else:
             return
         self.gaps.remove(gap)
         self.report.problems.remove(move.problem)
-        self._replace(gap.problem, _moved_later(gap, move.problem.file, move.resume_seq - 1))
         self.expected_seq, self.prev = move.resume_seq, move.resume_prev
         self.report.last_seq, self.report.head = move.resume_seq - 1, move.resume_prev
 
@@ -593,14 +611,16 @@ def verify_stream(
     return report
 
 
-def _moved_later(gap: _Gap, file: str, after: int) -> Problem:
+def _moved_later(gap: _Gap, file: str, after: int, linked: str | None = None) -> Problem:
     """The problem that replaces ``gap`` once its entries turned up after seq ``after``."""
-    entries = (f"seq {gap.first} appears" if gap.first == gap.last
-               else f"seq {gap.first}..{gap.last} appear")
+    one = gap.first == gap.last
+    entries = f"seq {gap.first} appears" if one else f"seq {gap.first}..{gap.last} appear"
+    if linked is None:
+        linked = f"the hashes link {'it' if one else 'them'} there"
     return Problem(
         "reorder", file, gap.first,
-        f"{entries} after seq {after} instead of {_place(gap.first, gap.last)}: moved (the "
-        f"hashes link {'it' if gap.first == gap.last else 'them'} there)",
+        f"{entries} after seq {after} instead of {_place(gap.first, gap.last)}: moved "
+        f"({linked})",
     )
 
 

@@ -201,12 +201,30 @@ def test_a_move_and_a_deletion_are_both_reported(rotated_log: Path) -> None:
         ("reorder", moved, str(path)), ("gap", deleted, str(path))]
 
 
-def test_a_moved_block_missing_an_entry_is_still_a_gap(rotated_log: Path) -> None:
-    """The hashes do not link the block into place: no move is claimed."""
+def test_a_moved_block_missing_its_last_entry_is_a_move_and_a_gap(rotated_log: Path) -> None:
+    """The chain goes on where it stood before the block: the block was moved, and the
+    entry that should end it is missing (not the entries the block came after)."""
     path, lines = _segment_with(only_stream(rotated_log), 1)
-    missing = _seq_of(lines[12])
+    first, missing, after = _seq_of(lines[10]), _seq_of(lines[12]), _seq_of(lines[19])
+    original = list(lines)
     lines = _moved(lines, 10, 3, 20)
-    lines.remove(lines[lines.index(read_lines(path)[12])])
+    lines.remove(original[12])
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("reorder", first, str(path)), ("gap", missing, str(path))]
+    assert (f"seq {first}..{missing - 1} appear after seq {after} instead of between "
+            f"seq {first - 1} and seq {missing}: moved (the first links there)"
+            ) in report.problems[0].detail
+    assert f"1 entry missing (seq {missing}..{missing})" in report.problems[1].detail
+
+
+def test_a_moved_block_with_a_hole_claims_no_move(rotated_log: Path) -> None:
+    """The hashes do not link the block into place: the earlier messages stay."""
+    path, lines = _segment_with(only_stream(rotated_log), 1)
+    missing = _seq_of(lines[11])
+    original = list(lines)
+    lines = _moved(lines, 10, 3, 20)
+    lines.remove(original[11])
     write_lines(path, lines)
     report = verify_tenant(rotated_log)
     assert not report.ok
