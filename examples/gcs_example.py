@@ -10,8 +10,11 @@ or against a local emulator (the tests use fake-gcs-server)::
         python examples/gcs_example.py
 
 The bucket must exist. Uploads use ``if_generation_match=0``, so an object is never
-overwritten. Prints a JSON summary; exit status 0 means the replica is complete and the
-entry fetched by hash from it is the one that was logged.
+overwritten. A replica holds one log per tenant and stream name, so the fresh temporary
+log directory of each run is replicated under its own prefix (the directory's name); a
+LOG_DIR given on the command line is replicated without one. Prints a JSON summary; exit
+status 0 means the replica is complete and the entry fetched by hash from it is the one
+that was logged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from immutable_logging import ImmutableLogger
 
@@ -27,8 +31,11 @@ TENANT = "gcs-demo"
 
 
 def main() -> int:
-    directory = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "IMMUTABLE_LOG_DIR") or tempfile.mkdtemp(prefix="gcs-example-")
+    directory = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("IMMUTABLE_LOG_DIR")
+    prefix = ""
+    if not directory:  # a new log each run: keep its replica apart from earlier runs'
+        directory = tempfile.mkdtemp(prefix="gcs-example-")
+        prefix = Path(directory).name
     if not os.environ.get("GCS_BUCKET"):
         sys.stderr.write("set GCS_BUCKET (and GCS_PROJECT_ID / GCS_ENDPOINT_URL as needed)\n")
         return 2
@@ -38,6 +45,7 @@ def main() -> int:
         enable_cloud_backup=True,
         backup_provider="gcs",  # GCS_BUCKET / GCS_PROJECT_ID come from the environment
         gcs_endpoint_url=os.environ.get("GCS_ENDPOINT_URL"),
+        backup_prefix=prefix,
         backup_batch_size=25,
     ) as log:
         for i in range(120):

@@ -9,10 +9,14 @@ or against any S3-compatible endpoint (the tests use a local moto_server)::
     S3_ENDPOINT_URL=http://127.0.0.1:5000 S3_BUCKET=logs AWS_ACCESS_KEY_ID=test \\
         AWS_SECRET_ACCESS_KEY=test python examples/s3_example.py
 
-The bucket must exist. The script logs through ``dictConfig`` with cloud backup on (the seed's
-``ENABLE_CLOUD_BACKUP``/``BACKUP_PROVIDER``/``S3_BUCKET``/``S3_REGION`` variables work too),
-ships everything, checks the replica with ``verify_cloud_backup``, restores the log into a
-fresh directory and prints a JSON summary. Exit status 0 means the restored log verified.
+The bucket must exist. A replica holds one log per tenant and stream name, so the fresh
+temporary log directory of each run is replicated under its own prefix (the directory's
+name); a LOG_DIR given on the command line is replicated without one. The script logs
+through ``dictConfig`` with cloud backup on (the seed's
+``ENABLE_CLOUD_BACKUP``/``BACKUP_PROVIDER``/``S3_BUCKET``/``S3_REGION`` variables work
+too), ships everything, checks the replica with ``verify_cloud_backup``, restores the log
+into a fresh directory and prints a JSON summary. Exit status 0 means the restored log
+verified.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ TENANT = "s3-demo"
 
 
 def main() -> int:
-    directory = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "IMMUTABLE_LOG_DIR") or tempfile.mkdtemp(prefix="s3-example-")
+    directory = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("IMMUTABLE_LOG_DIR")
+    prefix = ""
+    if not directory:  # a new log each run: keep its replica apart from earlier runs'
+        directory = tempfile.mkdtemp(prefix="s3-example-")
+        prefix = Path(directory).name
     bucket = os.environ.get("S3_BUCKET")
     if not bucket:
         sys.stderr.write("set S3_BUCKET (and S3_REGION / S3_ENDPOINT_URL as needed)\n")
@@ -52,6 +59,7 @@ def main() -> int:
             "s3_bucket": bucket,
             "s3_region": os.environ.get("S3_REGION"),
             "s3_endpoint_url": os.environ.get("S3_ENDPOINT_URL"),
+            "backup_prefix": prefix,
             "backup_batch_size": 50,
         }},
         "loggers": {"payments": {"handlers": ["chain"], "level": "INFO", "propagate": False}},

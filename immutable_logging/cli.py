@@ -541,15 +541,26 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
         results = {t: verify_cloud_backup(backend, args.directory, t) for t in _tenants(args)}
     except BucketNotFoundError as exc:
         raise _no_replica(exc, backend) from None
+    if not results:
+        raise _UsageError(f"{args.directory} holds no tenant; pass --tenant T to check the "
+                          "replica of a tenant whose local log is gone")
+    for tenant, result in results.items():
+        if result["remote_entries"] == 0 and not result["problems"]:
+            local = (f"{args.directory} holds {result['local_blocks']} of its entries: "
+                     "nothing was replicated yet, or the replica options point elsewhere"
+                     if result["local_blocks"] else f"nor does {args.directory}")
+            raise _UsageError(f"the replica ({backend.describe()}) holds nothing of tenant "
+                              f"{tenant!r}; {local}")
     if args.json:
         _json_out(out, results)
     else:
         rows = [
-            (t, r["local_blocks"], r["cloud_blocks"], r["missing_blocks"],
+            (t, r["local_blocks"], r["remote_entries"], r["cloud_blocks"], r["missing_blocks"],
              f"{r['sync_percentage']:.1f}%", r["sync_status"])
             for t, r in results.items()
         ]
-        _table(out, ["tenant", "local", "in replica", "missing", "synced", "status"], rows)
+        _table(out, ["tenant", "local", "in replica", "matching", "missing", "synced",
+                     "status"], rows)
         for tenant, result in results.items():
             for problem in result["problems"]:
                 out.write(f"FAIL {tenant}: {problem['reason']}: object {problem['key']}, "

@@ -137,3 +137,49 @@ def test_sync_status_of_a_missing_replica_is_an_error(
                   str(missing))
     assert code == 2 and "replica not found" in capsys.readouterr().err
     assert not missing.exists() and not (tmp_path / "new").exists()
+
+
+def test_sync_status_of_a_tenant_the_replica_lacks_is_an_error(
+    replicated: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs, bucket, _ = replicated
+    capsys.readouterr()
+    code, text = run("sync-status", str(logs), "--tenant", "nosuch",
+                     "--backup-directory", str(bucket))
+    err = capsys.readouterr().err
+    assert code == 2 and "synced" not in text
+    assert "holds nothing of tenant 'nosuch'" in err and f"nor does {logs}" in err
+    empty = tmp_path / "empty-bucket"
+    empty.mkdir()
+    code, text = run("sync-status", str(logs), "--backup-directory", str(empty))
+    err = capsys.readouterr().err
+    assert code == 2 and "not_synced" not in text
+    assert "holds nothing of tenant 'acme'" in err and "holds 30 of its entries" in err
+
+
+def test_sync_status_of_another_log_with_the_same_stream_name(
+    replicated: tuple[Path, Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh log directory on the same host replicating to the same bucket: its stream
+    has the same name as the replicated one. Nothing of it is replicated (and the status
+    says so), and sync-status reports the disagreement once, not once per entry."""
+    _, bucket, _ = replicated
+    other = tmp_path / "other-logs"
+    with ImmutableLogger(other, tenantId="acme", enable_cloud_backup=True,
+                         backup_directory=str(bucket), backup_batch_size=7) as log:
+        for i in range(12):
+            log.audit(f"other {i}")
+        assert not log.flush_backup()
+        status = log.handler.replicator.status  # type: ignore[union-attr]
+    assert status.state == "stopped"
+    assert (status.replicated_seq, status.pending_entries) == (0, 12)
+    assert "12 entries are not replicated" in caplog.text
+    code, text = run("sync-status", str(other), "--backup-directory", str(bucket))
+    fails = [line for line in text.splitlines() if line.startswith("FAIL")]
+    assert code == 1 and len(fails) == 2, text
+    assert "differs_from_local" in fails[0] and "12 entries (first at seq 1, last at seq 12)" \
+        in fails[0]
+    assert "missing_locally" in fails[1]
+    header, row = text.splitlines()[:3:2]
+    assert header.split()[:5] == ["tenant", "local", "in", "replica", "matching"]
+    assert row.split()[:4] == ["acme", "12", "30", "0"]

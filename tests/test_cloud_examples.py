@@ -24,11 +24,16 @@ pytest_plugins = ["tests.servers"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(script: str, log_dir: Path, extra_env: dict[str, str]) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GCS_", "S3_"))}
+def _run(script: str, log_dir: Path | None, extra_env: dict[str, str]) -> dict[str, Any]:
+    """Run an example; without ``log_dir`` it logs into a new temporary directory."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "GCS_", "S3_")) and k != "IMMUTABLE_LOG_DIR"}
     env.update(extra_env)
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), str(log_dir)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    argv = [sys.executable, str(ROOT / "examples" / script)]
+    if log_dir is not None:
+        argv.append(str(log_dir))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -54,3 +59,22 @@ def test_gcs_example(fake_gcs_server: FakeGcsServer, tmp_path: Path) -> None:
     })
     assert summary["synced"] is True and summary["sync_status"] == "synced"
     assert summary["cloud_blocks"] == 121 and summary["fetched_message"] == "export blocked"
+
+
+def test_the_examples_run_again_against_the_same_bucket(
+    moto_server: MotoServer, fake_gcs_server: FakeGcsServer, tmp_path: Path
+) -> None:
+    """Each run without LOG_DIR logs into a new temporary directory: its stream has the
+    same name as the last run's, so it must be replicated apart from it."""
+    create_s3_bucket(moto_server, "rerun-logs")
+    create_gcs_bucket(fake_gcs_server, "rerun-logs")
+    s3_env = {"S3_BUCKET": "rerun-logs", "S3_REGION": DUMMY_REGION,
+              "S3_ENDPOINT_URL": moto_server.endpoint_url, "TMPDIR": str(tmp_path),
+              "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY}
+    gcs_env = {"GCS_BUCKET": "rerun-logs", "GCS_PROJECT_ID": GCS_PROJECT,
+               "GCS_ENDPOINT_URL": fake_gcs_server.endpoint_url, "TMPDIR": str(tmp_path)}
+    for _ in range(2):
+        s3 = _run("s3_example.py", None, s3_env)
+        assert s3["sync_status"] == "synced" and s3["restored_verified"] is True
+        gcs = _run("gcs_example.py", None, gcs_env)
+        assert gcs["sync_status"] == "synced" and gcs["cloud_blocks"] == 121

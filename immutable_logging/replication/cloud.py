@@ -173,15 +173,22 @@ def verify_cloud_backup(
         replica = remote.get(stream)
         matched = 0
         only_remote: list[int] = []
+        differing: list[int] = []
         for seq, digest, _, _ in replica.lines if replica else []:
             local_digest = hashes.get(seq)
             if local_digest == digest:
                 matched += 1
             elif local_digest is not None:
-                problems.append(RemoteProblem(f"{tenant}/{stream}", seq, "differs_from_local",
-                                              "replica and local log disagree on this entry"))
+                differing.append(seq)
             else:
                 only_remote.append(seq)
+        if differing:  # one problem per stream, not one per entry
+            problems.append(RemoteProblem(
+                f"{tenant}/{stream}", differing[0], "differs_from_local",
+                f"{len(differing)} entr{'y' if len(differing) == 1 else 'ies'} (first at seq "
+                f"{differing[0]}, last at seq {differing[-1]}) differ between the replica and "
+                "the local log: one of them was altered, or they are two different logs with "
+                "the same stream name"))
         if only_remote:
             problems.append(RemoteProblem(
                 f"{tenant}/{stream}", only_remote[0], "missing_locally",

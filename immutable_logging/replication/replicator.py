@@ -360,9 +360,9 @@ class Replicator(QueueListener):
         self._update_status()
         if self._fatal is not None:
             _log.error(
-                "replication of %s to %s is stopped (%s); %d entries are not replicated",
-                self.stream_dir, self.backend.describe(), self._fatal,
-                self.status.pending_entries,
+                "replication of %s to %s is stopped: the replica and the local log disagree "
+                "(logged when it was found); %d entries are not replicated",
+                self.stream_dir, self.backend.describe(), self.status.pending_entries,
             )
         elif self.status.pending_entries:
             _log.warning(
@@ -715,6 +715,7 @@ class Replicator(QueueListener):
         it (after a crash/outage)."""
         self._check_position()
         cursor = self.cursor
+        start = cursor.last_seq, cursor.last_hash
         moved = False
         for key in self.backend.list(batches_prefix(self.tenant, self.stream)):
             name = parse_batch_key(key)
@@ -735,7 +736,13 @@ class Replicator(QueueListener):
             self._remote_hashes[name.last_seq] = meta["last-hash"]
             moved = True
         if moved:
-            self._check_local_end()
+            try:
+                self._check_local_end()
+            except RemoteIntegrityError:
+                # The remote batches are not this log's: the cursor stays where it was, so
+                # the status counts every local entry after it as not replicated.
+                cursor.last_seq, cursor.last_hash = start
+                raise
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
             self._pending.clear()
