@@ -34,6 +34,7 @@ from .errors import (
     DecryptionError,
     ImmutableLogError,
     KeyUnavailableError,
+    RemoteIntegrityError,
 )
 from .layout import (
     DEFAULT_TENANT,
@@ -516,6 +517,10 @@ def _backend(args: argparse.Namespace) -> StorageBackend:
         options["gcs_project_id"] = args.project
     if args.endpoint_url:
         options["s3_endpoint_url"] = options["gcs_endpoint_url"] = args.endpoint_url
+    provider = args.provider or os.environ.get("BACKUP_PROVIDER", "local")
+    variable = {"s3": "S3_BUCKET", "gcs": "GCS_BUCKET"}.get(provider)
+    if variable and not args.bucket and not os.environ.get(variable):
+        raise _UsageError(f"--provider {provider} needs --bucket B (or {variable})")
     config = BackupConfig.from_options(options, log_directory=args.directory or os.curdir)
     if config.backup_provider != "local":
         return config.build_backend()
@@ -582,8 +587,9 @@ def _restore(args: argparse.Namespace, out: TextIO) -> int:
             decrypt = EntryDecryptor(keyring, tenant) if keyring is not None else None
             entry = find_entry(backend, tenant, args.block_hash, decrypt)
             if entry is None:
-                raise _UsageError(
-                    f"no entry with hash {args.block_hash} in {backend.describe()}")
+                where = "" if args.tenant else " (the default tenant; pass --tenant T)"
+                raise _UsageError(f"no entry with hash {args.block_hash} of tenant "
+                                  f"{tenant!r}{where} in {backend.describe()}")
             _json_out(out, entry)
             return EXIT_OK
         result = restore_tenant(backend, args.directory, tenant)
@@ -779,7 +785,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except _UsageError as exc:
         sys.stderr.write(f"immutable-log: error: {exc}\n")
         return EXIT_USAGE
+    except RemoteIntegrityError as exc:  # the replica is damaged: as sync-status says it
+        sys.stderr.write(f"immutable-log: {type(exc).__name__}: {exc}\n")
+        return EXIT_TAMPERED
     except ImmutableLogError as exc:
+        sys.stderr.write(f"immutable-log: {type(exc).__name__}: {exc}\n")
+        return EXIT_USAGE
+    except OSError as exc:  # a path that cannot be used, a connection gone: never exit 1
         sys.stderr.write(f"immutable-log: {type(exc).__name__}: {exc}\n")
         return EXIT_USAGE
 

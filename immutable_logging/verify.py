@@ -52,8 +52,10 @@ from .entry import (
 from .errors import (
     ChainLinkError,
     CheckpointError,
+    ConfigurationError,
     DecryptionError,
     HashMismatchError,
+    KeyUnavailableError,
     MalformedEntryError,
     ReorderError,
     SealError,
@@ -553,6 +555,8 @@ class _StreamVerifier:
         if self.decrypt is not None and "enc" in payload:
             try:
                 self.decrypt(dict(obj), self.report.stream, file)
+            except KeyUnavailableError:
+                raise  # a key not given is a configuration error, not tampering
             except DecryptionError as exc:
                 self.problem("decryption_failed", file, seq, exc.detail)
 
@@ -908,7 +912,21 @@ def verify_tenant(
         anchors: one or more directories holding checkpoints made elsewhere, laid out
             ``<tenant>/<stream>/checkpoints/<size>.note``.
         tolerance: seconds an entry's time may lie outside the epoch that seals it.
+
+    Raises:
+        KeyUnavailableError: with ``decrypt``, an entry is encrypted under a key id that
+            was not given (a wrong key is not tampering).
+        ConfigurationError: ``anchors`` without ``checkpoint_key``, or an anchors
+            directory that does not exist (checks silently skipped would pass a rewrite).
     """
+    anchor_list = _anchor_list(anchors)
+    if anchor_list and checkpoint_key is None:
+        raise ConfigurationError(
+            "anchors are checked only with checkpoint_key, the note verifier key of the "
+            "checkpoints they hold")
+    for anchor in anchor_list:
+        if not anchor.is_dir():
+            raise ConfigurationError(f"no such anchors directory: {anchor}")
     tdir = tenant_dir(root, tenant)
     streams = list_streams(tdir)
     report = VerificationReport(
@@ -922,7 +940,6 @@ def verify_tenant(
                 stream_dir, tenant, stream_report, seed, tolerance=tolerance, tenant_keys=keys
             )
     if checkpoint_key is not None:
-        anchor_list = _anchor_list(anchors)
         for stream_dir, stream_report in zip(streams, report.streams, strict=True):
 
             def problem(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import orjson
+import pytest
 
 from immutable_logging import ImmutableLogger
+from immutable_logging.cli import main
 from immutable_logging.entry import GENESIS_HASH, canonical_payload, make_line
+from immutable_logging.errors import ConfigurationError
 from immutable_logging.layout import list_segments, list_streams
 from immutable_logging.replication.local import LocalDirectoryBackend
 from immutable_logging.seal import CheckpointSigner, generate_signing_key
@@ -55,3 +59,21 @@ def test_replicated_checkpoints_detect_a_full_local_rewrite(tmp_path: Path) -> N
     report = verify_tenant(logs, "acme", checkpoint_key=vkey, anchors=[bucket])
     assert not report.ok
     assert {p.reason for p in report.problems} == {"checkpoint_mismatch"}
+
+
+def test_anchors_that_cannot_be_checked_are_an_error(tmp_path: Path) -> None:
+    """A misspelt anchors directory, or anchors without the key that checks them, would
+    silently skip the check that catches a full rewrite."""
+    logs = tmp_path / "logs"
+    vkey = CheckpointSigner(generate_signing_key(), "immutable-logging").vkey
+    with ImmutableLogger(logs, tenantId="acme") as log:
+        log.info("one entry")
+    with pytest.raises(ConfigurationError, match="no such anchors directory"):
+        verify_tenant(logs, "acme", checkpoint_key=vkey, anchors=[tmp_path / "nope"])
+    with pytest.raises(ConfigurationError, match="only with checkpoint_key"):
+        verify_tenant(logs, "acme", anchors=[tmp_path])
+    assert main(["verify", str(logs), "--checkpoint-key", vkey, "--anchors",
+                 str(tmp_path / "nope")], io.StringIO()) == 2
+    assert main(["verify", str(logs), "--anchors", str(tmp_path)], io.StringIO()) == 2
+    assert main(["verify", str(logs), "--checkpoint-key", vkey, "--anchors", str(tmp_path)],
+                io.StringIO()) == 0

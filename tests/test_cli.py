@@ -376,7 +376,8 @@ def test_read_says_when_the_limit_cut_the_output(
 
 
 def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout(
-    tmp_path: Path, logger_name: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, logger_name: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from .helpers import write_log
 
@@ -386,8 +387,27 @@ def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout(
         raise BrokenPipeError(32, "Broken pipe")  # e.g. a backend's socket
 
     monkeypatch.setattr("immutable_logging.cli.verify_tenant", connection_gone)
-    with pytest.raises(BrokenPipeError):  # a real error, not a quiet exit 141
-        main(["verify", str(tmp_path)], out=io.StringIO())
+    # A real error (exit 2, named on stderr), not a quiet exit 141.
+    assert main(["verify", str(tmp_path)], out=io.StringIO()) == 2
+    assert "BrokenPipeError: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+def test_a_path_that_cannot_be_used_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An uncaught OSError would exit 1, which the CLI uses for tampering."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    assert main(["keygen", str(afile / "logs"), "--tenant", "acme"], io.StringIO()) == 2
+    assert "NotADirectoryError" in capsys.readouterr().err
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="acme", enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        log.info("replicated")
+        assert log.flush_backup()
+    assert main(["restore", str(afile / "new"), "--tenant", "acme",
+                 "--backup-directory", str(bucket)], io.StringIO()) == 2
+    assert "NotADirectoryError" in capsys.readouterr().err
 
 
 def test_read_with_a_key_shows_every_entry_and_flags_an_altered_ciphertext(

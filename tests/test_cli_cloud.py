@@ -61,6 +61,19 @@ def test_sync_status_reports_a_damaged_replica(replicated: tuple[Path, Path, str
     assert code == 1 and "corrupt_object" in text and batch.name in text
 
 
+def test_restoring_from_a_damaged_replica_exits_1_like_sync_status(
+    replicated: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, bucket, _ = replicated
+    batch = sorted(bucket.rglob("*.jsonl.gz"))[1]
+    batch.chmod(0o600)
+    batch.write_bytes(b"not gzip at all")
+    capsys.readouterr()
+    code, _ = run("restore", str(tmp_path / "new"), "--tenant", "acme",
+                  "--backup-directory", str(bucket))
+    assert code == 1 and "RemoteIntegrityError" in capsys.readouterr().err
+
+
 def test_sync_status_against_s3(moto_server: MotoServer, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     create_s3_bucket(moto_server, "cli-logs")
@@ -183,3 +196,19 @@ def test_sync_status_of_another_log_with_the_same_stream_name(
     header, row = text.splitlines()[:3:2]
     assert header.split()[:5] == ["tenant", "local", "in", "replica", "matching"]
     assert row.split()[:4] == ["acme", "12", "30", "0"]
+
+
+def test_cloud_option_errors_name_the_cli_flags(
+    replicated: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs, bucket, wanted = replicated
+    monkeypatch.delenv("S3_BUCKET", raising=False)
+    monkeypatch.delenv("BACKUP_PROVIDER", raising=False)
+    capsys.readouterr()
+    assert run("sync-status", str(logs), "--provider", "s3")[0] == 2
+    assert "--provider s3 needs --bucket B (or S3_BUCKET)" in capsys.readouterr().err
+    # The hash exists, under tenant acme: without --tenant only 'default' is searched.
+    assert run("restore", "--backup-directory", str(bucket), "--block-hash", wanted)[0] == 2
+    assert "of tenant 'default' (the default tenant; pass --tenant T)" in (
+        capsys.readouterr().err)

@@ -122,6 +122,25 @@ def test_env_var_key_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
                 io.StringIO()) == 0
 
 
+def test_verify_with_a_key_that_is_not_the_logs_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong key is a configuration mistake, not tampering: no decryption_failed per
+    entry and no exit 1, but one KeyUnavailableError naming the key id (exit 2)."""
+    with ImmutableLogger(tmp_path, encryption_key=generate_key()) as log:
+        for i in range(3):
+            log.info(f"entry {i}")
+    monkeypatch.setenv("OTHER_LOG_KEY", generate_key())
+    out = io.StringIO()
+    assert main(["verify", str(tmp_path), "--key-env", "OTHER_LOG_KEY"], out) == 2
+    err = capsys.readouterr().err
+    assert "KeyUnavailableError" in err and err.count("\n") == 1
+    assert "TAMPERED" not in out.getvalue()
+    with ImmutableLogger(tmp_path, encryption_key=os.environ["OTHER_LOG_KEY"]) as log, \
+            pytest.raises(KeyUnavailableError):
+        log.verify()
+
+
 def test_ciphertext_moved_to_another_entry_fails_even_with_recomputed_chain(
     tmp_path: Path,
 ) -> None:
