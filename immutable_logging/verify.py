@@ -464,6 +464,8 @@ class _StreamVerifier:
             self._link_broken(file, seq)
             return
         for gap in self.gaps:
+            if self.moved is not None and gap is self.moved.gap:
+                continue  # being filled by the run placed since a rewind
             if gap.first == gap.last == seq and gap.before == prev and gap.after == stored:
                 # The one entry a gap lacked, after the entries that followed it.
                 self.gaps.remove(gap)
@@ -523,14 +525,21 @@ class _StreamVerifier:
             )
         else:
             return
-        self.gaps.remove(gap)
-        self.report.problems.remove(move.problem)
+        self.gaps = [g for g in self.gaps if g is not gap]
+        self._replace(move.problem, None)
         self.expected_seq, self.prev = move.resume_seq, move.resume_prev
         self.report.last_seq, self.report.head = move.resume_seq - 1, move.resume_prev
 
-    def _replace(self, old: Problem, new: Problem) -> None:
+    def _replace(self, old: Problem, new: Problem | None) -> None:
+        """Put ``new`` in the place of ``old`` (this very object), or remove ``old``."""
         problems = self.report.problems
-        problems[next(i for i, p in enumerate(problems) if p is old)] = new
+        for index, problem in enumerate(problems):
+            if problem is old:
+                if new is None:
+                    del problems[index]
+                else:
+                    problems[index] = new
+                return
 
     def _link_broken(self, file: str, seq: int) -> None:
         self.problem(
