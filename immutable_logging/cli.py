@@ -44,6 +44,7 @@ from .layout import (
     tenant_dir,
     validate_stream_name,
 )
+from .levels import CUSTOM_LEVELS
 from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
     Decryptor,
@@ -316,6 +317,10 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if report.ok else EXIT_TAMPERED
 
 
+#: Level names ``--level`` is expected to hold (a custom level of the application works too).
+_KNOWN_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", *CUSTOM_LEVELS)
+
+
 @_command("read")
 def _read(args: argparse.Namespace, out: TextIO) -> int:
     limit: int = args.limit
@@ -329,6 +334,10 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
     )
     cut = len(entries) > limit
     _print_entries(args, out, entries[:limit])
+    if not entries and isinstance(args.level, str) and args.level.upper() not in _KNOWN_LEVELS:
+        sys.stderr.write(
+            f"immutable-log: no entry has level {args.level!r}, which is not a level name of "
+            f"logging or this library ({', '.join(_KNOWN_LEVELS)}); a number also works\n")
     if cut:
         which = "newest" if args.newest_first else "first"
         sys.stderr.write(f"immutable-log: only the {which} {limit} matching entries are "

@@ -435,3 +435,16 @@ def test_read_with_a_key_shows_every_entry_and_flags_an_altered_ciphertext(
     shown = orjson.loads(text)
     assert [e.get("message") for e in shown] == ["one", None, "three"]
     assert "authentication" in shown[1]["decryption_error"] and "enc" in shown[1]
+
+
+def test_read_with_an_unknown_level_name_says_so(
+    tmp_path: Path, logger_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .helpers import write_log
+
+    write_log(tmp_path, logger_name, 3)
+    out = io.StringIO()
+    assert main(["read", str(tmp_path), "--level", "BOGUS"], out) == 0
+    assert "no entry has level 'BOGUS', which is not a level name" in capsys.readouterr().err
+    assert main(["read", str(tmp_path), "--level", "audit"], io.StringIO()) == 0
+    assert "not a level name" not in capsys.readouterr().err
