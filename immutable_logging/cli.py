@@ -314,7 +314,16 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         _json_out(out, report.to_dict())
     else:
         _print_report(out, report)
-    return EXIT_OK if report.ok else EXIT_TAMPERED
+    if not report.ok:
+        return EXIT_TAMPERED
+    missing = report.keys_missing
+    if missing:  # the chain verified, but the entries asked to be authenticated were not
+        kids = ", ".join(f"{kid} ({count} entries)" for kid, count in missing.items())
+        sys.stderr.write(
+            f"immutable-log: KeyUnavailableError: no key given for key id {kids}: those "
+            "entries were not authenticated; pass their keys (--key-env, repeatable)\n")
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 #: Level names ``--level`` is expected to hold (a custom level of the application works too).

@@ -144,6 +144,7 @@ class _Move:
     problem: Problem  # the reorder reported for the first of them
     resume_seq: int
     resume_prev: str
+    reported: int  # problems reported so far: any more while placing the run, no move
 
 
 #: ``decrypt(entry, stream, file)``: raises DecryptionError when an entry fails to decrypt.
@@ -192,6 +193,9 @@ class StreamReport:
     checkpoints_verified: int | None = None
     #: Worker processes that verified sealed segments (0: all in this process).
     workers: int = 0
+    #: With a decryptor: entries not authenticated because no key with their key id was
+    #: given, by key id. Not a problem (the chain still covers them), but not checked.
+    keys_missing: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -224,6 +228,15 @@ class VerificationReport:
     def entries(self) -> int:
         """Number of entries read."""
         return sum(s.entries for s in self.streams)
+
+    @property
+    def keys_missing(self) -> dict[str, int]:
+        """Entries not authenticated for want of their key, by key id (all streams)."""
+        missing: dict[str, int] = {}
+        for stream in self.streams:
+            for kid, count in stream.keys_missing.items():
+                missing[kid] = missing.get(kid, 0) + count
+        return missing
 
     def raise_for_problems(self) -> None:
         """Raise the first problem as a :class:`VerificationError` subclass."""
@@ -294,10 +307,12 @@ class _StreamVerifier:
         self.gaps: list[_Gap] = []
         self.strays: list[_Stray] = []
         self.moved: _Move | None = None
+        self.reported = 0  # problems ever reported (replacing one does not count)
 
     def problem(self, reason: str, file: str, seq: int | None, detail: str) -> Problem:
         found = Problem(reason, file, seq, detail)
         self.report.problems.append(found)
+        self.reported += 1
         return found
 
     def block(self, block: bytes, file: str) -> None:
@@ -386,6 +401,17 @@ class _StreamVerifier:
             self._misplaced(pending)
         if self.moved is not None:
             self._put_back()
+        for stray in self.strays:
+            if (stray.seq, stray.prev) == (self.expected_seq, self.prev) and not self.skipped:
+                # Where the chain stops, the entry that continues it was seen earlier: it
+                # was moved back (the stream's last entry, say), not left out.
+                self.strays = [s for s in self.strays if s is not stray]
+                self._replace(stray.problem, Problem(
+                    "reorder", stray.problem.file, stray.seq,
+                    f"seq {stray.seq} appears before seq {stray.expected} instead of after "
+                    f"seq {stray.seq - 1}: moved (the hashes link it there)"))
+                self._adopt(stray.seq, stray.stored)
+                break
 
     def _place(self, seq: int, prev: str, stored: str, file: str) -> None:
         """Put a parsed entry on the chain, or hold it while it does not continue it."""
@@ -423,8 +449,8 @@ class _StreamVerifier:
 
     def _adopt(self, seq: int, stored: str) -> None:
         report = self.report
-        if report.first_seq is None:
-            report.first_seq = seq
+        if report.first_seq is None or seq < report.first_seq:
+            report.first_seq = seq  # the lowest: entries moved to the front come later
         report.last_seq = seq
         report.head = stored
         self.expected_seq = seq + 1
@@ -451,7 +477,8 @@ class _StreamVerifier:
             if self.moved is None:
                 for open_gap in self.gaps:
                     if open_gap.first == seq and open_gap.before == prev:
-                        self.moved = _Move(open_gap, reorder, expected, self.prev)
+                        self.moved = _Move(open_gap, reorder, expected, self.prev,
+                                           self.reported)
                         break
         elif prev != self.prev:
             self._link_broken(file, seq)
@@ -470,6 +497,9 @@ class _StreamVerifier:
                 # The one entry a gap lacked, after the entries that followed it.
                 self.gaps.remove(gap)
                 self._replace(gap.problem, _moved_later(gap, file, expected - 1))
+                report = self.report
+                if report.first_seq is None or seq < report.first_seq:
+                    report.first_seq = seq
                 return
         reorder = self._out_of_order(file, seq, expected)
         _remember(self.strays, _Stray(seq, prev, stored, expected, reorder))
@@ -506,8 +536,8 @@ class _StreamVerifier:
         move, self.moved = self.moved, None
         assert move is not None
         gap = move.gap
-        if self.skipped:
-            return
+        if self.skipped or self.reported != move.reported:
+            return  # damage or another problem among the run: its hashes prove nothing
         moved_to = move.problem.file
         last_placed = self.expected_seq - 1
         if last_placed == gap.last and self.prev == gap.after:
@@ -516,7 +546,7 @@ class _StreamVerifier:
               and next_entry == (move.resume_seq, move.resume_prev)):
             moved = _Gap(gap.first, last_placed, gap.before, self.prev, gap.problem)
             self._replace(gap.problem, _moved_later(moved, moved_to, move.resume_seq - 1,
-                                                    linked="the first links there"))
+                                                    partly=True))
             missing = gap.last - last_placed
             self.problem(
                 "gap", gap.problem.file, last_placed + 1,
@@ -565,7 +595,11 @@ class _StreamVerifier:
             try:
                 self.decrypt(dict(obj), self.report.stream, file)
             except KeyUnavailableError:
-                raise  # a key not given is a configuration error, not tampering
+                # Not tampering (the chain covers the key id) and not a reason to stop:
+                # counted, and named once per key id.
+                kid = _key_id(payload.get("enc"))
+                missing = self.report.keys_missing
+                missing[kid] = missing.get(kid, 0) + 1
             except DecryptionError as exc:
                 self.problem("decryption_failed", file, seq, exc.detail)
 
@@ -624,16 +658,16 @@ def verify_stream(
     return report
 
 
-def _moved_later(gap: _Gap, file: str, after: int, linked: str | None = None) -> Problem:
-    """The problem that replaces ``gap`` once its entries turned up after seq ``after``."""
+def _moved_later(gap: _Gap, file: str, after: int, partly: bool = False) -> Problem:
+    """The problem that replaces ``gap`` once its entries turned up after seq ``after``
+    (``partly``: only the start of what the gap lacked, the rest is missing)."""
     one = gap.first == gap.last
     entries = f"seq {gap.first} appears" if one else f"seq {gap.first}..{gap.last} appear"
-    if linked is None:
-        linked = f"the hashes link {'it' if one else 'them'} there"
+    why = (f"out of place (only the first links there; seq {gap.last + 1} is missing)"
+           if partly else f"moved (the hashes link {'it' if one else 'them'} there)")
     return Problem(
         "reorder", file, gap.first,
-        f"{entries} after seq {after} instead of {_place(gap.first, gap.last)}: moved "
-        f"({linked})",
+        f"{entries} after seq {after} instead of {_place(gap.first, gap.last)}: {why}",
     )
 
 
@@ -642,6 +676,16 @@ def _place(first: int, last: int) -> str:
     if first == 1:
         return f"before seq {last + 1}"
     return f"between seq {first - 1} and seq {last + 1}"
+
+
+def _key_id(enc: Any) -> str:
+    """The key id of an ``enc`` member (text or object form), or ``"?"``."""
+    if isinstance(enc, str):
+        parts = enc.split(".")
+        return ".".join(parts[1:-1]) or "?"
+    if isinstance(enc, dict):
+        return str(enc.get("kid", "?"))
+    return "?"
 
 
 def _remember(items: list[Any], item: Any) -> None:
@@ -762,6 +806,7 @@ def _collect(
         or state.pending is not None  # the segment's first line tells what the held one is
         or done.start != (state.expected_seq, state.prev)
         or done.report.problems  # moved entries are told apart across segments
+        or state.moved is not None  # a run being put back ends in a later segment
     ):
         return None
     report, part = state.report, done.report
@@ -922,9 +967,10 @@ def verify_tenant(
             ``<tenant>/<stream>/checkpoints/<size>.note``.
         tolerance: seconds an entry's time may lie outside the epoch that seals it.
 
+    With ``decrypt``, entries under a key id that was not given are not authenticated:
+    they are counted in ``keys_missing`` (and noted), not reported as problems.
+
     Raises:
-        KeyUnavailableError: with ``decrypt``, an entry is encrypted under a key id that
-            was not given (a wrong key is not tampering).
         ConfigurationError: ``anchors`` without ``checkpoint_key``, or an anchors
             directory that does not exist (checks silently skipped would pass a rewrite).
     """

@@ -11,7 +11,12 @@ import pytest
 from immutable_logging import ImmutableLogger
 from immutable_logging.cli import main
 from immutable_logging.crypto import Key, Keyring, PayloadCipher, build_aad, generate_key
-from immutable_logging.encryption import NONCE_STATE, EntryEncryptor, stream_keyring
+from immutable_logging.encryption import (
+    NONCE_STATE,
+    EntryDecryptor,
+    EntryEncryptor,
+    stream_keyring,
+)
 from immutable_logging.entry import make_line, split_line
 from immutable_logging.errors import ConfigurationError, DecryptionError, KeyUnavailableError
 from immutable_logging.layout import list_segments, list_streams
@@ -127,18 +132,36 @@ def test_verify_with_a_key_that_is_not_the_logs_is_a_usage_error(
 ) -> None:
     """A wrong key is a configuration mistake, not tampering: no decryption_failed per
     entry and no exit 1, but one KeyUnavailableError naming the key id (exit 2)."""
-    with ImmutableLogger(tmp_path, encryption_key=generate_key()) as log:
+    key = generate_key()
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
         for i in range(3):
             log.info(f"entry {i}")
     monkeypatch.setenv("OTHER_LOG_KEY", generate_key())
     out = io.StringIO()
     assert main(["verify", str(tmp_path), "--key-env", "OTHER_LOG_KEY"], out) == 2
     err = capsys.readouterr().err
-    assert "KeyUnavailableError" in err and err.count("\n") == 1
+    assert "KeyUnavailableError" in err and "(3 entries)" in err and err.count("\n") == 1
     assert "TAMPERED" not in out.getvalue()
-    with ImmutableLogger(tmp_path, encryption_key=os.environ["OTHER_LOG_KEY"]) as log, \
-            pytest.raises(KeyUnavailableError):
-        log.verify()
+    with ImmutableLogger(tmp_path, encryption_key=os.environ["OTHER_LOG_KEY"]) as log:
+        report = log.verify()
+    assert report.ok and list(report.keys_missing.values()) == [3]
+    assert list(report.keys_missing) == [Key(base64.b64decode(key)).kid]
+
+
+def test_an_edited_key_id_does_not_stop_verify(tmp_path: Path) -> None:
+    """The key id is in the entry: an attacker who edits it must not be able to end the
+    verification (and hide everything after it). The edit breaks the entry's hash."""
+    key = generate_key()
+    _write(tmp_path, key, "one", "two", "three")
+    path = _active(tmp_path)
+    lines = read_lines(path)
+    kid = Key(base64.b64decode(key)).kid
+    lines[1] = lines[1].replace(kid.encode(), b"f" * len(kid), 1)
+    write_lines(path, lines)
+    decrypt = EntryDecryptor(Keyring([Key(base64.b64decode(key))]), "default")
+    report = verify_tenant(tmp_path, decrypt=decrypt)
+    assert [p.reason for p in report.problems] == ["hash_mismatch"]
+    assert report.keys_missing == {"f" * len(kid): 1}
 
 
 def test_ciphertext_moved_to_another_entry_fails_even_with_recomputed_chain(

@@ -201,7 +201,7 @@ def test_a_move_and_a_deletion_are_both_reported(rotated_log: Path) -> None:
         ("reorder", moved, str(path)), ("gap", deleted, str(path))]
 
 
-def test_a_moved_block_missing_its_last_entry_is_a_move_and_a_gap(rotated_log: Path) -> None:
+def test_a_moved_block_missing_its_last_entry_is_out_of_place_and_a_gap(rotated_log: Path) -> None:
     """The chain goes on where it stood before the block: the block was moved, and the
     entry that should end it is missing (not the entries the block came after)."""
     path, lines = _segment_with(only_stream(rotated_log), 1)
@@ -213,8 +213,8 @@ def test_a_moved_block_missing_its_last_entry_is_a_move_and_a_gap(rotated_log: P
     report = verify_tenant(rotated_log)
     assert _problems(report) == [("reorder", first, str(path)), ("gap", missing, str(path))]
     assert (f"seq {first}..{missing - 1} appear after seq {after} instead of between "
-            f"seq {first - 1} and seq {missing}: moved (the first links there)"
-            ) in report.problems[0].detail
+            f"seq {first - 1} and seq {missing}: out of place (only the first links there; "
+            f"seq {missing} is missing)") in report.problems[0].detail
     assert f"1 entry missing (seq {missing}..{missing})" in report.problems[1].detail
 
 
@@ -229,7 +229,63 @@ def test_a_moved_block_with_a_hole_claims_no_move(rotated_log: Path) -> None:
     report = verify_tenant(rotated_log)
     assert not report.ok
     assert ("gap", missing) in [(p.reason, p.seq) for p in report.problems]
-    assert not any("moved" in p.detail for p in report.problems)
+    assert not any(": moved (" in p.detail for p in report.problems)
+
+
+def test_a_block_whose_first_entry_is_forged_is_not_called_moved(rotated_log: Path) -> None:
+    """The block's first entry is replaced by a forgery that links to the entry before:
+    a problem comes up while the block is placed, so its hashes prove no move."""
+    path, lines = _segment_with(only_stream(rotated_log), 1)
+    seq, prev, _, _ = split_line(lines[10].rstrip(b"\n"))  # type: ignore[misc]
+    lines = _moved(lines, 13, 2, 10)
+    lines[lines.index(read_lines(path)[10])] = make_line(
+        seq, prev, b'{"message":"forged","ts":1.0}')[0]
+    write_lines(path, lines)
+    report = verify_tenant(rotated_log)
+    assert not report.ok
+    assert not any(": moved (" in p.detail or ": out of place (" in p.detail
+                   for p in report.problems), report.problems
+
+
+def test_the_last_entry_moved_back_is_a_move_and_stays_the_head(rotated_log: Path) -> None:
+    stream = only_stream(rotated_log)
+    active = list_segments(stream)[-1].path
+    lines = read_lines(active)
+    last = split_line(lines[-1].rstrip(b"\n"))
+    assert last is not None
+    write_lines(active, _moved(lines, len(lines) - 1, 1, len(lines) - 3))
+    report = verify_tenant(rotated_log)
+    assert _problems(report) == [("reorder", 600, str(active))]
+    assert "seq 600 appears before seq 598 instead of after seq 599: moved" in (
+        report.problems[0].detail)
+    assert (report.streams[0].last_seq, report.streams[0].head) == (600, last[2])
+
+
+def test_moved_across_workers_and_segments_gives_the_serial_report(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """A run being put back that ends with its segment: the next segment must not be
+    taken from a worker (the report would depend on the worker count)."""
+    write_log(tmp_path, logger_name, 300, max_bytes=9_000)
+    stream = only_stream(tmp_path)
+    segments = list_segments(stream)
+    assert len(segments) == 15
+    flat = [line for s in segments for line in read_lines(s.path)]
+    moved = _moved(flat, 269, 3, 200)  # seq 270..272 before seq 201
+    for index, segment in enumerate(segments):  # 21 lines each, as in the review
+        write_lines(segment.path, moved[21 * index:21 * (index + 1)] if index < 14
+                    else moved[21 * index:])
+    code = (
+        "import json, sys; from dataclasses import asdict; from pathlib import Path\n"
+        "from immutable_logging.verify import verify_stream\n"
+        "r = [verify_stream(Path(sys.argv[1]), 'default', workers=w) for w in (1, 2)]\n"
+        "print(json.dumps([r[1].workers] + [[asdict(p) for p in x.problems] for x in r]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(stream)], capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    workers, serial, forked = json.loads(done.stdout)
+    assert workers == 2 and forked == serial
+    assert [p["reason"] for p in serial] == ["reorder"], serial
 
 
 @pytest.mark.parametrize("count", [1, 2])
