@@ -374,14 +374,14 @@ class ImmutableHandler(logging.Handler):
             # Before the handler lock: our own threads log while holding a writer lock,
             # and an application thread may hold this lock while it waits for that one.
             return False
-        if self.filters or type(self).filter is not _FILTERER_FILTER:
-            return super().handle(record)  # filters, or a subclass's own filter()
         if self.writer.closed:
             # Open it again before taking the handler lock, so that what opening logs
             # never reaches other handlers while this one is locked. A failure is left
             # to emit(), which tries again and reports it through handleError().
             with contextlib.suppress(Exception):
                 self._live_writer()
+        if self.filters or type(self).filter is not _FILTERER_FILTER:
+            return super().handle(record)  # filters, or a subclass's own filter()
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self.emit(record)
         return record if _HANDLE_RETURNS_RECORD else True

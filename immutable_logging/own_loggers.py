@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _holding = threading.local()
 
@@ -58,7 +59,26 @@ def holding_back() -> Iterator[list[logging.LogRecord]]:
 
 def release(records: list[logging.LogRecord]) -> None:
     """Hand held-back records to their loggers' handlers, as if logged now (on this
-    thread; inside an outer :func:`holding_back` they are held back again)."""
+    thread; inside an outer :func:`holding_back` they are held back again).
+
+    The logger's filters that ran before the record was held back do not run again
+    (a counting or rate-limiting filter sees each record once); those after it do.
+    """
     while records:
         record = records.pop(0)
-        logging.getLogger(record.name).handle(record)
+        logger = logging.getLogger(record.name)
+        if logger.disabled:
+            continue
+        filters = logger.filters
+        after = filters[filters.index(_HOLD_BACK) + 1:] if _HOLD_BACK in filters else filters
+        passed = True
+        for item in [_HOLD_BACK, *after]:  # as logging.Filterer.filter does
+            check: Any = item.filter if hasattr(item, "filter") else item
+            verdict = check(record)
+            if not verdict:
+                passed = False
+                break
+            if isinstance(verdict, logging.LogRecord):  # Python 3.12: a filter may swap it
+                record = verdict
+        if passed:
+            logger.callHandlers(record)

@@ -267,14 +267,17 @@ def test_our_own_loggers_never_wait_for_the_handler_lock(tmp_path: Path) -> None
         handler.close()
 
 
+@pytest.mark.parametrize("with_filter", [False, True])
 def test_reopening_logs_only_after_our_locks_are_released(
-    tmp_path: Path, logger_name: str
+    tmp_path: Path, logger_name: str, with_filter: bool
 ) -> None:
     # Opening the writer again (after close() or a fork) may log: here, a torn tail is
     # moved aside. Those records reach every handler on the root logger; one that forwards
     # to ours (a MemoryHandler held by another thread) would deadlock if they came while
     # our handler lock or open lock was held.
     handler = ImmutableHandler(tmp_path, durability="always")
+    if with_filter:  # Handler.handle takes the lock itself: the path with filters
+        handler.addFilter(lambda record: True)
     logger = _logger(logger_name, handler)
     logger.info("before the crash")
     handler.close()

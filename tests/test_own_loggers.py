@@ -77,3 +77,37 @@ def test_own_logger_adds_its_filter_once(logger_name: str) -> None:
     name = f"immutable_logging.{logger_name}"
     assert own_logger(name) is own_logger(name) is logging.getLogger(name)
     assert len(logging.getLogger(name).filters) == 1
+
+
+def test_filters_see_a_held_back_record_once(logger_name: str) -> None:
+    """A counting filter added before the library's own filter (an application's, set up
+    before importing us) must not count a held-back record twice; one added after runs
+    when the record is released."""
+    name = f"immutable_logging.{logger_name}"
+    logger = logging.getLogger(name)
+    seen_before: list[str] = []
+    seen_after: list[str] = []
+    logger.addFilter(lambda record: seen_before.append(record.getMessage()) or True)
+    own_logger(name)
+    logger.addFilter(lambda record: seen_after.append(record.getMessage()) or True)
+    collect = _Collect()
+    logger.addHandler(collect)
+    logger.propagate = False
+    with holding_back() as records:
+        logger.warning("held")
+    assert (seen_before, seen_after, collect.messages) == (["held"], [], [])
+    release(records)
+    assert (seen_before, seen_after, collect.messages) == (["held"], ["held"], ["held"])
+
+
+def test_a_filter_after_ours_can_still_drop_a_released_record(logger_name: str) -> None:
+    logger = own_logger(f"immutable_logging.{logger_name}")
+    logger.addFilter(lambda record: record.levelno >= logging.ERROR)
+    collect = _Collect()
+    logger.addHandler(collect)
+    logger.propagate = False
+    with holding_back() as records:
+        logger.warning("dropped")
+        logger.error("kept")
+    release(records)
+    assert collect.messages == ["kept"]
