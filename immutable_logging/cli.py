@@ -567,13 +567,24 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     if not results:
         raise _UsageError(f"{args.directory} holds no tenant; pass --tenant T to check the "
                           "replica of a tenant whose local log is gone")
-    for tenant, result in results.items():
-        if result["remote_entries"] == 0 and not result["problems"]:
-            local = (f"{args.directory} holds {result['local_blocks']} of its entries: "
-                     "nothing was replicated yet, or the replica options point elsewhere"
-                     if result["local_blocks"] else f"nor does {args.directory}")
-            raise _UsageError(f"the replica ({backend.describe()}) holds nothing of tenant "
-                              f"{tenant!r}; {local}")
+    absent = {t: r for t, r in results.items() if r["remote_entries"] == 0 and not r["problems"]}
+    shown = {t: r for t, r in results.items() if t not in absent}
+    if shown:  # the tenants the replica holds are reported, whatever follows
+        _print_sync_status(args, out, shown, backend)
+    damaged = any(r["problems"] for r in shown.values())
+    for tenant, result in absent.items():
+        local = (f"{args.directory} holds {result['local_blocks']} of its entries: "
+                 "nothing was replicated yet, or the replica options point elsewhere"
+                 if result["local_blocks"] else f"nor does {args.directory}")
+        sys.stderr.write(f"immutable-log: error: the replica ({backend.describe()}) holds "
+                         f"nothing of tenant {tenant!r}; {local}\n")
+    if damaged:
+        return EXIT_TAMPERED  # a damaged replica outranks a missing tenant
+    return EXIT_USAGE if absent else EXIT_OK
+
+
+def _print_sync_status(args: argparse.Namespace, out: TextIO, results: dict[str, Any],
+                       backend: StorageBackend) -> None:
     if args.json:
         _json_out(out, results)
     else:
@@ -589,7 +600,6 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"FAIL {tenant}: {problem['reason']}: object {problem['key']}, "
                           f"seq {problem['seq']}: {problem['detail']}\n")
         out.write(f"replica: {backend.describe()}\n")
-    return EXIT_TAMPERED if any(r["problems"] for r in results.values()) else EXIT_OK
 
 
 @_command("restore")

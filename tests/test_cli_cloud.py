@@ -212,3 +212,19 @@ def test_cloud_option_errors_name_the_cli_flags(
     assert run("restore", "--backup-directory", str(bucket), "--block-hash", wanted)[0] == 2
     assert "of tenant 'default' (the default tenant; pass --tenant T)" in (
         capsys.readouterr().err)
+
+
+def test_sync_status_reports_a_damaged_replica_before_a_tenant_it_lacks(
+    replicated: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs, bucket, _ = replicated
+    batch = sorted(bucket.rglob("*.jsonl.gz"))[1]
+    batch.chmod(0o600)
+    batch.write_bytes(b"not gzip at all")
+    with ImmutableLogger(logs, tenantId="beta") as log:  # local only, never replicated
+        log.info("not replicated")
+    capsys.readouterr()
+    code, text = run("sync-status", str(logs), "--backup-directory", str(bucket))
+    err = capsys.readouterr().err
+    assert code == 1 and "corrupt_object" in text and "acme" in text
+    assert "holds nothing of tenant 'beta'" in err

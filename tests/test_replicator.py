@@ -607,3 +607,32 @@ def test_an_older_disk_snapshot_restored_with_its_cursor_stops_replication(
         assert "local entry seq 40" in error and "differs from the replicated one" in error
     assert _batches(bucket) == shipped
     writer.close()
+
+
+def test_a_replica_missing_a_batch_of_another_log_moves_no_cursor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another log with the same stream name meets a replica that also lost a batch: the
+    reconcile stops on the missing batch. The cursor must stay where it was, so that
+    the status counts every entry as not replicated and no cursor into the other log
+    is saved."""
+    logs, bucket = tmp_path / "logs", tmp_path / "bucket"
+    with ImmutableLogger(logs, tenantId="acme", enable_cloud_backup=True,
+                         backup_directory=str(bucket), backup_batch_size=7) as log:
+        for i in range(30):
+            log.audit(f"event {i}")
+            if i % 7 == 6:
+                assert log.flush_backup()
+        assert log.flush_backup()
+    batches = sorted(bucket.rglob("*.jsonl.gz"))
+    assert len(batches) >= 3
+    batches[2].chmod(0o600)
+    batches[2].unlink()
+    with ImmutableLogger(tmp_path / "other", tenantId="acme", enable_cloud_backup=True,
+                         backup_directory=str(bucket), backup_batch_size=7) as log:
+        for i in range(12):
+            log.audit(f"other {i}")
+        assert not log.flush_backup()
+        status = log.handler.replicator.status  # type: ignore[union-attr]
+    assert (status.state, status.replicated_seq, status.pending_entries) == ("stopped", 0, 12)
+    assert "12 entries are not replicated" in caplog.text

@@ -716,33 +716,40 @@ class Replicator(QueueListener):
         self._check_position()
         cursor = self.cursor
         start = cursor.last_seq, cursor.last_hash
-        moved = False
-        for key in self.backend.list(batches_prefix(self.tenant, self.stream)):
-            name = parse_batch_key(key)
-            if name is None or name.last_seq <= cursor.last_seq:
-                continue
-            if name.first_seq != cursor.last_seq + 1:
-                raise RemoteIntegrityError(
-                    f"{self.backend.describe()}: batch {key} does not continue the replicated "
-                    f"chain at seq {cursor.last_seq}"
-                )
-            meta = self.backend.head(key) or {}
-            if meta.get("prev-hash") != cursor.last_hash or "last-hash" not in meta:
-                raise RemoteIntegrityError(
-                    f"{self.backend.describe()}: batch {key} does not link to the replicated "
-                    f"entry seq {cursor.last_seq}"
-                )
-            cursor.last_seq, cursor.last_hash = name.last_seq, meta["last-hash"]
-            self._remote_hashes[name.last_seq] = meta["last-hash"]
-            moved = True
-        if moved:
-            try:
+        added: list[tuple[int, str | None]] = []  # (seq, the remote hash known before)
+        try:
+            for key in self.backend.list(batches_prefix(self.tenant, self.stream)):
+                name = parse_batch_key(key)
+                if name is None or name.last_seq <= cursor.last_seq:
+                    continue
+                if name.first_seq != cursor.last_seq + 1:
+                    raise RemoteIntegrityError(
+                        f"{self.backend.describe()}: batch {key} does not continue the "
+                        f"replicated chain at seq {cursor.last_seq}"
+                    )
+                meta = self.backend.head(key) or {}
+                if meta.get("prev-hash") != cursor.last_hash or "last-hash" not in meta:
+                    raise RemoteIntegrityError(
+                        f"{self.backend.describe()}: batch {key} does not link to the "
+                        f"replicated entry seq {cursor.last_seq}"
+                    )
+                added.append((name.last_seq, self._remote_hashes.get(name.last_seq)))
+                cursor.last_seq, cursor.last_hash = name.last_seq, meta["last-hash"]
+                self._remote_hashes[name.last_seq] = meta["last-hash"]
+            if added:
                 self._check_local_end()
-            except RemoteIntegrityError:
-                # The remote batches are not this log's: the cursor stays where it was, so
-                # the status counts every local entry after it as not replicated.
-                cursor.last_seq, cursor.last_hash = start
-                raise
+        except RemoteIntegrityError:
+            # The remote batches are not (all) this log's: the cursor stays where it was,
+            # so the status counts every local entry after it as not replicated, and a
+            # saved cursor never points into another log.
+            cursor.last_seq, cursor.last_hash = start
+            for seq, before in reversed(added):
+                if before is None:
+                    self._remote_hashes.pop(seq, None)
+                else:
+                    self._remote_hashes[seq] = before
+            raise
+        if added:
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
             self._pending.clear()
