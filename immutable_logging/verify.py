@@ -529,10 +529,11 @@ class _StreamVerifier:
 
     def _put_back(self, next_entry: tuple[int, str] | None = None) -> None:
         """The run of entries placed since a rewind ends here, before ``next_entry``
-        (seq, prev), if any. If the run filled its gap exactly, report one move instead of
-        the gap and the reorder; if it filled the start of its gap and the chain then
-        goes on where it stood before the run, report the move and a smaller gap. Either
-        way, resume the chain where it stood before the run."""
+        (seq, prev), if any. If no problem came up while it was placed and it filled its
+        gap exactly, report one move instead of the gap and the reorder; if it filled the
+        start of its gap and the chain then goes on where it stood before the run, report
+        it out of place and a smaller gap. Either way, resume the chain where it stood
+        before the run; otherwise leave everything as reported."""
         move, self.moved = self.moved, None
         assert move is not None
         gap = move.gap
@@ -596,7 +597,7 @@ class _StreamVerifier:
                 self.decrypt(dict(obj), self.report.stream, file)
             except KeyUnavailableError:
                 # Not tampering (the chain covers the key id) and not a reason to stop:
-                # counted, and named once per key id.
+                # counted, and noted once per key id (verify_stream).
                 kid = _key_id(payload.get("enc"))
                 missing = self.report.keys_missing
                 missing[kid] = missing.get(kid, 0) + 1
@@ -655,6 +656,10 @@ def verify_stream(
     state.settle()
     _check_torn_evidence(stream_dir, recoveries, state)
     _check_journal(stream_dir, state)
+    for kid, count in report.keys_missing.items():
+        report.warnings.append(
+            f"{report.path}: {count} entr{'y' if count == 1 else 'ies'} under key id {kid} "
+            "not authenticated: no key with that id was given")
     return report
 
 

@@ -146,6 +146,8 @@ def test_verify_with_a_key_that_is_not_the_logs_is_a_usage_error(
         report = log.verify()
     assert report.ok and list(report.keys_missing.values()) == [3]
     assert list(report.keys_missing) == [Key(base64.b64decode(key)).kid]
+    assert "3 entries under key id" in report.warnings[0]
+    assert "note: " in out.getvalue() and "not authenticated" in out.getvalue()
 
 
 def test_an_edited_key_id_does_not_stop_verify(tmp_path: Path) -> None:
