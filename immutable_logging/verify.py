@@ -405,11 +405,7 @@ class _StreamVerifier:
             if (stray.seq, stray.prev) == (self.expected_seq, self.prev) and not self.skipped:
                 # Where the chain stops, the entry that continues it was seen earlier: it
                 # was moved back (the stream's last entry, say), not left out.
-                self.strays = [s for s in self.strays if s is not stray]
-                self._replace(stray.problem, Problem(
-                    "reorder", stray.problem.file, stray.seq,
-                    f"seq {stray.seq} appears before seq {stray.expected} instead of after "
-                    f"seq {stray.seq - 1}: moved (the hashes link it there)"))
+                self._stray_was_moved(stray, f"after seq {stray.seq - 1}")
                 self._adopt(stray.seq, stray.stored)
                 break
 
@@ -465,11 +461,7 @@ class _StreamVerifier:
             first = expected + self.skipped  # the damaged lines may have held the others
             missing = seq - first
             if missing > 0 and not (self.skipped == 0 and self._moved_earlier(seq, prev)):
-                gap = self.problem(
-                    "gap", file, first,
-                    f"{missing} entr{'y' if missing == 1 else 'ies'} missing "
-                    f"(seq {first}..{seq - 1}) before seq {seq}",
-                )
+                gap = self._gap(file, first, seq - 1)
                 if self.skipped == 0:
                     _remember(self.gaps, _Gap(first, seq - 1, self.prev, prev, gap))
         elif seq < expected:
@@ -518,14 +510,27 @@ class _StreamVerifier:
             return False
         for stray in self.strays:
             if stray.seq == missing and stray.prev == self.prev and stray.stored == prev:
-                self.strays.remove(stray)
-                self._replace(stray.problem, Problem(
-                    "reorder", stray.problem.file, missing,
-                    f"seq {missing} appears before seq {stray.expected} instead of "
-                    f"{_place(missing, missing)}: moved (the hashes link it there)",
-                ))
+                self._stray_was_moved(stray, _place(missing, missing))
                 return True
         return False
+
+    def _stray_was_moved(self, stray: _Stray, belongs: str) -> None:
+        """``stray`` was moved back from where it ``belongs``: its reorder says so."""
+        self.strays = [s for s in self.strays if s is not stray]
+        self._replace(stray.problem, Problem(
+            "reorder", stray.problem.file, stray.seq,
+            f"seq {stray.seq} appears before seq {stray.expected} instead of {belongs}: "
+            "moved (the hashes link it there)",
+        ))
+
+    def _gap(self, file: str, first: int, last: int) -> Problem:
+        """Report entries ``first..last`` missing before entry ``last + 1``."""
+        missing = last - first + 1
+        return self.problem(
+            "gap", file, first,
+            f"{missing} entr{'y' if missing == 1 else 'ies'} missing (seq {first}..{last}) "
+            f"before seq {last + 1}",
+        )
 
     def _put_back(self, next_entry: tuple[int, str] | None = None) -> None:
         """The run of entries placed since a rewind ends here, before ``next_entry``
@@ -548,12 +553,7 @@ class _StreamVerifier:
             moved = _Gap(gap.first, last_placed, gap.before, self.prev, gap.problem)
             self._replace(gap.problem, _moved_later(moved, moved_to, move.resume_seq - 1,
                                                     partly=True))
-            missing = gap.last - last_placed
-            self.problem(
-                "gap", gap.problem.file, last_placed + 1,
-                f"{missing} entr{'y' if missing == 1 else 'ies'} missing "
-                f"(seq {last_placed + 1}..{gap.last}) before seq {gap.last + 1}",
-            )
+            self._gap(gap.problem.file, last_placed + 1, gap.last)
         else:
             return
         self.gaps = [g for g in self.gaps if g is not gap]
