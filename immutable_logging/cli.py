@@ -569,8 +569,10 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
                           "replica of a tenant whose local log is gone")
     absent = {t: r for t, r in results.items() if r["remote_entries"] == 0 and not r["problems"]}
     shown = {t: r for t, r in results.items() if t not in absent}
-    if shown:  # the tenants the replica holds are reported, whatever follows
-        _print_sync_status(args, out, shown, backend)
+    if args.json:  # every tenant, so that a script sees the ones the replica lacks too
+        _json_out(out, {t: {**r, "in_replica": t not in absent} for t, r in results.items()})
+    elif shown:  # the tenants the replica holds are reported, whatever follows
+        _print_sync_status(out, shown, backend)
     damaged = any(r["problems"] for r in shown.values())
     for tenant, result in absent.items():
         local = (f"{args.directory} holds {result['local_blocks']} of its entries: "
@@ -583,23 +585,19 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE if absent else EXIT_OK
 
 
-def _print_sync_status(args: argparse.Namespace, out: TextIO, results: dict[str, Any],
-                       backend: StorageBackend) -> None:
-    if args.json:
-        _json_out(out, results)
-    else:
-        rows = [
-            (t, r["local_blocks"], r["remote_entries"], r["cloud_blocks"], r["missing_blocks"],
-             f"{r['sync_percentage']:.1f}%", r["sync_status"])
-            for t, r in results.items()
-        ]
-        _table(out, ["tenant", "local", "in replica", "matching", "missing", "synced",
-                     "status"], rows)
-        for tenant, result in results.items():
-            for problem in result["problems"]:
-                out.write(f"FAIL {tenant}: {problem['reason']}: object {problem['key']}, "
-                          f"seq {problem['seq']}: {problem['detail']}\n")
-        out.write(f"replica: {backend.describe()}\n")
+def _print_sync_status(out: TextIO, results: dict[str, Any], backend: StorageBackend) -> None:
+    rows = [
+        (t, r["local_blocks"], r["remote_entries"], r["cloud_blocks"], r["missing_blocks"],
+         f"{r['sync_percentage']:.1f}%", r["sync_status"])
+        for t, r in results.items()
+    ]
+    _table(out, ["tenant", "local", "in replica", "matching", "missing", "synced", "status"],
+           rows)
+    for tenant, result in results.items():
+        for problem in result["problems"]:
+            out.write(f"FAIL {tenant}: {problem['reason']}: object {problem['key']}, "
+                      f"seq {problem['seq']}: {problem['detail']}\n")
+    out.write(f"replica: {backend.describe()}\n")
 
 
 @_command("restore")

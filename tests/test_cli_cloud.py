@@ -40,7 +40,8 @@ def test_sync_status_and_restore_local_bucket(
     code, text = run("sync-status", str(logs), "--backup-directory", str(bucket))
     assert code == 0 and "synced" in text and "100.0%" in text
     code, text = run("sync-status", str(logs), "--backup-directory", str(bucket), "--json")
-    assert orjson.loads(text)["acme"]["cloud_blocks"] == 30
+    result = orjson.loads(text)["acme"]
+    assert code == 0 and result["cloud_blocks"] == 30 and result["in_replica"] is True
     code, text = run("restore", str(tmp_path / "restored"), "--tenant", "acme",
                      "--backup-directory", str(bucket))
     assert code == 0 and "30 entries" in text and "verified: OK" in text
@@ -168,6 +169,10 @@ def test_sync_status_of_a_tenant_the_replica_lacks_is_an_error(
     err = capsys.readouterr().err
     assert code == 2 and "not_synced" not in text
     assert "holds nothing of tenant 'acme'" in err and "holds 30 of its entries" in err
+    code, text = run("sync-status", str(logs), "--backup-directory", str(empty), "--json")
+    result = orjson.loads(text)["acme"]  # --json lists the tenant the replica lacks too
+    assert code == 2 and result["in_replica"] is False and result["local_blocks"] == 30
+    assert "holds nothing of tenant 'acme'" in capsys.readouterr().err
 
 
 def test_sync_status_of_another_log_with_the_same_stream_name(
