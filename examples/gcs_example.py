@@ -9,12 +9,12 @@ or against a local emulator (the tests use fake-gcs-server)::
     GCS_ENDPOINT_URL=http://127.0.0.1:4443 GCS_BUCKET=logs GCS_PROJECT_ID=test \\
         python examples/gcs_example.py
 
-The bucket must exist. Uploads use ``if_generation_match=0``, so an object is never
-overwritten. A replica holds one log per tenant and stream name, so the fresh temporary
-log directory of each run is replicated under its own prefix (the directory's name); a
-LOG_DIR given on the command line is replicated without one. Prints a JSON summary; exit
-status 0 means the replica is complete and the entry fetched by hash from it is the one
-that was logged.
+The bucket must exist (without it the script says so and exits 2). Uploads use
+``if_generation_match=0``, so an object is never overwritten. A replica holds one log
+per tenant and stream name, so the fresh temporary log directory of each run is
+replicated under its own prefix (the directory's name); a LOG_DIR given on the command
+line is replicated without one. Prints a JSON summary; exit status 0 means the replica
+is complete and the entry fetched by hash from it is the one that was logged.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from immutable_logging import ImmutableLogger
+from immutable_logging.errors import BucketNotFoundError, ReplicationError
 
 TENANT = "gcs-demo"
 
@@ -53,8 +54,16 @@ def main() -> int:
         log.security("export blocked", {"doc": "D-7", "user": "mallory"})
         wanted = log.search("export blocked")[0]
         synced = log.flush_backup()
-        check = log.verify_cloud_backup()
-        fetched = log.restore_from_cloud(block_hash=wanted["hash"])
+        try:
+            check = log.verify_cloud_backup()
+            fetched = log.restore_from_cloud(block_hash=wanted["hash"])
+        except BucketNotFoundError as exc:
+            sys.stderr.write(f"{exc}: create the bucket first; the log in {directory} keeps "
+                             "every entry and ships it at the next start\n")
+            return 2
+        except ReplicationError as exc:  # unreachable, refused credentials, damaged replica
+            sys.stderr.write(f"checking the replica failed: {exc}\n")
+            return 1
     summary = {
         "directory": directory,
         "synced": synced,

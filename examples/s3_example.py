@@ -9,14 +9,14 @@ or against any S3-compatible endpoint (the tests use a local moto_server)::
     S3_ENDPOINT_URL=http://127.0.0.1:5000 S3_BUCKET=logs AWS_ACCESS_KEY_ID=test \\
         AWS_SECRET_ACCESS_KEY=test python examples/s3_example.py
 
-The bucket must exist. A replica holds one log per tenant and stream name, so the fresh
-temporary log directory of each run is replicated under its own prefix (the directory's
-name); a LOG_DIR given on the command line is replicated without one. The script logs
-through ``dictConfig`` with cloud backup on (the seed's
-``ENABLE_CLOUD_BACKUP``/``BACKUP_PROVIDER``/``S3_BUCKET``/``S3_REGION`` variables work
-too), ships everything, checks the replica with ``verify_cloud_backup``, restores the log
-into a fresh directory and prints a JSON summary. Exit status 0 means the restored log
-verified.
+The bucket must exist (without it the script says so and exits 2). A replica holds one
+log per tenant and stream name, so the fresh temporary log directory of each run is
+replicated under its own prefix (the directory's name); a LOG_DIR given on the command
+line is replicated without one. The script logs through ``dictConfig`` with cloud backup
+on (the seed's ``ENABLE_CLOUD_BACKUP``/``BACKUP_PROVIDER``/``S3_BUCKET``/``S3_REGION``
+variables work too), ships everything, checks the replica with ``verify_cloud_backup``,
+restores the log into a fresh directory and prints a JSON summary. Exit status 0 means
+the restored log verified.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import immutable_logging
 from immutable_logging import ImmutableHandler
+from immutable_logging.errors import BucketNotFoundError, ReplicationError
 from immutable_logging.replication.cloud import restore_tenant, verify_cloud_backup
 
 TENANT = "s3-demo"
@@ -73,9 +74,17 @@ def main() -> int:
     assert isinstance(handler, ImmutableHandler) and handler.backend is not None
     backend = handler.backend
     handler.close()  # ships what is pending (also what logging.shutdown() does at exit)
-    check = verify_cloud_backup(backend, directory, TENANT)
     restored_dir = Path(directory).with_name(Path(directory).name + "-restored")
-    restored = restore_tenant(backend, restored_dir, TENANT)
+    try:
+        check = verify_cloud_backup(backend, directory, TENANT)
+        restored = restore_tenant(backend, restored_dir, TENANT)
+    except BucketNotFoundError as exc:
+        sys.stderr.write(f"{exc}: create the bucket first; the log in {directory} keeps "
+                         "every entry and ships it at the next start\n")
+        return 2
+    except ReplicationError as exc:  # unreachable, refused credentials, damaged replica
+        sys.stderr.write(f"checking the replica failed: {exc}\n")
+        return 1
     summary = {
         "directory": directory,
         "replica": backend.describe(),
