@@ -625,9 +625,15 @@ def verify_stream(
     report.segments = len(segments)
     state = _StreamVerifier(report, parse, decrypt)
     recoveries: list[dict[str, Any]] = []
-    if not (stream_dir / STREAM_META).exists():
+    meta_missing = not (stream_dir / STREAM_META).exists()
+    if meta_missing and (segments or (stream_dir / JOURNAL_FILE).exists()):
         state.problem("malformed", str(stream_dir / STREAM_META), None,
                       "the stream's stream.json is missing")
+    elif meta_missing:  # what a process stopped while creating the stream leaves
+        report.warnings.append(
+            f"{stream_dir}: no stream.json and no entries: a process stopped while creating "
+            "this stream (or everything in it was deleted); the next writer that takes it "
+            "completes it")
     expected_number = segments[0].number if segments else 1
     if segments and segments[0].number != 1:
         state.problem(

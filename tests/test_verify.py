@@ -630,3 +630,22 @@ def test_forked_workers_carry_held_lines_and_damage_across_segments(
         timeout=300, check=True, cwd=Path(__file__).resolve().parent.parent,
     )
     assert json.loads(done.stdout) == [[2, problems] for problems in expected]
+
+
+def test_a_missing_stream_json_is_damage_unless_the_stream_was_never_written(
+    rotated_log: Path, tmp_path: Path
+) -> None:
+    stream = only_stream(rotated_log)
+    (stream / "stream.json").unlink()
+    report = verify_tenant(rotated_log)
+    assert [(p.reason, p.file) for p in report.problems] == [
+        ("malformed", str(stream / "stream.json"))]
+    # A process stopped while creating a stream leaves its lock and the temporary file
+    # of stream.json, and no entry: nothing was tampered with.
+    interrupted = tmp_path / "fresh" / "default" / "vm.7"
+    interrupted.mkdir(parents=True)
+    (interrupted / ".lock").write_text("123\n")
+    (interrupted / ".stream.json.123.tmp").write_text("")
+    report = verify_tenant(tmp_path / "fresh")
+    assert report.ok and report.entries == 0
+    assert any("a process stopped while creating this stream" in w for w in report.warnings)
