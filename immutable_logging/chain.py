@@ -51,7 +51,7 @@ import orjson
 from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
-from .fileio import write_all
+from .fileio import open_file, write_all
 from .journal import JOURNAL_BYTES, Journal, pending_lines
 from .layout import (
     JOURNAL_FILE,
@@ -186,6 +186,15 @@ def compress_segment(plain: Path) -> Path:
     return target
 
 
+def threads_can_start() -> bool:
+    """False while the interpreter finalizes: a thread started then never runs, and on
+    Python 3.11 ``Thread.start()`` waits for it forever. A writer opened then (a record
+    logged from ``__del__`` after ``logging.shutdown()``) starts none: the handler opens
+    it with ``always``, a sealed segment is gzipped by the next writer, an idle epoch is
+    sealed by the next entry."""
+    return not sys.is_finalizing()
+
+
 class _Compressor:
     """One background thread that gzips sealed segments off the logging thread."""
 
@@ -195,6 +204,8 @@ class _Compressor:
         self.errors: list[str] = []
 
     def submit(self, plain: Path) -> None:
+        if not threads_can_start():  # the next writer's recovery gzips it
+            return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(
                 target=self._run, name="immutable-logging-compress", daemon=True
@@ -369,14 +380,31 @@ class ChainWriter:
         self.segment_number = 1
         self._segment_size = 0
         self._segment_deadline: float | None = None
-        self._recover()
-        if durability == "flush" and not _FORKED_CHILD:
-            self._open_journal()
+        try:
+            self._recover()
+            if durability == "flush" and not _FORKED_CHILD and threads_can_start():
+                self._open_journal()
+        except BaseException:  # release the stream: the next writer must find it free
+            self._release_after_failed_open()
+            raise
         _LIVE_WRITERS.add(self)
-        if durability == "group" or self._journal is not None:
+        if (durability == "group" or self._journal is not None) and threads_can_start():
             self._start_flusher()
 
     # ------------------------------------------------------------------ opening
+    def _release_after_failed_open(self) -> None:
+        """The constructor failed after taking the stream: close what it opened."""
+        self._closed = True
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = None
+        journal, self._journal, self._jmap = self._journal, None, None
+        if journal is not None:
+            with contextlib.suppress(OSError):
+                journal.close(remove=False)
+
     def _acquire_stream(self, tdir: Path, requested: str | None) -> tuple[Path, int]:
         if requested is not None:
             names: list[str] | range = [validate_stream_name(requested)]
@@ -572,7 +600,7 @@ class ChainWriter:
         return events
 
     def _move_aside(self, seg: Segment, start: int, end: int) -> TornTail:
-        with open(seg.path, "rb") as handle:
+        with open_file(seg.path, "rb") as handle:
             handle.seek(start)
             data = handle.read(end - start)
         moved_to, digest = self._keep_evidence(f"{seg.path.name}.{start}.torn", data)
@@ -813,7 +841,7 @@ class ChainWriter:
                 return
             self._seal_deadline = sealer.deadline
             self._seal_due()
-        if self._sealer_thread is None:
+        if self._sealer_thread is None and threads_can_start():
             self._sealer_thread = threading.Thread(
                 target=self._seal_idle, name="immutable-logging-seal", daemon=True
             )

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
-from .fileio import write_all
+from .fileio import open_file, write_all
 
 _gzip: Any  # the gzip module of the backend
 _zlib: Any  # its zlib module
@@ -70,8 +70,19 @@ def decompress(data: bytes) -> bytes:
 
 
 def open_read(path: Path) -> IO[bytes]:
-    """A file object reading the decompressed content of the gzip file ``path``."""
-    return cast(IO[bytes], _gzip.open(path, "rb"))
+    """A file object reading the decompressed content of the gzip file ``path``.
+
+    The file is opened with :data:`~immutable_logging.fileio.open_file`: ``gzip.open``
+    looks ``builtins.open`` up, which is gone at interpreter shutdown.
+    """
+    raw = open_file(path, "rb")
+    try:
+        handle = _gzip.GzipFile(fileobj=raw, mode="rb")
+    except BaseException:
+        raw.close()
+        raise
+    handle.myfileobj = raw  # closed with it, as when GzipFile opens the file itself
+    return cast(IO[bytes], handle)
 
 
 def compress_fd(source: int, target: int, chunk: int = DEFLATE_CHUNK) -> None:
@@ -98,7 +109,7 @@ def inflate_blocks(path: Path) -> Iterator[bytes]:
     Raises:
         Any of :data:`READ_ERRORS`.
     """
-    with open(path, "rb") as raw:
+    with open_file(path, "rb") as raw:
         inflater = _zlib.decompressobj(wbits=31)
         while chunk := raw.read(_READ_SIZE):
             while chunk:

@@ -59,7 +59,7 @@ from immutable_logging.errors import (
     ImmutableLogError,
     KeyUnavailableError,
 )
-from immutable_logging.fileio import write_all
+from immutable_logging.fileio import open_file, write_all
 
 if sys.platform != "win32":
     import fcntl
@@ -335,7 +335,7 @@ def _check_scrypt_params(n: object, r: object, p: object) -> tuple[int, int, int
 
 def _read_salt_file(path: str) -> tuple[bytes, int, int, int]:
     try:
-        with open(path, "rb") as fh:
+        with open_file(path, "rb") as fh:
             doc = json.loads(fh.read())
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
@@ -665,7 +665,7 @@ class NonceSource:
 
     def _load(self) -> dict[str, int]:
         try:
-            with open(self.path, "rb") as fh:
+            with open_file(self.path, "rb") as fh:
                 raw = fh.read()
         except FileNotFoundError:
             return {}

@@ -39,6 +39,7 @@ from .crypto import (
 )
 from .entry import canonical_payload
 from .errors import ConfigurationError, DecryptionError
+from .fileio import open_file
 from .layout import Segment, list_segments, list_streams
 
 SECRET_FIELDS = ("message", "metadata", "exc", "stack")
@@ -127,7 +128,7 @@ def _tail(segment: Segment) -> bytes:
             for chunk in segment.chunks():
                 last = chunk
             return last[-_TAIL_BYTES:]
-        with open(segment.path, "rb") as handle:
+        with open_file(segment.path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, size - _TAIL_BYTES))
             return handle.read()

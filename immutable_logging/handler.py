@@ -33,7 +33,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .chain import ChainWriter
+from .chain import ChainWriter, threads_can_start
 from .checkpoint import DEFAULT_KEY_NAME, Checkpointer, load_signing_key
 from .config import BackupConfig
 from .encryption import (
@@ -215,6 +215,9 @@ class ImmutableHandler(logging.Handler):
 
     def _open_writer(self, reopening: bool = False) -> ChainWriter:
         options = dict(self._writer_options)
+        threads = threads_can_start()
+        if not threads:  # no flusher will ever write a buffer or a journal batch
+            options["durability"] = "always"
         try:
             writer = ChainWriter(self.directory, self.tenant, **options)
         except StreamLockedError:
@@ -248,7 +251,7 @@ class ImmutableHandler(logging.Handler):
                 max_batch_factor=self.backup.backup_max_batch_factor,
             )
             writer.add_commit_listener(self.replicator.notify)
-            if self.backup.backup_async:
+            if self.backup.backup_async and threads:  # else shipped by the next start
                 self.replicator.start()
         return writer
 
@@ -298,7 +301,8 @@ class ImmutableHandler(logging.Handler):
 
     def _start_checkpointing(self) -> None:
         thread = self._checkpoint_thread
-        if self._signer is None or (thread is not None and thread.is_alive()):
+        if (self._signer is None or (thread is not None and thread.is_alive())
+                or not threads_can_start()):
             return
         self._checkpoint_thread = threading.Thread(
             target=self._checkpoint_loop, name="immutable-logging-checkpoint", daemon=True
@@ -422,20 +426,27 @@ class ImmutableHandler(logging.Handler):
             writer.sync()
 
     def close(self) -> None:
-        """Flush, sync and release the stream. Idempotent."""
+        """Flush, sync and release the stream. Idempotent.
+
+        A record logged after ``close()`` (``logging.shutdown()`` runs it at exit, and
+        threads may still log) opens the stream again once ``close()`` has released it.
+        """
         if "writer" not in self.__dict__:  # the constructor failed: nothing was opened
             super().close()  # logging.shutdown() at exit calls flush() and close()
             return
         try:
-            try:
-                self.writer.close()
-            except Exception:
-                self._report_failure("close")
-            self._close_checkpointing()
-            if self.replicator is not None:
-                self.last_replication_status = self.replicator.close(
-                    self.backup.backup_close_timeout
-                )
+            # Held until the stream is released: a thread that logs meanwhile waits in
+            # _live_writer() and then takes the same stream again, not a new one.
+            with self._open_lock:
+                try:
+                    self.writer.close()
+                except Exception:
+                    self._report_failure("close")
+                self._close_checkpointing()
+                if self.replicator is not None:
+                    self.last_replication_status = self.replicator.close(
+                        self.backup.backup_close_timeout
+                    )
         finally:
             super().close()
 

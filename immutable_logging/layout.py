@@ -15,6 +15,7 @@ from typing import IO
 
 from .compression import inflate_blocks, open_read
 from .errors import ConfigurationError, InvalidTenantError
+from .fileio import open_file
 
 DEFAULT_TENANT = "default"
 _CHUNK = 1 << 20
@@ -82,7 +83,7 @@ class Segment:
         if self.compressed:
             return open_read(self.path)
         try:
-            return open(self.path, "rb", buffering=buffering)
+            return open_file(self.path, "rb", buffering=buffering)
         except FileNotFoundError:
             gz = self.path.with_name(self.path.name + ".gz")
             if not gz.exists():
@@ -107,7 +108,7 @@ class Segment:
             yield from _whole_lines(inflate_blocks(self.path))
             return
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed by the `with` below
+            handle = open_file(self.path, "rb")  # closed by the `with` below
         except FileNotFoundError:
             gz = self.path.with_name(self.path.name + ".gz")
             if not gz.exists():
@@ -210,7 +211,7 @@ def read_tail(path: Path, size: int) -> tuple[int, bytes | None]:
     chunk = 1 << 16
     pos = size
     buf = b""
-    with open(path, "rb") as handle:
+    with open_file(path, "rb") as handle:
         while True:
             start = max(0, pos - chunk)
             handle.seek(start)

@@ -471,3 +471,23 @@ def test_an_empty_payload_is_refused_and_the_chain_goes_on(tmp_path: Path) -> No
     writer.close()
     assert [e["seq"] for e in iter_entries(tmp_path)] == [1, 2]
     assert verify_tenant(tmp_path, parse=True).ok
+
+
+def test_a_writer_that_fails_to_open_releases_its_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next writer takes the same stream, not the next slot (the lock used to leak)."""
+    writer = ChainWriter(tmp_path, "t")
+    writer.append({"message": "one"})
+    writer.close()
+
+    def fail() -> None:
+        raise OSError("recovery failed")
+
+    monkeypatch.setattr(ChainWriter, "_recover", lambda self: fail())
+    with pytest.raises(OSError, match="recovery failed"):
+        ChainWriter(tmp_path, "t")
+    monkeypatch.undo()
+    again = ChainWriter(tmp_path, "t")
+    assert again.stream == writer.stream and again.seq == 1
+    again.close()

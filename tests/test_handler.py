@@ -132,6 +132,84 @@ def test_emit_after_close_reopens_like_filehandler(tmp_path: Path, logger_name: 
     assert verify_tenant(tmp_path).ok
 
 
+_LOG_FROM_DEL = """
+import logging, sys
+from immutable_logging import ImmutableHandler
+from immutable_logging.crypto import generate_key
+from immutable_logging.seal import generate_seed
+
+handler = ImmutableHandler(sys.argv[1], tenant="app", max_bytes=600, seal_seed=generate_seed(),
+                           encryption_key=generate_key() if sys.argv[2] == "enc" else None,
+                           durability=sys.argv[3])
+logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+class Connection:
+    def __del__(self):
+        logging.getLogger("db").info("connection closed")
+
+conn = Connection()  # collected at interpreter shutdown, after logging.shutdown()
+for i in range(5):
+    logging.info("work %d", i)
+"""
+
+
+@pytest.mark.parametrize(("encryption", "durability"),
+                         [("plain", "flush"), ("enc", "group"), ("plain", "none")])
+def test_a_record_logged_at_interpreter_shutdown_is_chained(
+    tmp_path: Path, encryption: str, durability: str
+) -> None:
+    """logging.shutdown() closes the handler at exit; a __del__ that logs afterwards made
+    it reopen the stream while the interpreter finalized: the new flusher thread never
+    started (Python 3.11 hangs in Thread.start()), and reading the last segment found no
+    builtin open(). FileHandler writes such a record: so do we, in the same stream."""
+    script = _LOG_FROM_DEL
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), encryption,
+                           durability], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    stream = tmp_path / "app" / "vm.0"
+    assert sorted(p.name for p in (tmp_path / "app").iterdir() if p.is_dir()) == ["vm.0"]
+    assert any(p.name.endswith(".gz") for p in stream.iterdir())  # rotated and reopened
+    entries = [e for e in iter_entries(tmp_path, "app") if "message" in e or "enc" in e]
+    assert len(entries) == 6 and entries[-1]["logger"] == "db"
+    report = verify_tenant(tmp_path, "app")
+    assert report.ok, report.problems
+
+
+def test_a_record_logged_during_close_waits_and_keeps_the_stream(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """close() marks the writer closed before it releases the stream; a thread logging in
+    between used to open a second stream (vm.1) that outlived close()."""
+    handler = ImmutableHandler(tmp_path)
+    logger = _logger(logger_name, handler)
+    logger.info("before")
+    writer = handler.writer
+    drain = writer._compressor.drain  # runs after the writer is closed, before the release
+    logging_started = threading.Event()
+
+    def drain_while_another_thread_logs(timeout: float | None = None) -> None:
+        thread.start()
+        logging_started.wait(5)
+        thread.join(0.3)  # long enough to open a stream, had it not waited
+        drain(timeout)
+
+    def log_during_close() -> None:
+        logging_started.set()
+        logger.info("during close")
+
+    thread = threading.Thread(target=log_during_close)
+    writer._compressor.drain = drain_while_another_thread_logs  # type: ignore[method-assign]
+    handler.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    handler.close()
+    streams = sorted(p.name for p in tmp_path.joinpath("default").iterdir())
+    assert streams == [writer.stream]
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["before", "during close"]
+    assert verify_tenant(tmp_path).ok
+
+
 def test_handle_keeps_filters_lock_and_result_of_logging_handler(
     tmp_path: Path, logger_name: str
 ) -> None:
