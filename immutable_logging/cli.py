@@ -8,7 +8,6 @@ Exit codes: 0 success (log verified clean), 1 verification found tampering or da
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import os
 import signal
@@ -51,6 +50,7 @@ from .query import (
     Entry,
     LineFilter,
     disk_usage,
+    iso_utc,
     iter_entries,
     read_entries,
     summarise,
@@ -244,7 +244,7 @@ def _print_entries(args: argparse.Namespace, out: TextIO, entries: list[Entry]) 
         return
     rows = [
         (
-            e.get("timestamp", ""),
+            e.get("timestamp") or e.get("ts", ""),  # the raw ts when no date has it
             e.get("tenant", ""),
             e.get("stream", ""),
             e.get("seq", ""),
@@ -408,9 +408,7 @@ def _stats(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _iso(when: float | None) -> str:
-    if when is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="seconds")
+    return (iso_utc(when, "seconds") if when is not None else None) or "-"
 
 
 def _print_seal_line(out: TextIO, stream: StreamReport) -> None:

@@ -182,11 +182,22 @@ def iter_entries(
     return heapq.merge(*iterators, key=_sort_key)
 
 
+def iso_utc(ts: float, timespec: str = "auto") -> str | None:
+    """``ts`` (seconds since the epoch) as ISO-8601 in UTC, or ``None`` when no date has
+    it (a record's ``created`` set in milliseconds, say: the entry stays readable)."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec=timespec)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def with_timestamp(entry: Entry) -> Entry:
-    """Add ``timestamp`` (ISO-8601, UTC) derived from ``ts``; returns the entry."""
+    """Add ``timestamp`` (ISO-8601, UTC) derived from ``ts``; returns the entry.
+
+    ``timestamp`` is ``None`` when ``ts`` is outside the years 1-9999."""
     ts = entry.get("ts")
     if isinstance(ts, int | float) and "timestamp" not in entry:
-        entry["timestamp"] = datetime.fromtimestamp(ts, UTC).isoformat()
+        entry["timestamp"] = iso_utc(ts)
     return entry
 
 
@@ -673,8 +684,8 @@ def summarise(entries: Iterable[Entry]) -> dict[str, Any]:
         "by_level": dict(by_level),
         "by_logger": dict(by_logger),
         "by_stream": dict(by_stream),
-        "first_timestamp": datetime.fromtimestamp(first, UTC).isoformat() if first else None,
-        "last_timestamp": datetime.fromtimestamp(last, UTC).isoformat() if last else None,
+        "first_timestamp": iso_utc(first) if first is not None else None,
+        "last_timestamp": iso_utc(last) if last is not None else None,
     }
 
 

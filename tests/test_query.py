@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import io
+import logging
 import random
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from immutable_logging import ImmutableLogger
+from immutable_logging import ImmutableHandler, ImmutableLogger
+from immutable_logging.cli import main
 from immutable_logging.crypto import Key, Keyring, decode_key_b64, generate_key
 from immutable_logging.encryption import EntryDecryptor
 from immutable_logging.errors import DecryptionError, KeyUnavailableError, QueryError
@@ -309,3 +313,30 @@ def test_reads_secret_fields() -> None:
     assert not reads_secret_fields({"level": "INFO", "seq": {"$gt": 3}, "logger": "a"})
     assert not reads_secret_fields({"$or": [{"ts": {"$gt": 0}}, {"messages": 1}]})
     assert not reads_secret_fields({"enc": {"$exists": True}, "metadata_x": 1})
+
+
+def test_an_entry_whose_time_no_date_has_keeps_the_tenant_readable(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """A record's ``created`` set in milliseconds (or 1e20) used to make read, query and
+    stats raise ValueError/OverflowError for the whole tenant."""
+    handler = ImmutableHandler(tmp_path, "t")
+    for name, created in (("normal", time.time()), ("in ms", time.time() * 1000),
+                          ("far", 1e20)):
+        handler.handle(logging.makeLogRecord({"name": logger_name, "msg": name,
+                                              "levelno": 20, "levelname": "INFO",
+                                              "created": created}))
+    handler.close()
+    assert handler.error_count == 0
+    with ImmutableLogger(tmp_path, tenantId="t") as log:
+        entries = log.read()
+        assert [e["message"] for e in entries] == ["normal", "in ms", "far"]
+        assert entries[0]["timestamp"].startswith("20")
+        assert entries[1]["timestamp"] is None and entries[2]["timestamp"] is None
+        assert len(log.query({"level": "INFO"})) == 3 and len(log.search("in ms")) == 1
+        stats = log.stats()
+        assert stats["total_entries"] == 3 and stats["first_timestamp"].startswith("20")
+        assert stats["last_timestamp"] is None
+    out = io.StringIO()
+    assert main(["read", str(tmp_path), "--tenant", "t"], out) == 0
+    assert "1e+20" in out.getvalue()
