@@ -26,6 +26,7 @@ default ``<log directory>-backup``), ``backup_prefix``, ``aws_access_key_id``,
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -102,10 +103,10 @@ class BackupConfig:
         return config
 
     def _normalise(self, log_directory: str) -> None:
-        self.enable_cloud_backup = _as_bool(self.enable_cloud_backup, "enable_cloud_backup")
-        self.backup_async = _as_bool(self.backup_async, "backup_async")
-        self.backup_batch_size = _as_int(self.backup_batch_size, "backup_batch_size", 1)
-        self.backup_max_batch_factor = _as_int(
+        self.enable_cloud_backup = as_bool(self.enable_cloud_backup, "enable_cloud_backup")
+        self.backup_async = as_bool(self.backup_async, "backup_async")
+        self.backup_batch_size = as_int(self.backup_batch_size, "backup_batch_size", 1)
+        self.backup_max_batch_factor = as_int(
             self.backup_max_batch_factor, "backup_max_batch_factor", 1
         )
         provider = str(self.backup_provider).lower()
@@ -114,12 +115,12 @@ class BackupConfig:
                 f"backup_provider must be one of {', '.join(PROVIDERS)}, got {provider!r}"
             )
         self.backup_provider = provider
-        for name in ("backup_flush_interval", "backup_close_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        self.backup_flush_interval = as_positive(self.backup_flush_interval,
+                                                 "backup_flush_interval")
+        self.backup_close_timeout = as_positive(self.backup_close_timeout,
+                                                "backup_close_timeout")
         if self.s3_object_lock_days is not None:
-            self.s3_object_lock_days = _as_int(self.s3_object_lock_days, "s3_object_lock_days", 1)
+            self.s3_object_lock_days = as_int(self.s3_object_lock_days, "s3_object_lock_days", 1)
         if self.backup_directory is None:
             self.backup_directory = os.path.abspath(log_directory).rstrip("/") + "-backup"
         if self.enable_cloud_backup:
@@ -162,7 +163,13 @@ class BackupConfig:
         return LocalDirectoryBackend(self.backup_directory, prefix=self.backup_prefix)
 
 
-def _as_bool(value: Any, name: str) -> bool:
+def as_bool(value: Any, name: str) -> bool:
+    """An option that is a switch: a bool, or text such as ``"false"``/``"1"``/``"on"``
+    (from an environment variable or an INI/YAML ``LOGGING`` setting).
+
+    Raises:
+        ConfigurationError: anything else, naming the option.
+    """
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -173,12 +180,33 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
 
 
-def _as_int(value: Any, name: str, minimum: int) -> int:
+def as_int(value: Any, name: str, minimum: int) -> int:
+    """An option that is a whole number ``>= minimum`` (an int, a whole float or its
+    decimal text; never a bool).
+
+    Raises:
+        ConfigurationError: anything else, naming the option.
+    """
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
     fractional = isinstance(value, float) and value != number
     if isinstance(value, bool) or number < minimum or fractional:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def as_positive(value: Any, name: str) -> float:
+    """An option that is a finite number ``> 0`` (or its decimal text; never a bool).
+
+    Raises:
+        ConfigurationError: anything else (NaN and infinity included), naming the option.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
     return number

@@ -56,7 +56,7 @@ def build_keyring(
     encryption_key: KeySpec | None = None,
     encryption_key_env: str | None = None,
     encryption_passphrase: str | None = None,
-    previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
+    previous_keys: KeySpec | tuple[KeySpec, ...] | list[KeySpec] = (),
 ) -> Keyring | None:
     """Build the keyring a handler or reader should use, or ``None`` for no encryption.
 
@@ -86,15 +86,17 @@ def build_keyring(
         ring = encryption_key
     else:
         assert encryption_key is not None
-        ring = Keyring([_to_key(encryption_key)])
-    for old in previous_keys:
+        ring = Keyring([_to_key(encryption_key, "encryption_key")])
+    if isinstance(previous_keys, str | bytes | bytearray | Key | Keyring):
+        previous_keys = [previous_keys]  # one key, not a sequence of characters
+    for index, old in enumerate(previous_keys):
         if isinstance(old, Keyring):
             for kid in old.kids:
                 key = old.get(kid)
                 if key is not None:
                     ring.add(key)
         else:
-            ring.add(_to_key(old))
+            ring.add(_to_key(old, f"previous_keys[{index}]"))
     return ring
 
 
@@ -136,15 +138,15 @@ def _tail(segment: Segment) -> bytes:
         return b""
 
 
-def _to_key(spec: str | bytes | Key) -> Key:
+def _to_key(spec: str | bytes | Key, source: str) -> Key:
     if isinstance(spec, Key):
         return spec
     if isinstance(spec, str):
-        return Key(decode_key_b64(spec, source="encryption_key"))
+        return Key(decode_key_b64(spec, source=source))
     if isinstance(spec, bytes | bytearray):
         return Key(bytes(spec))
     raise ConfigurationError(
-        f"an encryption key must be base64 text, 32 bytes, a Key or a Keyring, "
+        f"{source}: an encryption key must be base64 text, 32 bytes, a Key or a Keyring, "
         f"not {type(spec).__name__}"
     )
 

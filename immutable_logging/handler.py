@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .chain import ChainWriter, threads_can_start
 from .checkpoint import DEFAULT_KEY_NAME, Checkpointer, load_signing_key
-from .config import BackupConfig
+from .config import BackupConfig, as_bool, as_int, as_positive
 from .encryption import (
     EntryDecryptor,
     EntryEncryptor,
@@ -78,6 +78,10 @@ EXCLUDED_LOGGERS = (
 class ImmutableHandler(logging.Handler):
     """Write every record as a hash-chained entry under ``directory/tenant``.
 
+    Numbers and switches may be given as text (``"600"``, ``"false"``), as INI or YAML
+    logging settings give them; any other value is a :class:`ConfigurationError` naming
+    the option.
+
     Args:
         directory: the log directory (created if missing).
         tenant: tenant id; each tenant has its own directory and streams.
@@ -94,7 +98,7 @@ class ImmutableHandler(logging.Handler):
             encrypt message, metadata and exception text of every entry.
         encryption_key_env: name of an env var holding the base64 key instead.
         encryption_passphrase: derive the key with scrypt (salt kept in the tenant dir).
-        previous_keys: retired keys, kept for reading older entries.
+        previous_keys: retired keys (one, or a list), kept for reading older entries.
         allow_cleartext: write cleartext entries into a tenant that holds encrypted ones.
             Without it, a handler opened on such a tenant with no key refuses every entry
             (each goes to :meth:`handleError` and is counted; see
@@ -137,7 +141,7 @@ class ImmutableHandler(logging.Handler):
         encryption_key: KeySpec | None = None,
         encryption_key_env: str | None = None,
         encryption_passphrase: str | None = None,
-        previous_keys: tuple[KeySpec, ...] | list[KeySpec] = (),
+        previous_keys: KeySpec | tuple[KeySpec, ...] | list[KeySpec] = (),
         allow_cleartext: bool = False,
         seal: bool | None = None,
         seal_seed: str | bytes | None = None,
@@ -148,21 +152,27 @@ class ImmutableHandler(logging.Handler):
         checkpoint_interval: float = 60.0,
         **backup_options: Any,
     ) -> None:
+        register_level_names()  # first: level may be "AUDIT" and the like
         super().__init__(level)
-        register_level_names()
         if not directory:
             raise ConfigurationError("directory must be a non-empty path")
         self.directory = os.fspath(directory)
         self.tenant = validate_tenant(tenant)
+        # dictConfig, Django and INI settings hand over text as often as numbers: "10" and
+        # "false" mean what they say, anything else is an error naming the option.
         self._writer_options: dict[str, Any] = {
             "stream": stream,
             "durability": durability,
-            "group_interval_ms": group_interval_ms,
-            "max_bytes": max_bytes,
-            "max_age": max_age,
-            "compress": compress,
-            "buffer_bytes": buffer_bytes,
+            "group_interval_ms": as_positive(group_interval_ms, "group_interval_ms"),
+            "max_bytes": as_int(max_bytes, "max_bytes", 0),
+            "max_age": None if max_age is None else as_positive(max_age, "max_age"),
+            "compress": as_bool(compress, "compress"),
+            "buffer_bytes": as_int(buffer_bytes, "buffer_bytes", 1),
         }
+        allow_cleartext = as_bool(allow_cleartext, "allow_cleartext")
+        seal = None if seal is None else as_bool(seal, "seal")
+        if seal_epoch_seconds is not None:
+            seal_epoch_seconds = as_positive(seal_epoch_seconds, "seal_epoch_seconds")
         self.keyring = build_keyring(
             Path(self.directory) / self.tenant,
             encryption_key=encryption_key,
@@ -196,8 +206,7 @@ class ImmutableHandler(logging.Handler):
         # --- seals and checkpoints (issue 3)
         self._seal_clock: Callable[[], float] = seal_clock or time.time
         self.sealing = self._configure_sealing(seal, seal_seed, seal_epoch_seconds)
-        if checkpoint_interval <= 0:
-            raise ConfigurationError("checkpoint_interval must be > 0 seconds")
+        checkpoint_interval = as_positive(checkpoint_interval, "checkpoint_interval")
         self._signer: CheckpointSigner | None = None
         if checkpoint_key is not None:
             self._signer = load_signing_key(checkpoint_key, checkpoint_key_name)

@@ -12,7 +12,7 @@ import pytest
 
 from immutable_logging import ImmutableHandler, install
 from immutable_logging.crypto import generate_key
-from immutable_logging.errors import InvalidTenantError
+from immutable_logging.errors import ConfigurationError, InvalidTenantError
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
 
@@ -395,3 +395,61 @@ def test_reopening_logs_only_after_our_locks_are_released(
         free_when_logged)
     assert [e.get("message") for e in iter_entries(tmp_path)
             if e.get("kind") != "recovery"] == ["before the crash", "after the crash"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"group_interval_ms": "ten"}, "group_interval_ms must be a positive number, got 'ten'"),
+    ({"group_interval_ms": float("nan")}, "group_interval_ms must be a positive number"),
+    ({"max_age": float("inf")}, "max_age must be a positive number"),
+    ({"max_bytes": True}, "max_bytes must be an integer >= 0, got True"),
+    ({"max_bytes": 1.5}, "max_bytes must be an integer >= 0, got 1.5"),
+    ({"max_bytes": None}, "max_bytes must be an integer, got None"),
+    ({"buffer_bytes": "0"}, "buffer_bytes must be an integer >= 1, got '0'"),
+    ({"checkpoint_interval": "0"}, "checkpoint_interval must be a positive number"),
+    ({"seal_epoch_seconds": -1}, "seal_epoch_seconds must be a positive number"),
+    ({"allow_cleartext": "maybe"}, "allow_cleartext must be true or false, got 'maybe'"),
+    ({"seal": "perhaps"}, "seal must be true or false"),
+    ({"compress": 2}, "compress must be true or false, got 2"),
+    ({"backup_batch_size": float("inf")}, "backup_batch_size must be an integer, got inf"),
+    ({"backup_flush_interval": float("nan")}, "backup_flush_interval must be a positive"),
+    ({"encryption_key": generate_key(), "previous_keys": ["not a key!"]}, "previous_keys[0]"),
+])
+def test_a_bad_option_value_is_a_configuration_error_naming_it(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ImmutableHandler(tmp_path, **options)  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def test_options_given_as_text_mean_what_they_say(tmp_path: Path, logger_name: str) -> None:
+    """dictConfig, Django and INI settings often hold text: "false" used to be true (a
+    non-empty string), so allow_cleartext="false" wrote cleartext into an encrypted
+    tenant, and "600" failed with a bare TypeError."""
+    key = generate_key()
+    encrypted = ImmutableHandler(tmp_path, "t", encryption_key=key)
+    _logger(logger_name, encrypted).info("card 4111-1111-1111-1111")
+    encrypted.close()
+    logging.getLogger(logger_name).removeHandler(encrypted)
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"chain": {
+            "class": "immutable_logging.ImmutableHandler", "directory": str(tmp_path),
+            "tenant": "t", "allow_cleartext": "false", "level": "AUDIT",
+            "max_bytes": "600", "compress": "false", "durability": "group",
+            "group_interval_ms": "5",
+        }},
+        "loggers": {logger_name: {"handlers": ["chain"], "level": "DEBUG"}},
+    })
+    handler = logging.getLogger(logger_name).handlers[0]
+    assert isinstance(handler, ImmutableHandler) and handler.cleartext_refusal is not None
+    assert handler.level == 25
+    writer = handler.writer
+    assert (writer.compress, writer.max_bytes, writer.durability) == (False, 600, "group")
+    handler.close()
+    direct = ImmutableHandler(tmp_path / "direct", level="AUDIT",  # no install() needed
+                              encryption_key=generate_key(), previous_keys=key)
+    assert direct.level == 25 and direct.keyring is not None
+    assert len(direct.keyring.kids) == 2  # one key given as text, not 44 characters
+    direct.close()
