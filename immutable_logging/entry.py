@@ -18,7 +18,7 @@ value                  stored as
 ``Enum``               its ``.value`` (converted again if needed)
 ``os.PathLike``        ``os.fspath(value)``
 integers > 64 bit      ``str(value)``
-non-string dict keys   ``str(key)`` (``repr(key)`` if that name is taken)
+non-string dict keys   ``str(key)`` (``"<str> (<type>)"`` if a string key has it)
 lone surrogates        ``\\udXXX`` escapes
 anything else          ``repr(value)`` (or ``<unrepresentable T>``)
 =====================  ===========================================
@@ -51,7 +51,7 @@ _sha256 = hashlib.sha256
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _INIT_ATTRS = list(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__)
-STANDARD_RECORD_ATTRS = frozenset(_INIT_ATTRS) | {"message", "asctime", "taskName"}
+STANDARD_RECORD_ATTRS = frozenset(_INIT_ATTRS) | {"message", "asctime"}  # taskName: 3.12
 #: ``LogRecord.__init__`` sets these first, in this order; ``extra=`` keys come after them.
 _N_INIT = len(_INIT_ATTRS)
 _LAST_INIT = _INIT_ATTRS[-1]
@@ -104,10 +104,12 @@ def _sanitise(value: Any, depth: int = 0) -> Any:
         return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, Mapping):
         result: dict[str, Any] = {}
-        for key, item in value.items():
+        # String keys first: a non-string key is the one renamed when both give one name.
+        items = sorted(value.items(), key=lambda kv: not isinstance(kv[0], str))
+        for key, item in items:
             name = _clean_text(key if isinstance(key, str) else str(key))
             if name in result:  # e.g. {1: "a", "1": "b"}: keep both, never a duplicate
-                name = _clean_text(repr(key))
+                name = _clean_text(f"{name} ({type(key).__name__})")
                 while name in result:
                     name += "'"
             result[name] = _sanitise(item, depth + 1)
@@ -205,10 +207,23 @@ def render_message(record: logging.LogRecord) -> tuple[str, dict[str, Any] | Non
     try:
         return record.getMessage(), None
     except Exception as exc:  # a bad format string must not lose the record
-        return str(record.msg), {
-            "_format_error": f"{type(exc).__name__}: {exc}",
-            "_args": repr(record.args),
+        return _text_of(record.msg), {
+            "_format_error": _text_of(f"{type(exc).__name__}: {_text_of(exc)}"),
+            "_args": _text_of(record.args, repr),
         }
+
+
+def _text_of(value: Any, convert: Any = str) -> str:
+    """``convert(value)`` if that gives a str, else its ``repr``, else a placeholder: a
+    message object whose ``__str__`` raises must not lose the record."""
+    for attempt in (convert, repr):
+        try:
+            text = attempt(value)
+        except Exception:
+            continue
+        if isinstance(text, str):
+            return text
+    return f"<unrepresentable {type(value).__qualname__}>"
 
 
 def record_metadata(record: logging.LogRecord) -> dict[str, Any]:

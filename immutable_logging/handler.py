@@ -383,7 +383,11 @@ class ImmutableHandler(logging.Handler):
         are no filters and ``filter`` is not overridden (the per-record path saves three
         Python calls). Records of the excluded loggers (ours, boto, google, urllib3) are
         dropped before the handler lock is taken."""
-        if record.name.startswith(EXCLUDED_LOGGERS) and _is_excluded(record.name):
+        try:
+            excluded = record.name.startswith(EXCLUDED_LOGGERS) and _is_excluded(record.name)
+        except AttributeError:  # a record made by hand without a name: not ours
+            excluded = False
+        if excluded:
             # Before the handler lock: our own threads log while holding a writer lock,
             # and an application thread may hold this lock while it waits for that one.
             return False
@@ -402,7 +406,9 @@ class ImmutableHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Chain the record. Never raises: errors go to :meth:`handleError`."""
         try:
-            if record.name.startswith(EXCLUDED_LOGGERS) and _is_excluded(record.name):
+            name = record.name
+            if isinstance(name, str) and name.startswith(EXCLUDED_LOGGERS) and (
+                    _is_excluded(name)):
                 return
             writer = self.writer
             if writer.closed:

@@ -191,5 +191,32 @@ def test_lone_surrogates_and_colliding_keys_are_kept() -> None:
     )
     decoded = orjson.loads(data)
     assert decoded["message"] == "surrogate \\ud800 here"
-    assert decoded["metadata"] == {"1": "a", "'1'": "b", "\\udcff": 2}
+    # the string key keeps its name; the int key that also reads "1" is the one renamed
+    assert decoded["metadata"] == {"1": "b", "1 (int)": "a", "\\udcff": 2}
     assert data.count(b'"1"') == 1  # never two members with the same name
+
+
+def test_a_message_whose_str_fails_keeps_the_record() -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+        def __repr__(self) -> str:
+            return "<Broken>"
+
+    class NotText:
+        def __str__(self) -> int:  # type: ignore[override]
+            return 5
+
+    for msg, stored in ((Broken(), "<Broken>"), (NotText(), repr(NotText)[8:-2])):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, msg, None, None)
+        payload = record_payload(record, "t")
+        assert stored in payload["message"]  # its repr
+        assert payload["metadata"]["_format_error"].startswith(("RuntimeError", "TypeError"))
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="taskName is a record attribute")
+def test_an_extra_named_taskname_is_kept_before_python_312() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    record.__dict__["taskName"] = "job-7"
+    assert record_payload(record, "t")["metadata"] == {"taskName": "job-7"}

@@ -453,3 +453,17 @@ def test_options_given_as_text_mean_what_they_say(tmp_path: Path, logger_name: s
     assert direct.level == 25 and direct.keyring is not None
     assert len(direct.keyring.kids) == 2  # one key given as text, not 44 characters
     direct.close()
+
+
+def test_a_record_without_a_name_is_chained_not_raised(tmp_path: Path) -> None:
+    """StreamHandler takes such a record (made by hand); handle() used to raise an
+    AttributeError into the caller."""
+    handler = ImmutableHandler(tmp_path)
+    record = logging.makeLogRecord({"msg": "no name", "levelno": 20, "levelname": "INFO"})
+    record.name = None  # type: ignore[assignment]
+    handler.handle(record)
+    handler.emit(record)
+    handler.close()
+    assert handler.error_count == 0
+    assert [(e["logger"], e["message"]) for e in iter_entries(tmp_path)] == [
+        (None, "no name"), (None, "no name")]
