@@ -36,12 +36,12 @@ from .query import (
     LineFilter,
     Predicate,
     _entries_of,
-    _text_of,
     compile_query,
     iter_entries,
     query_filter,
     reads_secret_fields,
     search_filter,
+    text_predicate,
     with_timestamp,
 )
 from .workers import in_workers, total_size, worker_count
@@ -68,11 +68,7 @@ class TextSearch:
 
     def predicate(self) -> Predicate:
         """Whether one decoded entry matches."""
-        if self.case_sensitive:
-            needle = self.text
-            return lambda entry: needle in _text_of(entry)
-        folded = self.text.lower()
-        return lambda entry: folded in _text_of(entry).lower()
+        return text_predicate(self.text, case_sensitive=self.case_sensitive)
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,15 @@ def _contains(value: Any, operand: Any) -> bool:
     return False
 
 
+def _member(value: Any, operand: Any) -> bool:
+    """``value in operand``; a set operand cannot hold a dict or list value (unhashable):
+    then compare it with each item."""
+    try:
+        return value in operand
+    except TypeError:
+        return any(value == item for item in operand)
+
+
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$eq": lambda v, o: v is not _MISSING and v == o,
     "$ne": lambda v, o: v is _MISSING or v != o,
@@ -279,11 +288,11 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "$gte": _compare(operator.ge),
     "$lt": _compare(operator.lt),
     "$lte": _compare(operator.le),
-    "$in": lambda v, o: v is not _MISSING and v in o,
-    "$nin": lambda v, o: v is _MISSING or v not in o,
+    "$in": lambda v, o: v is not _MISSING and _member(v, o),
+    "$nin": lambda v, o: v is _MISSING or not _member(v, o),
     "$contains": _contains,
     "$regex": lambda v, o: isinstance(v, str) and o.search(v) is not None,
-    "$exists": lambda v, o: (v is not _MISSING) == bool(o),
+    "$exists": lambda v, o: (v is not _MISSING) == o,
 }
 
 
@@ -299,6 +308,10 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
         if op in ("$in", "$nin"):
             if not isinstance(operand, list | tuple | set | frozenset):
                 raise QueryError(f"{op} for field {path!r} needs a list, got {operand!r}")
+        elif op == "$exists":
+            if not isinstance(operand, bool):
+                raise QueryError(f"$exists for field {path!r} needs true or false, "
+                                 f"got {operand!r}")
         elif op == "$regex":
             if not isinstance(operand, str | re.Pattern):
                 raise QueryError(f"$regex for field {path!r} needs a string")
@@ -309,6 +322,9 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
         checks.append((_OPERATORS[op], operand))
 
     get = _getter(path.split("."))
+    if path.split(".")[0] == "timestamp":  # added by the reader: derive it first
+        stored = get
+        get = lambda entry: stored(with_timestamp(entry))  # noqa: E731
     if len(checks) == 1:
         check, operand = checks[0]
         return lambda entry: check(get(entry), operand)
@@ -350,6 +366,10 @@ def compile_query(document: Mapping[str, Any]) -> Predicate:
 def _level_matches(level: str | int | None) -> Predicate | None:
     if level is None:
         return None
+    if isinstance(level, str) and level.strip().isdigit():  # "25", as the CLI takes it
+        level = int(level)
+    if isinstance(level, bool) or not isinstance(level, int | str):
+        raise QueryError(f"level must be a level name or number, got {level!r}")
     if isinstance(level, int):
         return lambda e: e.get("levelno") == level
     wanted = level.upper()
@@ -364,11 +384,16 @@ def read_entries(
     offset: int = 0,
     newest_first: bool = False,
 ) -> list[Entry]:
-    """Filter by level and slice: oldest first from ``offset`` (or newest first)."""
-    if limit is not None and limit < 0:
-        raise QueryError("limit must be >= 0")
-    if offset < 0:
-        raise QueryError("offset must be >= 0")
+    """Filter by level and slice: oldest first from ``offset`` (or newest first).
+
+    Raises:
+        QueryError: a ``limit`` or ``offset`` that is not an int >= 0, or a ``level`` that
+            is neither a name nor a number.
+    """
+    for name, value in (("limit", limit), ("offset", offset)):
+        if (value is not None or name == "offset") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise QueryError(f"{name} must be an int >= 0, got {value!r}")
     match = _level_matches(level)
     selected = (e for e in entries if match is None or match(e))
     if newest_first:
@@ -385,15 +410,45 @@ def read_entries(
     return result
 
 
+def text_predicate(text: str, *, case_sensitive: bool = False) -> Predicate:
+    """Whether an entry's message, metadata or exception text contains ``text``
+    (``str.lower()`` on both sides unless ``case_sensitive``).
+
+    Metadata is searched in its JSON text, where ``"``, ``\\`` and control characters
+    are escaped: there the text is looked for escaped the same way.
+    """
+    needle = text if case_sensitive else text.lower()
+    escaped = orjson.dumps(needle).decode("utf-8")[1:-1]
+    if escaped == needle:  # the common case: one haystack
+        if case_sensitive:
+            return lambda entry: needle in _text_of(entry)
+        return lambda entry: needle in _text_of(entry).lower()
+
+    def matches(entry: Entry) -> bool:
+        plain, meta = _plain_text_of(entry), _metadata_text_of(entry)
+        if not case_sensitive:
+            plain, meta = plain.lower(), meta.lower()
+        return needle in plain or escaped in meta
+
+    return matches
+
+
 def _text_of(entry: Entry) -> str:
-    parts = [str(entry.get("message", ""))]
-    meta = entry.get("metadata")
-    if meta:
-        parts.append(orjson.dumps(meta, default=str).decode("utf-8", "replace"))
+    """Message, metadata (as JSON) and exception text of an entry, one per line."""
+    meta = _metadata_text_of(entry)
+    plain = _plain_text_of(entry)
+    return f"{plain}\n{meta}" if meta else plain
+
+
+def _plain_text_of(entry: Entry) -> str:
     exc = entry.get("exc")
-    if exc:
-        parts.append(str(exc))
-    return "\n".join(parts)
+    message = str(entry.get("message", ""))
+    return f"{message}\n{exc}" if exc else message
+
+
+def _metadata_text_of(entry: Entry) -> str:
+    meta = entry.get("metadata")
+    return orjson.dumps(meta, default=str).decode("utf-8", "replace") if meta else ""
 
 
 #: A JSON number, or ``true``/``false`` (which compare as 1/0), right after a key.
@@ -476,6 +531,12 @@ class NumberBound:
         return [ends[2 * i] + i * size for i in compress(range(len(passing)), passing)]
 
 
+#: The UTF-8 of the only characters that ``str.lower()`` turns into ASCII letters
+#: (KELVIN SIGN -> "k", LATIN CAPITAL LETTER I WITH DOT ABOVE -> "i" + U+0307): a
+#: case-insensitive byte filter cannot rule out a line that holds one.
+_LOWER_TO_ASCII = ("\u212a".encode(), "\u0130".encode())
+
+
 def _line_around(chunk: bytes, pos: int) -> tuple[int, int]:
     """Start and end (after its newline) of the line of ``chunk`` that holds ``pos``."""
     return chunk.rfind(b"\n", 0, pos) + 1, chunk.find(b"\n", pos) + 1 or len(chunk)
@@ -502,10 +563,15 @@ class LineFilter:
     def matches(self, raw: bytes) -> bool:
         """Whether one line passes the filter."""
         hay = raw.lower() if self.fold_case else raw
+        if self.fold_case and not raw.isascii() and any(c in raw for c in _LOWER_TO_ASCII):
+            return True  # str.lower() may make the needle of it: let the decoder decide
         return all(n in hay for n in self.needles) and all(b.in_line(raw) for b in self.bounds)
 
     def lines(self, chunk: bytes) -> Iterator[bytes]:
         """The lines of a block of whole lines that pass the filter."""
+        if self.fold_case and not chunk.isascii() and any(c in chunk for c in _LOWER_TO_ASCII):
+            yield from (line for line in chunk.splitlines(keepends=True) if self.matches(line))
+            return
         if not self.needles:
             yield from self._bounded_lines(chunk)
             return
@@ -616,13 +682,12 @@ def search_entries(
     """
     if not isinstance(text, str) or not text:
         raise QueryError("search text must be a non-empty string")
-    needle = text if case_sensitive else text.lower()
+    matches = text_predicate(text, case_sensitive=case_sensitive)
     found: list[Entry] = []
     for entry in entries:
         if "enc" in entry:
             raise _secrets_unavailable(entry)
-        haystack = _text_of(entry)
-        if needle in (haystack if case_sensitive else haystack.lower()):
+        if matches(entry):
             found.append(with_timestamp(entry))
             if limit is not None and len(found) >= limit:
                 break

@@ -340,3 +340,46 @@ def test_an_entry_whose_time_no_date_has_keeps_the_tenant_readable(
     out = io.StringIO()
     assert main(["read", str(tmp_path), "--tenant", "t"], out) == 0
     assert "1e+20" in out.getvalue()
+
+
+def test_search_finds_what_lower_case_and_json_escaping_hide(tmp_path: Path) -> None:
+    """Found by the API audit: the raw-line pre-filter lower-cased bytes only (the Kelvin
+    sign lower-cases to "k"), and metadata was searched in its JSON text, where quotes,
+    backslashes and newlines are escaped."""
+    with ImmutableLogger(tmp_path, tenantId="s") as log:
+        log.info("temperature in \u212aelvin")
+        log.info("plain", {"quote": 'they say "hi"', "text": "line1\nline2"})
+        log.info('a message that says "hi" itself')
+        log.info(r"escaped in the message: say \"hi\"")
+        for _ in range(3):
+            log.info("filler")
+        assert [e["message"] for e in log.search("kelvin")] == ["temperature in \u212aelvin"]
+        assert [e["message"] for e in log.search('say "hi"')] == ["plain"]
+        assert [e["message"] for e in log.search('says "HI"')] == [
+            'a message that says "hi" itself']
+        assert [e["message"] for e in log.search("line1\nline2")] == ["plain"]
+        assert log.search("line1\nline2", case_sensitive=True)[0]["message"] == "plain"
+        everything = list(iter_entries(tmp_path, "s"))
+        assert search_entries(everything, "KELVIN")[0]["message"].endswith("\u212aelvin")
+        assert [e["message"] for e in search_entries(everything, 'say "hi"')] == ["plain"]
+
+
+def test_query_and_read_arguments_a_user_may_pass(tmp_path: Path) -> None:
+    with ImmutableLogger(tmp_path, tenantId="q") as log:
+        log.info("tagged", {"tags": ["a", "b"], "where": {"x": 1}})
+        log.audit("audited")
+        # a set operand cannot hold a list or dict value: compared item by item
+        assert log.query({"metadata.tags": {"$in": {"a", "b"}}}) == []
+        assert len(log.query({"metadata.tags": {"$in": [["a", "b"]]}})) == 1
+        assert len(log.query({"metadata.where": {"$nin": {"z"}}})) == 2
+        # timestamp is a reader field: it can be queried like the stored ones
+        assert len(log.query({"timestamp": {"$exists": True}})) == 2
+        assert len(log.query({"timestamp": {"$gte": "2000-01-01"}})) == 2
+        with pytest.raises(QueryError, match="needs true or false"):
+            log.query({"level": {"$exists": "no"}})
+        with pytest.raises(QueryError, match="limit must be an int >= 0, got '5'"):
+            log.read(limit="5")  # type: ignore[arg-type]
+        with pytest.raises(QueryError, match="offset must be an int >= 0"):
+            log.read(offset=None)  # type: ignore[arg-type]
+        assert [e["message"] for e in log.read(level="25")] == ["audited"]
+        assert [e["message"] for e in log.read(level=25)] == ["audited"]
