@@ -27,7 +27,7 @@ from .entry import METADATA_ATTR
 from .errors import ConfigurationError, ImmutableLogError
 from .handler import ImmutableHandler
 from .layout import DEFAULT_TENANT
-from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, install
+from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, register_level_names
 from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
     Entry,
@@ -65,14 +65,14 @@ class ImmutableLogger:
         level: int | str = logging.DEBUG,
         **handler_options: Any,
     ) -> None:
-        install()
+        register_level_names()  # level may be "AUDIT"; Logger.audit() & co need install()
         self.tenant = tenantId or tenant_id or tenant or DEFAULT_TENANT
         self.directory = os.fspath(directory)
-        self.handler = ImmutableHandler(self.directory, self.tenant, **handler_options)
         name = f"immutable_log.{self.tenant}.{next(_instances)}"
         self.logger = logging.getLogger(name)
         self.logger.propagate = False
-        self.logger.setLevel(level)
+        self.logger.setLevel(level)  # first: a bad level must not leave a handler open
+        self.handler = ImmutableHandler(self.directory, self.tenant, **handler_options)
         self.logger.addHandler(self.handler)
         self._closed = False
 
@@ -84,8 +84,17 @@ class ImmutableLogger:
         Raises:
             ImmutableLogError: the logger was shut down (:meth:`shutdown`); the record
                 would otherwise be lost. Every level method (``info``, ``revenue``, ...)
-                goes through here.
+                raises it too.
         """
+        self._log(level, message, metadata)
+
+    def exception(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
+        """Log at ERROR with the exception being handled (call it in an ``except``)."""
+        self._log(logging.ERROR, message, metadata, exc_info=True)
+
+    def _log(self, level: int, message: object, metadata: Mapping[str, Any] | None,
+             exc_info: bool = False) -> None:
+        """What every public method runs: the record's call site is their caller's."""
         if self._closed:
             raise ImmutableLogError(
                 f"ImmutableLogger {self.logger.name!r} (tenant {self.tenant!r}) is shut down: "
@@ -97,45 +106,45 @@ class ImmutableLogger:
             extra = {METADATA_ATTR: dict(metadata)}
         else:
             extra = {METADATA_ATTR: {"value": metadata}}
-        self.logger.log(level, message, extra=extra, stacklevel=3)
+        self.logger.log(level, message, extra=extra, stacklevel=3, exc_info=exc_info)
 
     def debug(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at DEBUG."""
-        self.log(logging.DEBUG, message, metadata)
+        self._log(logging.DEBUG, message, metadata)
 
     def info(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at INFO."""
-        self.log(logging.INFO, message, metadata)
+        self._log(logging.INFO, message, metadata)
 
     def warn(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at WARNING."""
-        self.log(logging.WARNING, message, metadata)
+        self._log(logging.WARNING, message, metadata)
 
     warning = warn
 
     def error(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at ERROR."""
-        self.log(logging.ERROR, message, metadata)
+        self._log(logging.ERROR, message, metadata)
 
     def critical(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at CRITICAL."""
-        self.log(logging.CRITICAL, message, metadata)
+        self._log(logging.CRITICAL, message, metadata)
 
     def audit(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at AUDIT."""
-        self.log(AUDIT, message, metadata)
+        self._log(AUDIT, message, metadata)
 
     def security(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at SECURITY."""
-        self.log(SECURITY, message, metadata)
+        self._log(SECURITY, message, metadata)
 
     def revenue(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at REVENUE."""
-        self.log(REVENUE, message, metadata)
+        self._log(REVENUE, message, metadata)
 
     def system(self, message: object, metadata: Mapping[str, Any] | None = None) -> None:
         """Log at SYSTEM."""
-        self.log(SYSTEM, message, metadata)
+        self._log(SYSTEM, message, metadata)
 
     # ------------------------------------------------------------------ reading
     def _decryptor(self) -> EntryDecryptor | None:

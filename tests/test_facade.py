@@ -313,3 +313,41 @@ def test_keyless_stats_read_and_level_query_on_an_encrypted_log(tmp_path: Path) 
             with pytest.raises(DecryptionError) as error:
                 action()
             assert not isinstance(error.value, KeyUnavailableError) and error.value.seq == 1
+
+
+def _log_directly(log: ImmutableLogger) -> None:
+    log.log(logging.WARNING, "direct")  # the call site to record
+
+
+def test_log_exception_and_a_bad_level_behave_like_the_level_methods(tmp_path: Path) -> None:
+    """Found by the API audit: log() recorded its caller's caller, there was no way to
+    record an exception, and a bad level left the handler (and its stream) open."""
+    with pytest.raises(ValueError, match="bogus"):
+        ImmutableLogger(tmp_path, tenantId="f", level="bogus")
+    with ImmutableLogger(tmp_path, tenantId="f") as log:
+        _log_directly(log)
+        try:
+            raise KeyError("missing")
+        except KeyError:
+            log.exception("lookup failed", {"key": "missing"})
+        direct, failed = log.read()
+    assert (direct["func"], direct["level"]) == ("_log_directly", "WARNING")
+    assert failed["func"] == "test_log_exception_and_a_bad_level_behave_like_the_level_methods"
+    assert failed["level"] == "ERROR" and "KeyError: 'missing'" in failed["exc"]
+    assert [p.name for p in (tmp_path / "f").iterdir() if p.is_dir()] == ["vm.0"]
+
+
+def test_creating_a_facade_does_not_add_logger_methods() -> None:
+    """The README: Logger.audit() and the like come only from an explicit install()."""
+    import subprocess
+    import sys
+
+    script = ("import logging, tempfile\n"
+              "from immutable_logging import ImmutableLogger\n"
+              "with ImmutableLogger(tempfile.mkdtemp(), level='AUDIT') as log:\n"
+              "    log.audit('kept')\n"
+              "    assert len(log.read()) == 1\n"
+              "print(hasattr(logging.Logger, 'audit'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "False", "")
