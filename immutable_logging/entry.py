@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import traceback
 from collections.abc import Mapping
 from decimal import Decimal
@@ -262,13 +263,45 @@ def _unwrap_structlog(record: logging.LogRecord) -> logging.LogRecord:
     event = event_dict.get("event")
     copy.msg = "" if event is None else event
     copy.args = tuple(event_dict.get("positional_args") or ()) or None
+    level = record.levelname.lower()
     copy.__dict__[FIELDS_ATTR] = {
         **(record.__dict__.get(FIELDS_ATTR) or {}),
-        **{k: v for k, v in event_dict.items() if k not in _STRUCTLOG_RESERVED},
+        **{k: v for k, v in event_dict.items() if k not in _STRUCTLOG_RESERVED
+           and not (k == "level" and str(v).lower() in (level, "exception", "warn"))},
     }
-    if not copy.exc_info and isinstance(event_dict.get("exc_info"), tuple):
-        copy.exc_info = event_dict["exc_info"]
+    if not copy.exc_info:
+        copy.exc_info = resolve_exc_info(event_dict.get("exc_info"))
+    if not copy.stack_info and event_dict.get("stack_info"):
+        copy.stack_info = _application_stack()
     return copy
+
+
+def resolve_exc_info(value: Any) -> Any:
+    """An ``exc_info`` value (a tuple, an exception, or True for the exception being
+    handled) as ``LogRecord.exc_info`` (None for none), like ``logging`` reads its keyword."""
+    if isinstance(value, BaseException):
+        return (type(value), value, value.__traceback__)
+    if isinstance(value, tuple):
+        return value if len(value) == 3 and isinstance(value[1], BaseException) else None
+    if value:
+        current = sys.exc_info()
+        return current if current[1] is not None else None
+    return None
+
+
+def _application_stack() -> str:
+    """What ``stack_info=True`` shows: the stack of the logging call, without the frames of
+    logging, structlog and this package at its end."""
+    machinery = tuple(
+        os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+        for module in (logging, sys.modules.get("structlog"), sys.modules.get(__package__))
+        if module is not None and module.__file__
+    )
+    frames = traceback.extract_stack()
+    while frames and os.path.abspath(frames[-1].filename).startswith(machinery):
+        frames.pop()
+    return "Stack (most recent call last):\n" + "".join(
+        traceback.format_list(frames)).rstrip("\n")
 
 
 def record_payload(record: logging.LogRecord, tenant: str) -> dict[str, Any]:

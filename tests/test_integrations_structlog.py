@@ -359,6 +359,80 @@ def test_structlog_wrap_for_formatter_records_are_structured(
     assert entry["metadata"] == {"user": "u1"}
 
 
+def test_wrap_for_formatter_keeps_exceptions_stacks_and_drops_the_level_field(
+    handler: ImmutableHandler, logger_name: str
+) -> None:
+    """Found by the API audit: exc_info=True and stack_info=True were dropped, and the
+    level key of add_log_level was stored as a field."""
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    stdlib_logger(logger_name, handler)
+    log = structlog.get_logger(logger_name)
+    try:
+        raise ZeroDivisionError("boom")
+    except ZeroDivisionError:
+        log.exception("failed", order=1)
+        log.error("failed again", exc_info=True)
+    log.info("with stack", stack_info=True)
+    failed, again, stacked = entries(handler)
+    assert failed["metadata"] == {"order": 1} and "ZeroDivisionError: boom" in failed["exc"]
+    assert "metadata" not in again and "ZeroDivisionError: boom" in again["exc"]
+    assert stacked["stack"].startswith("Stack (most recent call last):")
+    last_frame = stacked["stack"].splitlines()[-2]  # the application's line, nothing after
+    assert __file__ in last_frame and "test_wrap_for_formatter_keeps" in last_frame
+
+
+def test_log_with_a_number_that_has_no_name(
+    handler: ImmutableHandler, logger_name: str
+) -> None:
+    """log(33) passed the method name 'level 33', read back as INFO: below a WARNING
+    threshold it was dropped (stdlib way), and stored at INFO (native way)."""
+    configure_stdlib()
+    stdlib_logger(logger_name, handler, level=logging.WARNING)
+    structlog.get_logger(logger_name).log(33, "stdlib way")
+    structlog.get_logger(logger_name).log(15, "below the threshold")
+    configure_native(handler)
+    structlog.get_logger(logger_name).log(45, "native way")
+    assert [(e["levelno"], e["message"]) for e in entries(handler)] == [
+        (33, "stdlib way"), (45, "native way")]
+
+
+def test_async_methods_record_the_coroutine_as_call_site(
+    handler: ImmutableHandler, logger_name: str
+) -> None:
+    """structlog runs ainfo() & co in a thread pool: a stdlib logger then recorded the
+    pool's frame (func '<lambda>', thread 'asyncio_0') as the call site."""
+    import asyncio
+
+    configure_stdlib()
+    stdlib_logger(logger_name, handler)
+    log = structlog.get_logger(logger_name)
+    lines = []
+
+    async def serve() -> None:
+        lines.append(here() + 1)
+        await log.ainfo("async info", user="u")
+        lines.append(here() + 1)
+        await log.aaudit("async audit")
+        try:
+            raise KeyError("k")
+        except KeyError:
+            lines.append(here() + 1)
+            await log.aexception("async exception")
+
+    asyncio.run(serve())
+    got = [(e["func"], e["line"], e["thread"], e["level"]) for e in entries(handler)]
+    assert got == [("serve", lines[0], "MainThread", "INFO"),
+                   ("serve", lines[1], "MainThread", "AUDIT"),
+                   ("serve", lines[2], "MainThread", "ERROR")]
+    assert "KeyError" in entries(handler)[2]["exc"]
+
+
 # --------------------------------------------------------------------------- helpers
 def test_level_number_and_event_fields() -> None:
     assert level_number("audit") == AUDIT

@@ -59,11 +59,16 @@ rendered output too::
 **Custom levels.** structlog only knows the stdlib level names (``log.log(25, ...)`` raises
 ``KeyError`` in ``structlog.stdlib.BoundLogger``). :class:`ImmutableBoundLogger` adds
 ``audit()``, ``security()``, ``revenue()`` and ``system()`` and accepts any number in
-``log()``; it works for both ways above. With structlog's generic ``structlog.BoundLogger``
-(native way) ``log.audit(...)`` works too, because :class:`ChainProcessor` maps the method
-name. Where a method name has no level (``log.msg(...)``), a ``level="audit"`` key chooses
-the level. The ``level`` key written by ``add_log_level`` is not stored as a field (it repeats
-the entry's ``level``); neither is ``logger`` when it repeats the entry's ``logger``.
+``log()``; it works for both ways above. structlog's generic ``structlog.BoundLogger``
+(native way) hands ``log.audit(...)`` to the processors too (:class:`ChainProcessor` maps
+the method name and writes the entry), but then calls ``audit`` on the wrapped logger, which
+``PrintLogger`` and the like do not have: use ``ChainProcessor(handler, drop=True)`` as the
+last processor, or :class:`ImmutableBoundLogger`. Where a method name has no level
+(``log.msg(...)``), a ``level="audit"`` key chooses the level. The ``level`` key written by
+``add_log_level`` is not stored as a field (it repeats the entry's ``level``); neither is
+``logger`` when it repeats the entry's ``logger``. Its async methods (``ainfo()``,
+``aaudit()``, ...) log in the calling coroutine, not in structlog's thread pool, so that the
+call site is the application's on both ways.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -80,7 +85,7 @@ import structlog.contextvars
 import structlog.stdlib
 from structlog.exceptions import DropEvent
 
-from ..entry import FIELDS_ATTR
+from ..entry import FIELDS_ATTR, resolve_exc_info
 from ..levels import AUDIT, REVENUE, SECURITY, SYSTEM, register_level_names
 
 __all__ = [
@@ -96,7 +101,6 @@ __all__ = [
 ]
 
 EventDict = MutableMapping[str, Any]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 #: Method names structlog users log with, and their level numbers (custom levels included).
 LEVELS: dict[str, int] = {
@@ -147,6 +151,8 @@ def level_number(method_name: str, event_dict: Mapping[str, Any] | None = None) 
     known = LEVELS.get(method_name)
     if known is not None:
         return known
+    if method_name.startswith("level ") and method_name[6:].isdigit():
+        return int(method_name[6:])  # what log(33, ...) passes for a number with no name
     level = event_dict.get("level") if event_dict is not None else None
     if isinstance(level, int) and not isinstance(level, bool):
         return level
@@ -207,23 +213,6 @@ def _render_message(event: Any, args: Any) -> tuple[str, dict[str, Any]]:
         return message % args, {}
     except Exception as exc:  # a bad format string must not lose the event
         return message, {"_format_error": f"{type(exc).__name__}: {exc}", "_args": repr(args)}
-
-
-def _resolve_exc_info(value: Any) -> ExcInfo | None:
-    """Normalise an ``exc_info`` value (True, an exception, a tuple) like ``logging`` does."""
-    if value is None or value is False:
-        return None
-    if isinstance(value, BaseException):
-        return (type(value), value, value.__traceback__)
-    if isinstance(value, tuple):
-        if len(value) == 3 and isinstance(value[1], BaseException):
-            return (value[0], value[1], value[2])
-        return None
-    if value:
-        current = sys.exc_info()
-        if current[1] is not None:
-            return (type(current[1]), current[1], current[2])
-    return None
 
 
 def _starts_with_module(name: str, prefixes: Sequence[str]) -> bool:
@@ -317,7 +306,7 @@ class ChainProcessor:
         )
         fields.update(problems)
         exc_value = event_dict.get("exc_info", True if method_name == "exception" else None)
-        exc_info = _resolve_exc_info(exc_value)
+        exc_info = resolve_exc_info(exc_value)
         frame = _caller_frame(self._ignores)
         if frame is not None:
             pathname, lineno, func = frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name
@@ -333,6 +322,13 @@ class ChainProcessor:
         )
         setattr(record, FIELDS_ATTR, fields)
         return record
+
+
+def _method_name(level: int) -> str:
+    """The method name processors see for a level number (``"level 33"`` when it has no
+    name: :func:`level_number` reads the number back)."""
+    name = _CUSTOM_NAMES.get(level) or _STD_NAMES.get(level)
+    return name if name is not None else str(logging.getLevelName(level)).lower()
 
 
 def render_to_log_kwargs(
@@ -449,10 +445,57 @@ class ImmutableBoundLogger(structlog.stdlib.BoundLogger):
 
     def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
         """Log at any level number, custom levels included (no ``KeyError``)."""
-        name = _CUSTOM_NAMES.get(level) or _STD_NAMES.get(level)
-        if name is None:
-            name = str(logging.getLevelName(level)).lower()
-        return self._log_at(name, level, event, args, kw)
+        return self._log_at(_method_name(level), level, event, args, kw)
+
+    # The async methods log right here, in the calling coroutine, instead of structlog's
+    # thread pool: a stdlib logger would otherwise report the pool's frames as the call
+    # site. Chaining an entry takes microseconds; the event loop does not notice.
+    async def adebug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`debug`, awaitable."""
+        return self._log_at("debug", logging.DEBUG, event, args, kw)
+
+    async def ainfo(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`info`, awaitable."""
+        return self._log_at("info", logging.INFO, event, args, kw)
+
+    async def awarning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`warning`, awaitable."""
+        return self._log_at("warning", logging.WARNING, event, args, kw)
+
+    async def aerror(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`error`, awaitable."""
+        return self._log_at("error", logging.ERROR, event, args, kw)
+
+    async def aexception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`exception`, awaitable."""
+        kw.setdefault("exc_info", True)
+        return self._log_at("exception", logging.ERROR, event, args, kw)
+
+    async def acritical(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`critical`, awaitable."""
+        return self._log_at("critical", logging.CRITICAL, event, args, kw)
+
+    afatal = acritical
+
+    async def aaudit(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`audit`, awaitable."""
+        return self._log_at("audit", AUDIT, event, args, kw)
+
+    async def asecurity(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`security`, awaitable."""
+        return self._log_at("security", SECURITY, event, args, kw)
+
+    async def arevenue(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`revenue`, awaitable."""
+        return self._log_at("revenue", REVENUE, event, args, kw)
+
+    async def asystem(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`system`, awaitable."""
+        return self._log_at("system", SYSTEM, event, args, kw)
+
+    async def alog(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        """:meth:`log`, awaitable."""
+        return self._log_at(_method_name(level), level, event, args, kw)
 
     def _log_at(
         self,
