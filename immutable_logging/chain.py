@@ -31,6 +31,7 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import logging
 import math
 import mmap
@@ -136,13 +137,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_TMP_NAMES = itertools.count()
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir).
 
     ``durable=False`` skips both fsyncs: readers still see the old or the new content,
     never a mix, but a power cut may leave the old one (or, rarely, an empty file).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per call: two threads (two replicators of a stream, say) must not share it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TMP_NAMES)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         write_all(fd, data)
@@ -395,11 +400,11 @@ class ChainWriter:
     def _release_after_failed_open(self) -> None:
         """The constructor failed after taking the stream: close what it opened."""
         self._closed = True
-        for fd in (self._fd, self._lock_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
         self._fd = None
+        self.release_stream()
         journal, self._journal, self._jmap = self._journal, None, None
         if journal is not None:
             with contextlib.suppress(OSError):
@@ -1038,10 +1043,12 @@ class ChainWriter:
                 _log.warning("writing the batch of %s failed: %s; the entries stay in the "
                              "journal", self.stream_dir, failure)
 
-    def close(self, timeout: float | None = 30.0) -> None:
+    def close(self, timeout: float | None = 30.0, *, keep_stream: bool = False) -> None:
         """Write and sync everything, finish compressing sealed segments, release the lock.
 
-        Idempotent.
+        With ``keep_stream`` the stream stays locked until :meth:`release_stream`: the
+        handler ships and signs the last entries first, so that no other writer (another
+        process) takes the stream and starts its own replicator meanwhile. Idempotent.
         """
         with self._lock:
             if self._closed:
@@ -1075,8 +1082,8 @@ class ChainWriter:
         if self._deferred_logs:
             self._emit_deferred_logs(to_stderr=True)
         self._compressor.drain(timeout)
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        if not keep_stream:
+            self.release_stream()
         _LIVE_WRITERS.discard(self)
         if failure is not None:
             lost = self.seq - self.written_seq
@@ -1088,6 +1095,13 @@ class ChainWriter:
                 f"closing {self.stream_dir}: {failure}; the last {lost} entries could not be "
                 f"written{where}"
             ) from failure
+
+    def release_stream(self) -> None:
+        """Unlock the stream (after ``close(keep_stream=True)``). Idempotent."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # The settings are fixed at construction: append() works out what it needs from them
     # once, so an assignment would silently change nothing. Open a new writer instead.
@@ -1142,11 +1156,11 @@ class ChainWriter:
         self._sealer = None
         self._sealer_thread = None
         self._compressor = _Compressor()
-        for fd in (self._fd, self._lock_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
         self._fd = None
+        self.release_stream()
 
 
 def _is_read_only(path: Path) -> bool:

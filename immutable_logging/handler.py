@@ -358,6 +358,10 @@ class ImmutableHandler(logging.Handler):
         # time would never be released in the child.
         super()._at_fork_reinit()  # type: ignore[misc]  # exists at runtime, not in typeshed
         self._open_lock = threading.Lock()
+        # The parent's stream stays the parent's: its replicator and checkpointer must not
+        # ship or sign it from here. Logging here opens the child's own stream, with its own.
+        self.replicator = None
+        self.checkpointer = None
 
     def _live_writer(self) -> ChainWriter:
         """The writer, opened again if it was closed (``close()``, or abandoned by a fork).
@@ -453,15 +457,22 @@ class ImmutableHandler(logging.Handler):
             # Held until the stream is released: a thread that logs meanwhile waits in
             # _live_writer() and then takes the same stream again, not a new one.
             with self._open_lock:
+                writer = self.writer
                 try:
-                    self.writer.close()
+                    # The stream stays locked until the last entries are signed and
+                    # shipped: a writer of another process taking it meanwhile would
+                    # start a second replicator of the stream (overlapping batches).
+                    writer.close(keep_stream=True)
                 except Exception:
                     self._report_failure("close")
-                self._close_checkpointing()
-                if self.replicator is not None:
-                    self.last_replication_status = self.replicator.close(
-                        self.backup.backup_close_timeout
-                    )
+                try:
+                    self._close_checkpointing()
+                    if self.replicator is not None:
+                        self.last_replication_status = self.replicator.close(
+                            self.backup.backup_close_timeout
+                        )
+                finally:
+                    writer.release_stream()
         finally:
             super().close()
 

@@ -179,3 +179,52 @@ def test_fork_with_open_handler_in_parent(
         assert [e["metadata"]["i"] for e in entries] == list(range(per_child))
         assert entries[0]["seq"] == 1 and entries[0]["prev"] == "0" * 64
     assert owners == Counter({f"child-{n}": 1 for n in range(children)})
+
+
+def _exit_like_a_worker(logger_name: str, log_one: bool) -> None:
+    if log_one:
+        logging.getLogger(logger_name).info("from the child")
+    logging.shutdown()  # what a normal exit runs: it closes the inherited handler
+
+
+@pytest.mark.parametrize("child_logs", [False, True])
+def test_a_forked_child_never_ships_its_parents_stream(
+    tmp_path: Path, logger_name: str, child_logs: bool
+) -> None:
+    """Found by a stress audit: a child exiting normally closed the parent's replicator
+    copy, which shipped the parent's stream from the child; its batches overlapped the
+    parent's, and the replica was reported corrupted."""
+    from immutable_logging.replication.cloud import verify_cloud_backup
+    from immutable_logging.replication.local import LocalDirectoryBackend
+
+    bucket = tmp_path / "bucket"
+    handler = ImmutableHandler(tmp_path / "logs", tenant=TENANT, enable_cloud_backup=True,
+                               backup_directory=str(bucket), backup_batch_size=10,
+                               backup_flush_interval=60, checkpoint_key=bytes(32))
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for i in range(25):
+        logger.info("parent %d", i)
+    handler.flush()
+    replicator = handler.replicator
+    assert replicator is not None
+    replicator.pump()  # ships 1..20; 21..25 wait for a fuller batch
+    shipped = sorted(p.name for p in bucket.rglob("*.jsonl.gz"))
+    notes = sorted(p.name for p in (tmp_path / "logs").rglob("*.note"))
+    child = multiprocessing.get_context("fork").Process(
+        target=_exit_like_a_worker, args=(logger_name, child_logs))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    parent_stream = handler.writer.stream
+    assert sorted(p.name for p in bucket.rglob(f"{parent_stream}/**/*.jsonl.gz")) == shipped
+    assert sorted(p.name for p in (tmp_path / "logs" / TENANT / parent_stream).rglob(
+        "*.note")) == notes  # nor did it sign a checkpoint of it
+    for i in range(25, 40):
+        logger.info("parent %d", i)
+    handler.close()
+    result = verify_cloud_backup(LocalDirectoryBackend(bucket), tmp_path / "logs", TENANT)
+    assert (result["sync_status"], result["problems"]) == ("synced", [])
+    assert result["cloud_blocks"] == 40 + child_logs  # the child's own stream is shipped

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.replication.cloud import remote_streams, verify_cloud_backup
 from immutable_logging.replication.local import LocalDirectoryBackend
+from immutable_logging.replication.replicator import ReplicationStatus
 
 SCRIPT = textwrap.dedent(
     """
@@ -139,3 +142,73 @@ def test_an_encrypted_tenant_restored_from_the_replica_stays_encrypted(tmp_path:
     with ImmutableLogger(restored, tenantId="phrase",
                          encryption_passphrase="correct horse") as log:
         assert [e["message"] for e in log.read()] == ["by passphrase"]
+
+
+def test_close_keeps_the_stream_until_its_last_entries_are_shipped(tmp_path: Path) -> None:
+    """Found by a stress audit: close() released the stream before the replicator's final
+    pump, so a process starting meanwhile took the same stream and shipped it too
+    (overlapping batches, a corrupted replica)."""
+    from immutable_logging.chain import ChainWriter
+
+    handler = ImmutableHandler(tmp_path / "logs", tenant="t", enable_cloud_backup=True,
+                               backup_directory=str(tmp_path / "bucket"),
+                               backup_flush_interval=60)
+    logger = logging.getLogger(f"close-handover-{id(handler)}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for i in range(30):
+        logger.info("entry %d", i)
+    replicator = handler.replicator
+    assert replicator is not None
+    final_pump = replicator.close
+    taken: list[str] = []
+
+    def another_process_starts(timeout: float = 10.0) -> ReplicationStatus:
+        other = ChainWriter(tmp_path / "logs", "t")  # as a restarted worker would
+        taken.append(other.stream)
+        other.close()
+        return final_pump(timeout)
+
+    replicator.close = another_process_starts  # type: ignore[method-assign]
+    handler.close()
+    logger.removeHandler(handler)
+    assert taken and taken[0] != handler.writer.stream
+    assert handler.last_replication_status is not None
+    assert handler.last_replication_status.pending_entries == 0
+
+
+def test_closing_while_a_thread_logs_leaves_one_replicator_and_a_sound_replica(
+    tmp_path: Path
+) -> None:
+    """close() used to read the writer and replicator while a logging thread reopened
+    them: close() raised 'cannot join thread before it is started', a replicator thread
+    outlived close(), or two replicators shipped one stream."""
+    for attempt in range(8):
+        root, bucket = tmp_path / f"logs{attempt}", tmp_path / f"bucket{attempt}"
+        handler = ImmutableHandler(root, tenant="t", enable_cloud_backup=True,
+                                   backup_directory=str(bucket), backup_batch_size=5,
+                                   backup_flush_interval=0.05)
+        logger = logging.getLogger(f"close-race-{attempt}-{id(handler)}")
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        stop = threading.Event()
+        before = set(threading.enumerate())
+
+        def spin(log: logging.Logger = logger, done: threading.Event = stop) -> None:
+            while not done.is_set():
+                log.info("x")
+
+        thread = threading.Thread(target=spin)
+        thread.start()
+        time.sleep(0.1)
+        handler.close()
+        stop.set()
+        thread.join(10)
+        handler.close()
+        logger.removeHandler(handler)
+        leaked = [t.name for t in threading.enumerate() if t not in before]
+        assert leaked == [], (attempt, leaked)
+        result = verify_cloud_backup(LocalDirectoryBackend(bucket), root, "t")
+        assert (result["sync_status"], result["problems"]) == ("synced", []), attempt

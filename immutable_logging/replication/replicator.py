@@ -36,7 +36,7 @@ from ..checkpoint import list_notes
 from ..compression import READ_ERRORS, compress, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
-from ..errors import ObjectExistsError, RemoteIntegrityError
+from ..errors import ObjectExistsError, RemoteIntegrityError, ReplicationError
 from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,
@@ -196,6 +196,9 @@ class Replicator(QueueListener):
     ) -> None:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         super().__init__(self._queue)
+        #: The process that ships this stream: a forked child holds a copy of this object
+        #: but not the stream (its writer was abandoned at the fork), so it ships nothing.
+        self._pid = os.getpid()
         self.backend = backend
         self.stream_dir = Path(stream_dir)
         self.stream = self.stream_dir.name
@@ -304,7 +307,7 @@ class Replicator(QueueListener):
 
     def try_pump(self, force: bool = False, deadline: float | None = None) -> bool:
         """Pump unless backing off; failures are recorded, never raised. True if caught up."""
-        if self._fatal is not None or time.monotonic() < self._retry_at:
+        if self._fatal is not None or time.monotonic() < self._retry_at or self._forked():
             return False
         try:
             self.pump(force=force, deadline=deadline)
@@ -345,8 +348,11 @@ class Replicator(QueueListener):
 
         What cannot be shipped stays on disk and is shipped at the next start (unless
         replication is stopped: ``state == "stopped"``); the returned status says how many
-        entries are pending. Idempotent.
+        entries are pending. Idempotent. In a forked child it does nothing: the parent
+        ships the stream (shipping it from here too made overlapping batches).
         """
+        if self._forked():
+            return self.status
         deadline = time.monotonic() + timeout
         self.stop(timeout)
         self._retry_at = 0.0
@@ -372,6 +378,9 @@ class Replicator(QueueListener):
             )
         return self.status
 
+    def _forked(self) -> bool:
+        return os.getpid() != self._pid
+
     def _update_status(self) -> None:
         status = self.status
         status.replicated_seq = self.cursor.last_seq
@@ -385,6 +394,10 @@ class Replicator(QueueListener):
         With a ``deadline`` (``time.monotonic()`` value) no new batch is started after it.
         Raises ReplicationError subclasses; :meth:`try_pump` is the non-raising form.
         """
+        if self._forked():
+            raise ReplicationError(
+                f"replicator of {self.stream_dir} belongs to process {self._pid}: a forked "
+                "child does not ship its parent's stream")
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             return 0  # another pump holds the lock past the deadline
