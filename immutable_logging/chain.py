@@ -389,12 +389,12 @@ class ChainWriter:
             self._recover()
             if durability == "flush" and not _FORKED_CHILD and threads_can_start():
                 self._open_journal()
+            _LIVE_WRITERS.add(self)
+            if (durability == "group" or self._journal is not None) and threads_can_start():
+                self._start_flusher()  # may fail too (no new thread at shutdown on 3.12)
         except BaseException:  # release the stream: the next writer must find it free
             self._release_after_failed_open()
             raise
-        _LIVE_WRITERS.add(self)
-        if (durability == "group" or self._journal is not None) and threads_can_start():
-            self._start_flusher()
 
     # ------------------------------------------------------------------ opening
     def _release_after_failed_open(self) -> None:
@@ -425,17 +425,20 @@ class ChainWriter:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, b"%d\n" % os.getpid())
-            meta = sdir / STREAM_META
-            if not meta.exists():
-                atomic_write(
-                    meta,
-                    orjson.dumps(
-                        {"format": 1, "tenant": self.tenant, "stream": name, "created": time.time()}
-                    ),
-                    0o644,
-                )
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, b"%d\n" % os.getpid())
+                meta = sdir / STREAM_META
+                if not meta.exists():
+                    atomic_write(
+                        meta,
+                        orjson.dumps({"format": 1, "tenant": self.tenant, "stream": name,
+                                      "created": time.time()}),
+                        0o644,
+                    )
+            except BaseException:  # release the stream: the next writer must find it free
+                os.close(fd)
+                raise
             return sdir, fd
         where = f"stream {requested!r}" if requested else f"all {MAX_STREAM_SLOTS} stream slots"
         raise StreamLockedError(f"{where} of {tdir} are locked by other processes")
@@ -1083,8 +1086,7 @@ class ChainWriter:
             self._emit_deferred_logs(to_stderr=True)
         self._compressor.drain(timeout)
         if not keep_stream:
-            self.release_stream()
-        _LIVE_WRITERS.discard(self)
+            self.release_stream()  # else still in _LIVE_WRITERS: a fork child releases it
         if failure is not None:
             lost = self.seq - self.written_seq
             where = (
@@ -1102,6 +1104,7 @@ class ChainWriter:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        _LIVE_WRITERS.discard(self)
 
     # The settings are fixed at construction: append() works out what it needs from them
     # once, so an assignment would silently change nothing. Open a new writer instead.

@@ -39,6 +39,7 @@ from .query import (
 )
 from .replication.backend import StorageBackend
 from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
+from .replication.replicator import Replicator
 from .verify import VerificationReport, verify_tenant
 
 _instances = itertools.count(1)
@@ -264,20 +265,27 @@ class ImmutableLogger:
 
     def sync_status(self) -> dict[str, Any]:
         """The replicator's progress: replicated and pending entries, errors, PUTs."""
-        replicator = self.handler.replicator
-        if replicator is None:
-            self._backend()
-        assert replicator is not None
+        replicator = self._replicator()
         replicator.pending_count()
         return replicator.status.to_dict()
 
     def flush_backup(self, timeout: float = 30.0) -> bool:
         """Ship everything written so far now; True when nothing is left pending."""
-        self._backend()
+        replicator = self._replicator()
         self.handler.flush()
-        replicator = self.handler.replicator
-        assert replicator is not None
         return replicator.try_pump(force=True) and replicator.pending_count() == 0
+
+    def _replicator(self) -> Replicator:
+        """This process's replicator (in a forked child that has not logged yet, the one
+        of the child's own stream, opened now: the parent's stream stays the parent's)."""
+        self._backend()  # raises when cloud backup is off
+        if self.handler.replicator is None and not self._closed:
+            self.handler._live_writer()
+        replicator = self.handler.replicator
+        if replicator is None:
+            raise ImmutableLogError(
+                f"ImmutableLogger {self.logger.name!r} is shut down and has no replicator")
+        return replicator
 
     def verify_cloud_backup(self) -> dict[str, Any]:
         """Compare the replica with the local log and verify the replica's chain.

@@ -44,7 +44,7 @@ from .encryption import (
     encryption_markers,
 )
 from .entry import record_payload
-from .errors import ConfigurationError, StreamLockedError
+from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
 from .layout import validate_tenant
 from .levels import register_level_names
 from .own_loggers import holding_back, own_logger, release
@@ -310,16 +310,21 @@ class ImmutableHandler(logging.Handler):
 
     def _start_checkpointing(self) -> None:
         thread = self._checkpoint_thread
-        if (self._signer is None or (thread is not None and thread.is_alive())
+        if (self._signer is None or (thread is not None and thread.is_alive()
+                                     and not self._checkpoint_stop.is_set())
                 or not threads_can_start()):
             return
+        # Each thread has its own stop event: one stopped by close() ends even when a
+        # reopened writer starts the next one at once.
+        stop = self._checkpoint_stop = threading.Event()
         self._checkpoint_thread = threading.Thread(
-            target=self._checkpoint_loop, name="immutable-logging-checkpoint", daemon=True
+            target=self._checkpoint_loop, args=(stop,), name="immutable-logging-checkpoint",
+            daemon=True,
         )
         self._checkpoint_thread.start()
 
-    def _checkpoint_loop(self) -> None:
-        while not self._checkpoint_stop.wait(self.checkpoint_interval):
+    def _checkpoint_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.checkpoint_interval):
             try:
                 self.checkpoint()
             except Exception as exc:  # keep going: the next run re-reads from disk
@@ -338,13 +343,12 @@ class ImmutableHandler(logging.Handler):
         with self._checkpoint_lock:
             return checkpointer.update()
 
-    def _close_checkpointing(self) -> None:
+    def _close_checkpointing(self, stop: threading.Event, thread: threading.Thread | None,
+                             checkpointer: Checkpointer | None) -> None:
         """Stop the background thread and write the final checkpoint (writer closed)."""
-        self._checkpoint_stop.set()
-        thread = self._checkpoint_thread
+        stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(30.0)
-        checkpointer, self.checkpointer = self.checkpointer, None  # close is idempotent
         if checkpointer is not None:
             try:
                 with self._checkpoint_lock:
@@ -389,7 +393,7 @@ class ImmutableHandler(logging.Handler):
         dropped before the handler lock is taken."""
         try:
             excluded = record.name.startswith(EXCLUDED_LOGGERS) and _is_excluded(record.name)
-        except AttributeError:  # a record made by hand without a name: not ours
+        except (AttributeError, TypeError):  # a record made by hand, named None or bytes
             excluded = False
         if excluded:
             # Before the handler lock: our own threads log while holding a writer lock,
@@ -417,7 +421,15 @@ class ImmutableHandler(logging.Handler):
             writer = self.writer
             if writer.closed:
                 writer = self._live_writer()
-            writer.append(record_payload(record, self.tenant))
+            try:
+                writer.append(record_payload(record, self.tenant))
+            except ImmutableLogError:
+                if not writer.closed:
+                    raise
+                # close() ran between the check and the append: the record goes to the
+                # writer opened after it (the payload again: a transform may have used it)
+                writer = self._live_writer()
+                writer.append(record_payload(record, self.tenant))
             replicator = self.replicator
             if replicator is not None and not self.backup.backup_async:
                 writer.flush()
@@ -454,25 +466,30 @@ class ImmutableHandler(logging.Handler):
             super().close()  # logging.shutdown() at exit calls flush() and close()
             return
         try:
-            # Held until the stream is released: a thread that logs meanwhile waits in
-            # _live_writer() and then takes the same stream again, not a new one.
+            # What this close() closes, taken together: a thread logging meanwhile opens
+            # a writer (another stream: this one stays locked below), a replicator and a
+            # checkpointer of its own, which the next close() closes. Nothing else runs
+            # under _open_lock: what closing logs, and a record logged meanwhile, must
+            # never wait for this close().
             with self._open_lock:
-                writer = self.writer
-                try:
-                    # The stream stays locked until the last entries are signed and
-                    # shipped: a writer of another process taking it meanwhile would
-                    # start a second replicator of the stream (overlapping batches).
-                    writer.close(keep_stream=True)
-                except Exception:
-                    self._report_failure("close")
-                try:
-                    self._close_checkpointing()
-                    if self.replicator is not None:
-                        self.last_replication_status = self.replicator.close(
-                            self.backup.backup_close_timeout
-                        )
-                finally:
-                    writer.release_stream()
+                writer, replicator = self.writer, self.replicator
+                checkpointer, self.checkpointer = self.checkpointer, None  # idempotent
+                stop, thread = self._checkpoint_stop, self._checkpoint_thread
+            try:
+                # The stream stays locked until its last entries are signed and shipped:
+                # a writer of another process taking it meanwhile would start a second
+                # replicator of the stream (overlapping batches).
+                writer.close(keep_stream=True)
+            except Exception:
+                self._report_failure("close")
+            try:
+                self._close_checkpointing(stop, thread, checkpointer)
+                if replicator is not None:
+                    self.last_replication_status = replicator.close(
+                        self.backup.backup_close_timeout
+                    )
+            finally:
+                writer.release_stream()
         finally:
             super().close()
 

@@ -309,9 +309,13 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
             if not isinstance(operand, list | tuple | set | frozenset):
                 raise QueryError(f"{op} for field {path!r} needs a list, got {operand!r}")
         elif op == "$exists":
-            if not isinstance(operand, bool):
+            if not isinstance(operand, bool) and operand not in (0, 1):
+                raise QueryError(f"$exists for field {path!r} needs true or false (or 1/0), "
+                                 f"got {operand!r}")
+            if not isinstance(operand, int | float):  # 1.0 passes the test above
                 raise QueryError(f"$exists for field {path!r} needs true or false, "
                                  f"got {operand!r}")
+            operand = bool(operand)
         elif op == "$regex":
             if not isinstance(operand, str | re.Pattern):
                 raise QueryError(f"$regex for field {path!r} needs a string")
@@ -418,7 +422,10 @@ def text_predicate(text: str, *, case_sensitive: bool = False) -> Predicate:
     are escaped: there the text is looked for escaped the same way.
     """
     needle = text if case_sensitive else text.lower()
-    escaped = orjson.dumps(needle).decode("utf-8")[1:-1]
+    try:
+        escaped = orjson.dumps(needle).decode("utf-8")[1:-1]
+    except orjson.JSONEncodeError:  # a lone surrogate: stored escaped by the writer anyway
+        escaped = needle
     if escaped == needle:  # the common case: one haystack
         if case_sensitive:
             return lambda entry: needle in _text_of(entry)
@@ -428,7 +435,7 @@ def text_predicate(text: str, *, case_sensitive: bool = False) -> Predicate:
         plain, meta = _plain_text_of(entry), _metadata_text_of(entry)
         if not case_sensitive:
             plain, meta = plain.lower(), meta.lower()
-        return needle in plain or escaped in meta
+        return needle in plain or escaped in meta or needle in meta  # also a JSON fragment
 
     return matches
 
@@ -564,7 +571,8 @@ class LineFilter:
         """Whether one line passes the filter."""
         hay = raw.lower() if self.fold_case else raw
         if self.fold_case and not raw.isascii() and any(c in raw for c in _LOWER_TO_ASCII):
-            return True  # str.lower() may make the needle of it: let the decoder decide
+            # str.lower() turns these into ASCII letters: compare as the decoder will
+            hay = raw.decode("utf-8", "replace").lower().encode("utf-8")
         return all(n in hay for n in self.needles) and all(b.in_line(raw) for b in self.bounds)
 
     def lines(self, chunk: bytes) -> Iterator[bytes]:

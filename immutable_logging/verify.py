@@ -68,6 +68,7 @@ from .journal import pending_lines
 from .layout import (
     CHECKPOINT_DIR,
     JOURNAL_FILE,
+    LOCK_FILE,
     STREAM_META,
     TORN_DIR,
     Segment,
@@ -626,7 +627,7 @@ def verify_stream(
     state = _StreamVerifier(report, parse, decrypt)
     recoveries: list[dict[str, Any]] = []
     meta_missing = not (stream_dir / STREAM_META).exists()
-    if meta_missing and (segments or (stream_dir / JOURNAL_FILE).exists()):
+    if meta_missing and not _only_creation_leftovers(stream_dir):
         state.problem("malformed", str(stream_dir / STREAM_META), None,
                       "the stream's stream.json is missing")
     elif meta_missing:  # what a process stopped while creating the stream leaves
@@ -703,6 +704,17 @@ def _remember(items: list[Any], item: Any) -> None:
     items.append(item)
     if len(items) > _MOVE_MEMORY:
         del items[0]
+
+
+def _only_creation_leftovers(stream_dir: Path) -> bool:
+    """True when a stream directory holds only what creating it leaves before stream.json
+    exists: the lock file and temporary files (no segment, journal, seal or checkpoint)."""
+    try:
+        names = os.listdir(stream_dir)
+    except OSError:
+        return False
+    return all(name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+               for name in names)
 
 
 def _check_journal(stream_dir: Path, state: _StreamVerifier) -> None:

@@ -228,3 +228,25 @@ def test_a_forked_child_never_ships_its_parents_stream(
     result = verify_cloud_backup(LocalDirectoryBackend(bucket), tmp_path / "logs", TENANT)
     assert (result["sync_status"], result["problems"]) == ("synced", [])
     assert result["cloud_blocks"] == 40 + child_logs  # the child's own stream is shipped
+
+
+def _ask_the_replica(facade: Any, results: Any) -> None:
+    results.put((facade.sync_status()["stream"], facade.flush_backup()))
+
+
+def test_a_forked_child_asks_the_facade_about_its_own_replication(tmp_path: Path) -> None:
+    """Found by review: in a child that had not logged, sync_status() and flush_backup()
+    failed with a bare AssertionError (the parent's replicator is dropped at the fork)."""
+    from immutable_logging import ImmutableLogger
+
+    with ImmutableLogger(tmp_path / "logs", tenantId=TENANT, enable_cloud_backup=True,
+                         backup_directory=str(tmp_path / "bucket")) as log:
+        log.info("parent")
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        child = ctx.Process(target=_ask_the_replica, args=(log, results))
+        child.start()
+        stream, caught_up = results.get(timeout=60)
+        child.join(60)
+        assert child.exitcode == 0 and caught_up is True
+        assert stream != log.handler.writer.stream  # the child's own stream

@@ -362,6 +362,16 @@ def test_search_finds_what_lower_case_and_json_escaping_hide(tmp_path: Path) -> 
         everything = list(iter_entries(tmp_path, "s"))
         assert search_entries(everything, "KELVIN")[0]["message"].endswith("\u212aelvin")
         assert [e["message"] for e in search_entries(everything, 'say "hi"')] == ["plain"]
+        # text as it appears in the metadata's JSON is still found, as before
+        assert [e["message"] for e in log.search('"quote":"they')] == ["plain"]
+        assert log.search("lone \udc80 surrogate") == []  # no encoder error
+    # Only lines holding the two special characters are decoded to be compared; a block
+    # holding one no longer lets every line through.
+    needle = search_filter("nowhere")
+    assert needle is not None
+    block = b"".join(b'{"message":"line %d \xe2\x84\xaa"}\n' % i for i in range(50))
+    block += b'{"message":"NOWHERE \xc4\xb0"}\n{"message":"plain"}\n'
+    assert list(needle.lines(block)) == [b'{"message":"NOWHERE \xc4\xb0"}\n']
 
 
 def test_query_and_read_arguments_a_user_may_pass(tmp_path: Path) -> None:
@@ -377,6 +387,8 @@ def test_query_and_read_arguments_a_user_may_pass(tmp_path: Path) -> None:
         assert len(log.query({"timestamp": {"$gte": "2000-01-01"}})) == 2
         with pytest.raises(QueryError, match="needs true or false"):
             log.query({"level": {"$exists": "no"}})
+        assert len(log.query({"metadata.tags": {"$exists": 1}})) == 1  # MongoDB's 1/0
+        assert len(log.query({"metadata.tags": {"$exists": 0}})) == 1
         with pytest.raises(QueryError, match="limit must be an int >= 0, got '5'"):
             log.read(limit="5")  # type: ignore[arg-type]
         with pytest.raises(QueryError, match="offset must be an int >= 0"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from immutable_logging import ImmutableHandler, ImmutableLogger
+from immutable_logging.query import iter_entries
 from immutable_logging.replication.cloud import remote_streams, verify_cloud_backup
 from immutable_logging.replication.local import LocalDirectoryBackend
 from immutable_logging.replication.replicator import ReplicationStatus
@@ -212,3 +213,85 @@ def test_closing_while_a_thread_logs_leaves_one_replicator_and_a_sound_replica(
         assert leaked == [], (attempt, leaked)
         result = verify_cloud_backup(LocalDirectoryBackend(bucket), root, "t")
         assert (result["sync_status"], result["problems"]) == ("synced", []), attempt
+
+
+def _replica_down_while_a_thread_logs(handler: ImmutableHandler, log: logging.Logger) -> None:
+    """Make the replica fail, and log from another thread while close() ships."""
+    from immutable_logging.errors import ReplicationError
+
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise ReplicationError("bucket unreachable")
+
+    handler.backend._put_if_absent = unreachable  # type: ignore[union-attr, method-assign]
+    replicator = handler.replicator
+    assert replicator is not None
+    final_pump = replicator.close
+
+    def close_with_a_thread_logging(timeout: float = 10.0) -> ReplicationStatus:
+        threading.Thread(target=lambda: log.info("logged while close() runs"),
+                         daemon=True).start()
+        time.sleep(0.3)  # that thread holds the MemoryHandler's lock from here on
+        return final_pump(timeout)
+
+    replicator.close = close_with_a_thread_logging  # type: ignore[method-assign]
+
+
+def test_close_logs_nothing_under_a_lock_a_logging_thread_waits_for(tmp_path: Path) -> None:
+    """Found by review: close() held the handler's open lock while the replicator logged
+    its warnings. A MemoryHandler on the root forwarding to the handler, held by a thread
+    that waited for that lock to reopen the writer, deadlocked them both."""
+    import logging.handlers
+
+    handler = ImmutableHandler(tmp_path / "logs", "t", enable_cloud_backup=True,
+                               backup_directory=str(tmp_path / "bucket"),
+                               backup_flush_interval=60, backup_batch_size=1000)
+    memory = logging.handlers.MemoryHandler(capacity=1, flushLevel=logging.INFO,
+                                            target=handler)
+    root = logging.getLogger()
+    root.addHandler(memory)
+    log = logging.getLogger(f"memory-app-{id(handler)}")
+    log.setLevel(logging.INFO)
+    log.info("before close")
+    _replica_down_while_a_thread_logs(handler, log)
+    done = threading.Event()
+    closer = threading.Thread(target=lambda: (handler.close(), done.set()), daemon=True)
+    closer.start()
+    assert done.wait(20), "close() deadlocked"
+    root.removeHandler(memory)
+    handler.close()
+    messages = [e["message"] for e in iter_entries(tmp_path / "logs", "t")]
+    assert "before close" in messages and "logged while close() runs" in messages
+
+
+def _sleep_a_while() -> None:
+    time.sleep(2)
+
+
+def test_a_child_forked_while_close_ships_does_not_keep_the_stream(tmp_path: Path) -> None:
+    """close() keeps the stream locked while it ships; a child forked then inherited the
+    lock for its whole life, so the parent's next writer got another stream."""
+    from immutable_logging.chain import ChainWriter
+
+    handler = ImmutableHandler(tmp_path, "t", enable_cloud_backup=True,
+                               backup_directory=str(tmp_path / "bucket"),
+                               backup_flush_interval=60)
+    handler.writer.append({"message": "x"})
+    replicator = handler.replicator
+    assert replicator is not None
+    final_pump = replicator.close
+    children: list[Any] = []
+
+    def close_and_fork(timeout: float = 10.0) -> ReplicationStatus:
+        child = multiprocessing.get_context("fork").Process(target=_sleep_a_while)
+        child.start()
+        children.append(child)
+        return final_pump(timeout)
+
+    replicator.close = close_and_fork  # type: ignore[method-assign]
+    handler.close()
+    writer = ChainWriter(tmp_path, "t")
+    try:
+        assert children[0].is_alive() and writer.stream == handler.writer.stream
+    finally:
+        writer.close()
+        children[0].join()

@@ -649,3 +649,6 @@ def test_a_missing_stream_json_is_damage_unless_the_stream_was_never_written(
     report = verify_tenant(tmp_path / "fresh")
     assert report.ok and report.entries == 0
     assert any("a process stopped while creating this stream" in w for w in report.warnings)
+    # A stream that was written (a seal key, checkpoints, a cursor) and then wiped is not.
+    (interrupted / ".replica-1234.json").write_text("{}")
+    assert [p.reason for p in verify_tenant(tmp_path / "fresh").problems] == ["malformed"]

@@ -68,7 +68,8 @@ last processor, or :class:`ImmutableBoundLogger`. Where a method name has no lev
 ``add_log_level`` is not stored as a field (it repeats the entry's ``level``); neither is
 ``logger`` when it repeats the entry's ``logger``. Its async methods (``ainfo()``,
 ``aaudit()``, ...) log in the calling coroutine, not in structlog's thread pool, so that the
-call site is the application's on both ways.
+call site is the application's on both ways (with ``backup_async=False`` or
+``durability="always"`` each call then waits for its upload or fsync in the event loop).
 """
 
 from __future__ import annotations
