@@ -460,7 +460,9 @@ class ImmutableHandler(logging.Handler):
         """Flush, sync and release the stream. Idempotent.
 
         A record logged after ``close()`` (``logging.shutdown()`` runs it at exit, and
-        threads may still log) opens the stream again once ``close()`` has released it.
+        threads may still log) opens a writer again: of the same stream once ``close()``
+        has released it, of another one while ``close()`` still ships and signs. It never
+        waits for ``close()``; the next ``close()`` closes that writer.
         """
         if "writer" not in self.__dict__:  # the constructor failed: nothing was opened
             super().close()  # logging.shutdown() at exit calls flush() and close()
