@@ -309,11 +309,8 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
             if not isinstance(operand, list | tuple | set | frozenset):
                 raise QueryError(f"{op} for field {path!r} needs a list, got {operand!r}")
         elif op == "$exists":
-            if not isinstance(operand, bool) and operand not in (0, 1):
+            if not (isinstance(operand, int | float) and operand in (0, 1)):  # bools too
                 raise QueryError(f"$exists for field {path!r} needs true or false (or 1/0), "
-                                 f"got {operand!r}")
-            if not isinstance(operand, int | float):  # 1.0 passes the test above
-                raise QueryError(f"$exists for field {path!r} needs true or false, "
                                  f"got {operand!r}")
             operand = bool(operand)
         elif op == "$regex":
@@ -325,8 +322,9 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
                 raise QueryError(f"invalid $regex for field {path!r}: {exc}") from None
         checks.append((_OPERATORS[op], operand))
 
-    get = _getter(path.split("."))
-    if path.split(".")[0] == "timestamp":  # added by the reader: derive it first
+    keys = path.split(".")
+    get = _getter(keys)
+    if keys[0] == "timestamp":  # added by the reader: derive it first
         stored = get
         get = lambda entry: stored(with_timestamp(entry))  # noqa: E731
     if len(checks) == 1:
