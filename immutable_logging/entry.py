@@ -70,7 +70,10 @@ _STRUCTLOG_ATTRS = frozenset({"_logger", "_name"})
 _STRUCTLOG_RESERVED = frozenset(
     {"event", "exc_info", "stack_info", "positional_args", "_record", "_from_structlog"}
 )
-_SKIPPED_EXTRAS = frozenset({METADATA_ATTR, FIELDS_ATTR}) | _STRUCTLOG_ATTRS
+#: Names structlog gives a level besides the level's own name (``log.exception`` and
+#: ``log.warn`` in older versions): an event dict's ``level`` with one of them repeats it.
+_LEVEL_ALIASES = {"exception": "error", "warn": "warning", "fatal": "critical"}
+_SKIPPED_EXTRAS = frozenset({METADATA_ATTR, FIELDS_ATTR})
 #: Attributes that are never copied into an entry's metadata as they are.
 _NOT_EXTRAS = STANDARD_RECORD_ATTRS | _SKIPPED_EXTRAS
 
@@ -260,6 +263,8 @@ def _unwrap_structlog(record: logging.LogRecord) -> logging.LogRecord:
     if not isinstance(event_dict, Mapping):
         return record
     copy = logging.makeLogRecord(record.__dict__)
+    for name in _STRUCTLOG_ATTRS:  # structlog's, not the caller's: no fields
+        del copy.__dict__[name]
     event = event_dict.get("event")
     copy.msg = "" if event is None else event
     copy.args = tuple(event_dict.get("positional_args") or ()) or None
@@ -267,13 +272,19 @@ def _unwrap_structlog(record: logging.LogRecord) -> logging.LogRecord:
     copy.__dict__[FIELDS_ATTR] = {
         **(record.__dict__.get(FIELDS_ATTR) or {}),
         **{k: v for k, v in event_dict.items() if k not in _STRUCTLOG_RESERVED
-           and not (k == "level" and str(v).lower() in (level, "exception", "warn"))},
+           and not (k == "level" and _repeats_level(v, level))},
     }
     if not copy.exc_info:
         copy.exc_info = resolve_exc_info(event_dict.get("exc_info"))
     if not copy.stack_info and event_dict.get("stack_info"):
         copy.stack_info = _application_stack()
     return copy
+
+
+def _repeats_level(value: Any, level: str) -> bool:
+    """Whether an event dict's ``level`` value names ``level`` (lower case) again."""
+    name = str(value).lower()
+    return _LEVEL_ALIASES.get(name, name) == level
 
 
 def resolve_exc_info(value: Any) -> Any:

@@ -220,3 +220,29 @@ def test_an_extra_named_taskname_is_kept_before_python_312() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     record.__dict__["taskName"] = "job-7"
     assert record_payload(record, "t")["metadata"] == {"taskName": "job-7"}
+
+
+def test_extras_named_like_structlogs_are_kept_on_ordinary_records() -> None:
+    """Extras called ``_logger`` and ``_name`` were always dropped; only the pair that
+    structlog's ``wrap_for_formatter`` adds (with an event dict as message) is bookkeeping."""
+    record = _record(_name="billing", _logger="api")
+    assert record_payload(record, "t")["metadata"] == {"_name": "billing", "_logger": "api"}
+    wrapped = _record("%s", None, _name="billing", _logger=object())
+    wrapped.msg = {"event": "paid", "order": 7}
+    payload = record_payload(wrapped, "t")
+    assert (payload["message"], payload["metadata"]) == ("paid", {"order": 7})
+
+
+@pytest.mark.parametrize(("level", "value", "kept"), [
+    (logging.ERROR, "exception", False), (logging.ERROR, "error", False),
+    (logging.WARNING, "warn", False), (logging.CRITICAL, "fatal", False),
+    (logging.INFO, "exception", True), (logging.INFO, "warn", True),
+    (logging.DEBUG, "info", True),
+])
+def test_a_structlog_level_field_is_dropped_only_when_it_names_the_records_level(
+    level: int, value: str, kept: bool
+) -> None:
+    record = _record("%s", None, _name="svc", _logger=object())
+    record.levelno, record.levelname = level, logging.getLevelName(level)
+    record.msg = {"event": "e", "level": value}
+    assert record_payload(record, "t").get("metadata") == ({"level": value} if kept else None)
