@@ -8,6 +8,7 @@ Exit codes: 0 success (log verified clean), 1 verification found tampering or da
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import signal
@@ -749,6 +750,11 @@ class _ReaderGone(Exception):
     """Writing the command's output failed with EPIPE: its reader went away."""
 
 
+#: Longer texts may encode to more than ``BufferedWriter``'s 8 KiB buffer (4 bytes per
+#: character at most): :meth:`_Output.write` writes them itself.
+_SMALL_WRITE = 2048
+
+
 class _Output(io.TextIOBase):
     """The command's output stream: a broken pipe *there* becomes :class:`_ReaderGone`, so
     that one raised anywhere else (a backend's socket, say) is not mistaken for ``| head``.
@@ -760,9 +766,29 @@ class _Output(io.TextIOBase):
 
     def write(self, text: str) -> int:
         try:
-            return self.stream.write(text)
+            binary = getattr(self.stream, "buffer", None)
+            if len(text) <= _SMALL_WRITE or binary is None or os.linesep != "\n":
+                return self.stream.write(text)
+            self._write_all(binary, text)
+            return len(text)
         except BrokenPipeError as exc:
             raise _ReaderGone from exc
+
+    def _write_all(self, binary: io.BufferedIOBase, text: str) -> None:
+        """Write a large text through the binary buffer, finishing short writes.
+
+        ``BufferedWriter.write`` hands a large write straight to the file and returns what
+        the kernel took: when the reader of a pipe leaves mid-write that is a short count,
+        which ``TextIOWrapper`` ignores; the rest would be dropped without an error. Writing
+        the rest again gets EPIPE, so the reader's going is seen.
+        """
+        self.stream.flush()  # what the text layer holds goes first
+        data = memoryview(text.encode(self.stream.encoding, self.stream.errors or "strict"))
+        while data:
+            written = binary.write(data)
+            if not written:  # never for a blocking file; no endless loop for another one
+                raise OSError(errno.EAGAIN, "the output took no bytes")
+            data = data[written:]
 
     def flush(self) -> None:
         try:
