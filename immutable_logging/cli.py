@@ -35,6 +35,7 @@ from .errors import (
     ImmutableLogError,
     KeyUnavailableError,
     RemoteIntegrityError,
+    location,
 )
 from .layout import (
     DEFAULT_TENANT,
@@ -273,9 +274,8 @@ def _print_report(out: TextIO, report: VerificationReport) -> None:
     ]
     _table(out, ["tenant", "stream", "segments", "entries", "last seq", "status"], rows)
     for problem in report.problems:
-        out.write(
-            f"FAIL {problem.reason}: file {problem.file}, seq {problem.seq}: {problem.detail}\n"
-        )
+        where = location(problem.file, problem.seq)
+        out.write(f"FAIL {problem.reason}: {where}: {problem.detail}\n")
     for warning in report.warnings:
         out.write(f"note: {warning}\n")
     for stream in report.streams:
@@ -594,8 +594,8 @@ def _print_sync_status(out: TextIO, results: dict[str, Any], backend: StorageBac
            rows)
     for tenant, result in results.items():
         for problem in result["problems"]:
-            out.write(f"FAIL {tenant}: {problem['reason']}: object {problem['key']}, "
-                      f"seq {problem['seq']}: {problem['detail']}\n")
+            where = location(problem["key"], problem["seq"], kind="object")
+            out.write(f"FAIL {tenant}: {problem['reason']}: {where}: {problem['detail']}\n")
     out.write(f"replica: {backend.describe()}\n")
 
 

@@ -8,9 +8,10 @@ operator can go straight to the damaged place.
 from __future__ import annotations
 
 
-def _location(file: str | None, seq: int | None) -> str:
-    """``"file F, seq N"`` with whichever parts are known ("" when neither is)."""
-    parts = ([f"file {file}"] if file is not None else []) + (
+def location(file: str | None, seq: int | None, *, kind: str = "file") -> str:
+    """``"file F, seq N"`` with whichever parts are known ("" when neither is); ``kind``
+    names what ``file`` is (``"object"`` for a replica's)."""
+    parts = ([f"{kind} {file}"] if file is not None else []) + (
         [f"seq {seq}"] if seq is not None else []
     )
     return ", ".join(parts)
@@ -65,7 +66,7 @@ class VerificationError(ImmutableLogError):
         if reason is not None:
             self.reason = reason
         self.detail = detail
-        where = _location(file, seq)
+        where = location(file, seq)
         at = f" at {where}" if where else ""
         super().__init__(f"{self.reason}{at}: {detail}")
 
@@ -133,7 +134,7 @@ class DecryptionError(ImmutableLogError):
         self.file = file
         self.seq = seq
         self.detail = detail
-        where = _location(file, seq)
+        where = location(file, seq)
         super().__init__(f"cannot decrypt entry at {where}: {detail}" if where else detail)
 
 

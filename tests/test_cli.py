@@ -452,3 +452,17 @@ def test_read_with_an_unknown_level_name_says_so(
     assert "no entry has level 'BOGUS', which is not a level name" in capsys.readouterr().err
     assert main(["read", str(tmp_path), "--level", "audit"], io.StringIO()) == 0
     assert "not a level name" not in capsys.readouterr().err
+
+
+def test_verify_leaves_out_a_sequence_number_it_does_not_know(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """A problem without a seq (a missing stream.json) was printed with "seq None"."""
+    from .helpers import write_log
+
+    write_log(tmp_path, logger_name, 3)
+    [stream] = list_streams(tmp_path / "default")
+    (stream / "stream.json").unlink()
+    code, text = run("verify", str(tmp_path))
+    assert code == 1 and "None" not in text
+    assert f"FAIL malformed: file {stream / 'stream.json'}: " in text
