@@ -18,10 +18,11 @@ Further keywords: ``backup_async`` (default True), ``backup_flush_interval`` (se
 partial batch may wait, default 5), ``backup_directory`` (the local bucket directory,
 default ``<log directory>-backup``), ``backup_prefix``, ``aws_access_key_id``,
 ``aws_secret_access_key``, ``s3_endpoint_url``, ``s3_sse`` (``AES256`` default,
-``aws:kms`` or None), ``s3_kms_key_id``, ``s3_object_lock_days``, ``gcs_endpoint_url``,
-``gcs_credentials``, ``backup_close_timeout`` (seconds ``close()`` may spend shipping),
-``backup_max_batch_factor`` (while a backlog waits, batches may hold up to this many times
-``backup_batch_size`` entries: fewer PUTs, never more; 1 keeps every batch exact).
+``aws:kms``, ``aws:kms:dsse``, or None or ``"none"`` for no SSE header), ``s3_kms_key_id``,
+``s3_object_lock_days``, ``gcs_endpoint_url``, ``gcs_credentials``, ``backup_close_timeout``
+(seconds ``close()`` may spend shipping), ``backup_max_batch_factor`` (while a backlog
+waits, batches may hold up to this many times ``backup_batch_size`` entries: fewer PUTs,
+never more; 1 keeps every batch exact).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 from .errors import ConfigurationError
 from .replication.backend import StorageBackend
 from .replication.replicator import DEFAULT_MAX_BATCH_FACTOR
+from .replication.s3 import SSE_VALUES
 
 PROVIDERS = ("local", "s3", "gcs")
 _TRUE = {"1", "true", "yes", "on"}
@@ -49,6 +51,19 @@ _ENV = {
     "gcs_bucket": "GCS_BUCKET",
     "gcs_project_id": "GCS_PROJECT_ID",
 }
+
+
+def _sse_option(value: Any) -> str | None:
+    """``s3_sse`` as the S3 backend takes it: the text ``"none"`` (or ``""``) is None, as
+    settings files cannot spell None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if value not in SSE_VALUES:
+        raise ConfigurationError(
+            f"s3_sse must be one of {', '.join(SSE_VALUES)} or None (also spelt 'none': "
+            f"no server-side encryption header), not {value!r}"
+        )
+    return str(value)
 
 
 @dataclass
@@ -119,6 +134,7 @@ class BackupConfig:
                                                  "backup_flush_interval")
         self.backup_close_timeout = as_positive(self.backup_close_timeout,
                                                 "backup_close_timeout")
+        self.s3_sse = _sse_option(self.s3_sse)
         if self.s3_object_lock_days is not None:
             self.s3_object_lock_days = as_int(self.s3_object_lock_days, "s3_object_lock_days", 1)
         if self.backup_directory is None:

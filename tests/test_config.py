@@ -20,6 +20,22 @@ def test_explicit_none_disables_sse_and_env_fills_gaps() -> None:
     assert backend.describe().startswith("s3://from-env")
 
 
+@pytest.mark.parametrize("text", ["none", "None", "", " NONE "])
+def test_settings_files_spell_no_sse_as_none(text: str) -> None:
+    """A settings file cannot write None: s3_sse="none" was refused, by an error that
+    named the backend's "sse" rather than the option."""
+    config = BackupConfig.from_options(
+        {"enable_cloud_backup": "true", "backup_provider": "s3", "s3_bucket": "b",
+         "s3_sse": text}, log_directory="/tmp/logs", environ={})
+    assert config.s3_sse is None
+    assert config.build_backend().describe().startswith("s3://b")
+
+
+def test_an_unknown_sse_names_the_option() -> None:
+    with pytest.raises(ConfigurationError, match=r"^s3_sse must be one of AES256, aws:kms"):
+        BackupConfig.from_options({"s3_sse": "aes256"}, log_directory="/x", environ={})
+
+
 def test_keywords_win_over_environment_and_values_are_validated() -> None:
     env = {"ENABLE_CLOUD_BACKUP": "yes", "BACKUP_BATCH_SIZE": "50", "BACKUP_PROVIDER": "LOCAL"}
     config = BackupConfig.from_options({"backup_batch_size": 7}, log_directory="/x", environ=env)

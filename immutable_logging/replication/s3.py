@@ -48,7 +48,8 @@ _AUTH_CODES = frozenset(
     }
 )
 _UNAVAILABLE_STATUS = frozenset({500, 502, 503, 504})
-_SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
+#: Server-side encryption modes ``sse`` accepts besides None (no header).
+SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 
 
 class S3Backend(CloudClientBackend):
@@ -103,8 +104,8 @@ class S3Backend(CloudClientBackend):
         super().__init__(prefix)
         if not isinstance(bucket, str) or not bucket or "/" in bucket:
             raise ConfigurationError(f"invalid S3 bucket name {bucket!r}")
-        if sse is not None and sse not in _SSE_VALUES:
-            raise ConfigurationError(f"sse must be one of {_SSE_VALUES} or None, not {sse!r}")
+        if sse is not None and sse not in SSE_VALUES:
+            raise ConfigurationError(f"sse must be one of {SSE_VALUES} or None, not {sse!r}")
         if kms_key_id is not None and (sse is None or not sse.startswith("aws:kms")):
             raise ConfigurationError("kms_key_id needs sse='aws:kms' (or 'aws:kms:dsse')")
         if object_lock_days is not None and (
