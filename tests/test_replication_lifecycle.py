@@ -295,3 +295,48 @@ def test_a_child_forked_while_close_ships_does_not_keep_the_stream(tmp_path: Pat
     finally:
         writer.close()
         children[0].join()
+
+
+def test_closing_again_after_another_writer_took_the_stream_ships_nothing(
+    tmp_path: Path
+) -> None:
+    """Found by the DR audit: close() and then logging.shutdown() at exit (a second close)
+    shipped the stream again after it was released: when another process had taken it,
+    two replicators shipped one stream and the replica could no longer be restored."""
+    options: dict[str, Any] = {"enable_cloud_backup": True,
+                               "backup_directory": str(tmp_path / "bucket"),
+                               "backup_batch_size": 5, "backup_flush_interval": 60}
+    first = ImmutableHandler(tmp_path / "logs", tenant="t", **options)
+    logger = logging.getLogger(f"double-close-{id(first)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(first)
+    for i in range(12):
+        logger.info("first %d", i)
+    first.close()
+    logger.removeHandler(first)
+    shipped = first.last_replication_status
+    assert shipped is not None and shipped.replicated_seq == 12
+    puts = shipped.puts
+    second = ImmutableHandler(tmp_path / "logs", tenant="t", **options)  # the next process
+    assert second.writer.stream == first.writer.stream
+    logger.addHandler(second)
+    for i in range(23):
+        logger.info("second %d", i)
+    second.flush()
+    first.close()  # what logging.shutdown() does at the first process's exit
+    assert first.replicator is not None and first.replicator.status.puts == puts
+    second.close()
+    logger.removeHandler(second)
+    assert second.last_replication_status is not None
+    assert second.last_replication_status.entries_uploaded == 23  # its own, all of them
+    result = verify_cloud_backup(LocalDirectoryBackend(tmp_path / "bucket"), tmp_path / "logs",
+                                 "t")
+    assert result["problems"] == [] and result["sync_status"] == "synced", result
+    assert sorted(_covered_tenant(tmp_path / "bucket", "t")) == list(range(1, 36))
+
+
+def _covered_tenant(bucket: Path, tenant: str) -> list[int]:
+    backend = LocalDirectoryBackend(bucket)
+    return [s for names in remote_streams(backend, tenant).values()
+            for n in names for s in range(n.first_seq, n.last_seq + 1)]

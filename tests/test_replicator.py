@@ -16,7 +16,7 @@ import pytest
 
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.chain import ChainWriter
-from immutable_logging.errors import ConfigurationError
+from immutable_logging.errors import ConfigurationError, ReplicationError
 from immutable_logging.layout import Segment, list_segments
 from immutable_logging.replication.cloud import remote_streams
 from immutable_logging.replication.keys import parse_batch_key
@@ -56,6 +56,23 @@ def test_full_batches_then_partial_on_force(tmp_path: Path) -> None:
     assert replicator.pump(force=True) == 50
     assert _batches(bucket) == [(1, 100), (101, 200), (201, 250)]
     assert replicator.status.puts == 3 + 1  # + stream.json
+    writer.close()
+
+
+def test_a_closed_replicator_never_ships_again(tmp_path: Path) -> None:
+    """After close() the handler releases the stream: whoever writes it next ships it."""
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10)
+    _write(writer, 15)
+    assert replicator.close().replicated_seq == 15
+    _write(writer, 15)
+    status = replicator.close()
+    assert (status.replicated_seq, _batches(bucket)) == (15, [(1, 10), (11, 15)])
+    assert replicator.try_pump(force=True) is False
+    with pytest.raises(ReplicationError, match="is closed"):
+        replicator.pump(force=True)
+    assert _batches(bucket) == [(1, 10), (11, 15)]
     writer.close()
 
 

@@ -231,6 +231,9 @@ class Replicator(QueueListener):
         self._fatal: str | None = None
         self._broken: RemoteIntegrityError | None = None
         self._started = False
+        #: Set once close() has shipped: the stream may belong to another process since.
+        self._closed = False
+        self._close_lock = threading.Lock()
         self._cursor_file = cursor_path(self.stream_dir, backend)
         self.cursor = self._load_cursor()
         self.status = ReplicationStatus(
@@ -307,7 +310,8 @@ class Replicator(QueueListener):
 
     def try_pump(self, force: bool = False, deadline: float | None = None) -> bool:
         """Pump unless backing off; failures are recorded, never raised. True if caught up."""
-        if self._fatal is not None or time.monotonic() < self._retry_at or self._forked():
+        if (self._fatal is not None or time.monotonic() < self._retry_at or self._forked()
+                or self._closed):
             return False
         try:
             self.pump(force=force, deadline=deadline)
@@ -349,10 +353,19 @@ class Replicator(QueueListener):
         What cannot be shipped stays on disk and is shipped at the next start (unless
         replication is stopped: ``state == "stopped"``); the returned status says how many
         entries are pending. Idempotent. In a forked child it does nothing: the parent
-        ships the stream (shipping it from here too made overlapping batches).
+        ships the stream (shipping it from here too made overlapping batches). A second
+        ``close()`` only returns the status: once the handler released the stream, another
+        process may have taken it and ship it itself.
         """
         if self._forked():
             return self.status
+        with self._close_lock:
+            if not self._closed:
+                self._close(timeout)
+                self._closed = True
+        return self.status
+
+    def _close(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self.stop(timeout)
         self._retry_at = 0.0
@@ -376,7 +389,6 @@ class Replicator(QueueListener):
                 "shipped at the next start",
                 self.status.pending_entries, self.stream_dir, self.backend.describe(),
             )
-        return self.status
 
     def _forked(self) -> bool:
         return os.getpid() != self._pid
@@ -398,6 +410,10 @@ class Replicator(QueueListener):
             raise ReplicationError(
                 f"replicator of {self.stream_dir} belongs to process {self._pid}: a forked "
                 "child does not ship its parent's stream")
+        if self._closed:
+            raise ReplicationError(
+                f"replicator of {self.stream_dir} is closed: the stream was released, and "
+                "the process that writes it now ships it")
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             return 0  # another pump holds the lock past the deadline
