@@ -132,11 +132,13 @@ def test_server_down_mid_stream_then_back(moto_server: MotoServer, tmp_path: Pat
         create_s3_bucket(moto_server, "flaky")
         assert log.handler.replicator is not None
         log.handler.replicator._retry_at = 0.0
-        # The replica is empty again: the replicator notices on reconcile? It ships from its
-        # cursor, so only the entries after the outage go up; verify_cloud_backup says so.
+        # The replica is empty again. Found by the DR audit: the replicator shipped on from
+        # its cursor, so the replica lacked the first 120 entries for good. The reconcile
+        # after the outage sees the lost batches and ships them again from the local log.
         assert log.flush_backup()
         check = log.verify_cloud_backup()
-        assert check["missing_blocks"] == 120 and check["cloud_blocks"] == 80
+        assert check["problems"] == [] and check["sync_status"] == "synced", check
+        assert (check["missing_blocks"], check["cloud_blocks"]) == (0, 200)
 
 
 def test_object_lock_prevents_deleting_a_replicated_batch(

@@ -18,7 +18,7 @@ from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.chain import ChainWriter
 from immutable_logging.errors import ConfigurationError, ReplicationError
 from immutable_logging.layout import Segment, list_segments
-from immutable_logging.replication.cloud import remote_streams
+from immutable_logging.replication.cloud import remote_streams, verify_cloud_backup
 from immutable_logging.replication.keys import parse_batch_key
 from immutable_logging.replication.local import LocalDirectoryBackend
 from immutable_logging.replication.replicator import Replicator, cursor_path
@@ -73,6 +73,60 @@ def test_a_closed_replicator_never_ships_again(tmp_path: Path) -> None:
     with pytest.raises(ReplicationError, match="is closed"):
         replicator.pump(force=True)
     assert _batches(bucket) == [(1, 10), (11, 15)]
+    writer.close()
+
+
+@pytest.mark.parametrize("kept", [0, 2])
+def test_batches_the_replica_lost_at_its_end_are_shipped_again(
+    tmp_path: Path, kept: int
+) -> None:
+    """Found by the DR audit: a bucket emptied (or re-created) after its batches were
+    shipped stayed without them for good; the replicator went on from its cursor."""
+    writer = ChainWriter(tmp_path / "logs", max_bytes=900)  # several segments, archived
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10)
+    _write(writer, 25)
+    writer.close()
+    replicator.close()
+    shipped = _batches(bucket)
+    assert len(shipped) > kept + 2 and shipped[-1][1] == 25
+    for key in bucket.list("default/"):
+        name = parse_batch_key(key)
+        if name is None or (name.first_seq, name.last_seq) not in shipped[:kept]:
+            (tmp_path / "bucket" / key).unlink()  # what an emptied bucket looks like
+    writer = ChainWriter(tmp_path / "logs", max_bytes=900)  # the next start
+    _write(writer, 5)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10)
+    again.pump(force=True)
+    assert again.status.replicated_seq == 30
+    covered = sorted(s for first, last in _batches(bucket) for s in range(first, last + 1))
+    assert covered == list(range(1, 31))  # all of it, once
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    writer.close()
+
+
+def test_a_hole_in_the_replica_is_left_to_verify(tmp_path: Path) -> None:
+    """Batches lost between others are not shipped again (they would overlap the later
+    ones): the replicator goes on, and verify_cloud_backup names the hole."""
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                    max_batch_factor=1)
+    _write(writer, 30)
+    replicator.close()
+    assert _batches(bucket) == [(1, 10), (11, 20), (21, 30)]
+    for key in bucket.list("default/"):
+        name = parse_batch_key(key)
+        if name is not None and name.first_seq == 11:
+            (tmp_path / "bucket" / key).unlink()
+    _write(writer, 5)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                    max_batch_factor=1)
+    again.pump(force=True)
+    assert _batches(bucket) == [(1, 10), (21, 30), (31, 35)]
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] and check["missing_blocks"] == 10
     writer.close()
 
 

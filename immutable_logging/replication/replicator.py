@@ -48,6 +48,7 @@ from ..layout import (
 from ..own_loggers import own_logger
 from .backend import StorageBackend
 from .keys import (
+    BatchName,
     batch_key,
     batches_prefix,
     checkpoint_key,
@@ -739,17 +740,59 @@ class Replicator(QueueListener):
                 "replica keeps them; `immutable-log restore` rebuilds the log from it"
             )
 
+    def _ship_again_what_the_replica_lost(self, names: list[BatchName]) -> None:
+        """The replica must still hold the batch that ends where the cursor says. If it
+        lost every batch after some point (a bucket emptied or re-created, an emulator
+        restarted, a backup directory unmounted), ship them again from the local log.
+
+        A replica that lost batches between others it still holds (a hole) is left as it
+        is: re-shipped batches would overlap the later ones. ``verify_cloud_backup()`` and
+        ``sync-status`` report the hole.
+        """
+        cursor = self.cursor
+        if cursor.last_seq == 0 or any(n.last_seq == cursor.last_seq for n in names):
+            return
+        held, held_hash = 0, GENESIS_HASH  # the replica's unbroken run of batches from seq 1
+        for name in names:  # sorted by first_seq: the keys are zero-padded
+            if name.first_seq != held + 1:
+                break
+            meta = self.backend.head(name.key) or {}
+            if meta.get("prev-hash") != held_hash or "last-hash" not in meta:
+                break
+            held, held_hash = name.last_seq, meta["last-hash"]
+        if held >= cursor.last_seq or any(n.last_seq > held for n in names):
+            return  # more than a lost end: a hole, or another log's batches
+        _log.warning(
+            "%s no longer holds the entries of %s after seq %d (it held them up to seq %d): "
+            "the replica was emptied or lost objects; shipping them again from the local log",
+            self.backend.describe(), self.stream_dir, held, cursor.last_seq,
+        )
+        first = min((seg.number for seg in list_segments(self.stream_dir)), default=1)
+        # Everything is offered again; the side objects it still holds are skipped as
+        # duplicates (put_if_absent with the same bytes).
+        self.cursor = Cursor(target=cursor.target, segment=first, last_seq=held,
+                             last_hash=held_hash)
+        self._remote_hashes.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_since = None
+        self._read_segment, self._read_offset = first, 0
+        self._save_cursor(durable=True)
+
     def _reconcile(self) -> None:
         """Check the read position, then move the cursor past remote batches that continue
         it (after a crash/outage)."""
         self._check_position()
+        names = [name for name in map(parse_batch_key, self.backend.list(
+            batches_prefix(self.tenant, self.stream))) if name is not None]
+        self._ship_again_what_the_replica_lost(names)
         cursor = self.cursor
         start = cursor.last_seq, cursor.last_hash
         added: list[tuple[int, str | None]] = []  # (seq, the remote hash known before)
         try:
-            for key in self.backend.list(batches_prefix(self.tenant, self.stream)):
-                name = parse_batch_key(key)
-                if name is None or name.last_seq <= cursor.last_seq:
+            for name in names:
+                key = name.key
+                if name.last_seq <= cursor.last_seq:
                     continue
                 if name.first_seq != cursor.last_seq + 1:
                     raise RemoteIntegrityError(
