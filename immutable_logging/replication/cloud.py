@@ -22,17 +22,27 @@ from ..compression import READ_ERRORS, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
-from ..layout import STREAM_META, TORN_DIR, list_segments, list_streams, segment_name, tenant_dir
+from ..layout import (
+    CHECKPOINT_DIR,
+    STREAM_META,
+    TORN_DIR,
+    list_segments,
+    list_streams,
+    segment_name,
+    tenant_dir,
+)
 from ..verify import verify_tenant
 from .backend import ObjectNotFoundError, StorageBackend
 from .keys import (
     BatchName,
     batches_prefix,
     parse_batch_key,
+    parse_checkpoint_key,
     salt_key,
     stream_meta_key,
     torn_prefix,
 )
+from .replicator import cursor_path, saved_cursor
 
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
 
@@ -67,6 +77,53 @@ def remote_streams(backend: StorageBackend, tenant: str) -> dict[str, list[Batch
     for names in streams.values():
         names.sort(key=lambda n: n.first_seq)
     return dict(streams)
+
+
+def shipped_ends(
+    backend: StorageBackend, tenant: str, root: str | os.PathLike[str] | None = None
+) -> dict[str, tuple[int, str]]:
+    """How far each stream of ``tenant`` is known to have been shipped, and the evidence:
+    the signed checkpoints in the replica (one is shipped after the entries it covers)
+    and, with the local log's ``root``, the replicators' saved cursors.
+
+    Read before the batches are listed, so that a batch shipped meanwhile is listed too.
+    """
+    ends: dict[str, tuple[int, str]] = {}
+    if root is not None:
+        for stream_dir in list_streams(tenant_dir(root, tenant)):
+            cursor = saved_cursor(stream_dir, backend)
+            if cursor is not None and cursor.last_seq:
+                ends[stream_dir.name] = (
+                    cursor.last_seq, f"the replication cursor {cursor_path(stream_dir, backend)}")
+    for key in backend.list(f"{tenant}/"):
+        parsed = parse_checkpoint_key(key)
+        if parsed is not None and parsed[0] == tenant and parsed[2] > ends.get(parsed[1],
+                                                                               (0, ""))[0]:
+            ends[parsed[1]] = (parsed[2], f"the signed checkpoint {key} in the replica")
+    return ends
+
+
+def lost_ends(
+    backend: StorageBackend, tenant: str, shipped: dict[str, tuple[int, str]],
+    streams: dict[str, list[BatchName]],
+) -> list[RemoteProblem]:
+    """A ``truncation`` problem for every stream whose batches end before what
+    :func:`shipped_ends` says was shipped: the replica lost its newest entries (a hash
+    chain cannot tell a lost end from an end)."""
+    problems: list[RemoteProblem] = []
+    for stream, (reached, evidence) in sorted(shipped.items()):
+        if reached <= max((n.last_seq for n in streams.get(stream, [])), default=0):
+            continue
+        # Listed again: a batch shipped while the replica was being read is there now.
+        end = max((n.last_seq for n in remote_streams(backend, tenant).get(stream, [])),
+                  default=0)
+        if reached > end:
+            problems.append(RemoteProblem(
+                f"{tenant}/{stream}", end + 1, "truncation",
+                f"{evidence} says entries up to seq {reached} were shipped, but the "
+                f"replica's batches of the stream end at seq {end}: it lost its newest "
+                "entries"))
+    return problems
 
 
 def load_remote_stream(
@@ -160,11 +217,12 @@ def verify_cloud_backup(
     ``problems`` (key, seq, reason, detail) and per-stream counts.
     """
     local = _local_hashes(root, tenant)
-    remote = {
-        stream: load_remote_stream(backend, stream, names)
-        for stream, names in remote_streams(backend, tenant).items()
-    }
+    shipped = shipped_ends(backend, tenant, root)
+    names = remote_streams(backend, tenant)
+    remote = {stream: load_remote_stream(backend, stream, n) for stream, n in names.items()}
     problems = [p for r in remote.values() for p in r.problems]
+    problems += lost_ends(backend, tenant, shipped, names)
+    remote_ok = not problems  # what follows compares the replica with the local log
     local_blocks = sum(len(h) for h in local.values())
     cloud_blocks = 0
     per_stream: dict[str, dict[str, int]] = {}
@@ -214,7 +272,7 @@ def verify_cloud_backup(
         "sync_status": status,
         "sync_percentage": round(100.0 * cloud_blocks / local_blocks, 2) if local_blocks else 100.0,
         "remote_entries": sum(len(r.lines) for r in remote.values()),
-        "remote_ok": not [p for r in remote.values() for p in r.problems],
+        "remote_ok": remote_ok,
         "problems": [asdict(p) for p in problems],
         "streams": per_stream,
         "target": backend.describe(),
@@ -267,13 +325,15 @@ def restore_tenant(
     target = tenant_dir(root, tenant)
     if list_streams(target):
         raise ConfigurationError(f"restore needs an empty directory: {target} holds streams")
+    shipped = shipped_ends(backend, tenant)
     streams = remote_streams(backend, tenant)
-    if not streams:
+    if not streams and not shipped:
         # Checked before anything is written: restoring nothing must not look like success.
         raise ObjectNotFoundError(
             f"{backend.describe()} holds no entries of tenant {tenant!r}: nothing to restore")
     loaded = [load_remote_stream(backend, stream, names) for stream, names in streams.items()]
     problems = [p for r in loaded for p in r.problems]
+    problems += lost_ends(backend, tenant, shipped, streams)
     if problems:
         first = problems[0]
         raise RemoteIntegrityError(
@@ -322,6 +382,12 @@ def _write_stream(
         (stream_dir / TORN_DIR).mkdir(exist_ok=True, mode=0o700)
         for key in torn_names:
             atomic_write(stream_dir / TORN_DIR / key.rsplit("/", 1)[-1], backend.get(key), 0o400)
+    notes = [(parsed[2], key) for key in backend.list(f"{tenant}/{remote.stream}/checkpoints/")
+             if (parsed := parse_checkpoint_key(key)) is not None]
+    if notes:  # the signed checkpoints: verify --checkpoint-key checks the restored log
+        (stream_dir / CHECKPOINT_DIR).mkdir(exist_ok=True, mode=0o700)
+        for size, key in notes:
+            atomic_write(stream_dir / CHECKPOINT_DIR / f"{size}.note", backend.get(key), 0o644)
     by_segment: dict[int, list[bytes]] = defaultdict(list)
     for _, _, segment, line in remote.lines:
         by_segment[segment].append(line)

@@ -161,6 +161,21 @@ def cursor_path(stream_dir: Path, backend: StorageBackend) -> Path:
     return stream_dir / f".replica-{digest}.json"
 
 
+def _read_cursor(path: Path) -> Cursor:
+    """The cursor saved at ``path`` (raises OSError, JSONDecodeError or TypeError)."""
+    return Cursor(**orjson.loads(path.read_bytes()))
+
+
+def saved_cursor(stream_dir: Path, backend: StorageBackend) -> Cursor | None:
+    """The cursor a replicator of ``stream_dir`` saved for ``backend``; None when there is
+    none (or it is unreadable, or for another replica)."""
+    try:
+        cursor = _read_cursor(cursor_path(stream_dir, backend))
+    except (OSError, orjson.JSONDecodeError, TypeError):
+        return None
+    return cursor if cursor.target == backend.describe() else None
+
+
 class Replicator(QueueListener):
     """Replicate one stream directory of one tenant to ``backend``.
 
@@ -249,8 +264,7 @@ class Replicator(QueueListener):
     def _load_cursor(self) -> Cursor:
         target = self.backend.describe()
         try:
-            data = orjson.loads(self._cursor_file.read_bytes())
-            cursor = Cursor(**data)
+            cursor = _read_cursor(self._cursor_file)
         except FileNotFoundError:
             return Cursor(target=target)
         except (orjson.JSONDecodeError, TypeError) as exc:
