@@ -167,6 +167,41 @@ def test_batches_never_span_segments_and_archives_are_uploaded(tmp_path: Path) -
     assert _batches(bucket)[-1][1] == 100
 
 
+def test_an_archive_gzipped_by_another_library_is_the_same_archive(tmp_path: Path) -> None:
+    """Found by the DR audit: a log restored on a host without ISA-L has its sealed
+    segments gzip'ed by zlib, to other bytes than the replica's archives; the restored
+    host's replicator took them for tampering and stopped replication for good."""
+    writer = ChainWriter(tmp_path / "logs", max_bytes=3_000)
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    _write(writer, 60)
+    writer.close()
+    Replicator(bucket, writer.stream_dir, "default", batch_size=1000).close()
+    archives = list(bucket.list(f"default/{writer.stream}/segments/"))
+    assert len(archives) >= 2
+    for segment in list_segments(writer.stream_dir):
+        if segment.compressed:  # the same content, compressed by stdlib zlib at level 1
+            segment.path.chmod(0o600)
+            segment.path.write_bytes(gzip.compress(gzip.decompress(segment.path.read_bytes()),
+                                                   compresslevel=1, mtime=0))
+    cursor_path(writer.stream_dir, bucket).unlink()  # as in a restored directory
+    writer = ChainWriter(tmp_path / "logs", max_bytes=3_000)  # logging goes on there
+    _write(writer, 5)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=1000)
+    status = again.close()
+    assert status.state == "ok" and status.last_error is None
+    assert status.duplicates_skipped >= len(archives) and status.replicated_seq == 65
+    remote = tmp_path / "bucket" / archives[0]  # another content: still refused
+    remote.chmod(0o600)
+    remote.write_bytes(gzip.compress(b"not the same log\n"))
+    cursor_path(writer.stream_dir, bucket).unlink()
+    _write(writer, 5)
+    third = Replicator(bucket, writer.stream_dir, "default", batch_size=1000)
+    status = third.close()
+    assert status.state == "stopped" and "already exists with different content" in (
+        status.last_error or "")
+    writer.close()
+
+
 def test_resume_from_cursor_after_restart_without_duplicates(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")

@@ -635,12 +635,21 @@ class Replicator(QueueListener):
         cursor.position_hash = last.hash
         self._save_cursor()
 
-    def _put(self, key: str, data: bytes, metadata: dict[str, str], raw: bytes | None) -> None:
+    def _put(self, key: str, data: bytes, metadata: dict[str, str], raw: bytes | None,
+             *, gzipped: bool = False) -> None:
+        """Write ``key`` once. An existing object is a duplicate (skipped) when it holds the
+        same thing: the same ``raw`` content once inflated (a batch), the same inflated
+        content as ``data`` when ``gzipped`` (a segment archive: another gzip library, as
+        on a host restored without ISA-L, compresses it to other bytes), else the same
+        bytes."""
         self.status.puts += 1
         try:
             self.backend.put_if_absent(key, data, metadata)
         except ObjectExistsError:
             existing = self.backend.get(key)
+            if gzipped and existing != data:
+                with contextlib.suppress(*READ_ERRORS):
+                    raw = decompress(data)
             try:
                 same = (
                     decompress(existing) == raw if raw is not None else existing == data
@@ -679,6 +688,7 @@ class Replicator(QueueListener):
                 seg.path.read_bytes(),
                 {"segment": str(seg.number), "format": "1"},
                 None,
+                gzipped=True,
             )
             cursor.archived_through = seg.number
             changed = True
