@@ -47,7 +47,7 @@ from .entry import record_payload
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
 from .layout import validate_tenant
 from .levels import register_level_names
-from .own_loggers import holding_back, own_logger, release
+from .own_loggers import holding_back, own_logger, release, report_unheard
 from .replication.replicator import ReplicationStatus, Replicator
 from .seal import CheckpointSigner
 from .sealing import (
@@ -398,6 +398,7 @@ class ImmutableHandler(logging.Handler):
         if excluded:
             # Before the handler lock: our own threads log while holding a writer lock,
             # and an application thread may hold this lock while it waits for that one.
+            report_unheard(record, ImmutableHandler)
             return False
         if self.writer.closed:
             # Open it again before taking the handler lock, so that what opening logs

@@ -82,3 +82,29 @@ def release(records: list[logging.LogRecord]) -> None:
                 record = verdict
         if passed:
             logger.callHandlers(record)
+
+
+#: Set on a record of ours once :func:`report_unheard` gave it to ``logging.lastResort``.
+_REPORTED = "_immutable_logging_reported"
+
+
+def report_unheard(record: logging.LogRecord, silent: type[logging.Handler]) -> None:
+    """Give a warning (or worse) of our own loggers to ``logging.lastResort`` (stderr) when
+    only ``silent`` handlers would get it: they never chain our records, so with the
+    handler on the root logger alone (the usual set-up) a failing replica went unseen.
+    ``logging`` itself does the same for a record no handler gets.
+    """
+    last = logging.lastResort
+    if (last is None or record.levelno < max(logging.WARNING, last.level)
+            or _REPORTED in record.__dict__
+            or not (record.name == "immutable_logging"
+                    or record.name.startswith("immutable_logging."))):
+        return
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:  # the handlers Logger.callHandlers visits
+        for handler in logger.handlers:
+            if not isinstance(handler, silent) and record.levelno >= handler.level:
+                return  # someone else shows it
+        logger = logger.parent if logger.propagate else None
+    record.__dict__[_REPORTED] = True
+    last.handle(record)

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
+from immutable_logging import ImmutableHandler
 from immutable_logging.own_loggers import holding_back, own_logger, release
+from immutable_logging.query import iter_entries
 
 
 class _Collect(logging.Handler):
@@ -111,3 +114,26 @@ def test_a_filter_after_ours_can_still_drop_a_released_record(logger_name: str) 
         logger.error("kept")
     release(records)
     assert collect.messages == ["kept"]
+
+
+def test_our_warnings_reach_stderr_when_only_our_handler_would_get_them(
+    tmp_path: Path, logger_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the DR audit: with the handler on the root logger alone (the README's
+    set-up) a failing replica logged its retries and its stop to nobody; the handler
+    never chains our records, and logging's last resort only runs when no handler is."""
+    root = logging.getLogger()
+    first, second = ImmutableHandler(tmp_path / "a"), ImmutableHandler(tmp_path / "b")
+    root.handlers[:] = [first, second]  # pytest's capture handler out of the way
+    ours = logging.getLogger(f"immutable_logging.{logger_name}")
+    ours.warning("replica down, retrying")
+    ours.info("batch shipped")  # below a warning: not for stderr
+    logging.getLogger(f"botocore.{logger_name}").warning("a retry of botocore's own")
+    assert capsys.readouterr().err == "replica down, retrying\n"  # once, for two handlers
+    shown = _Collect()
+    root.addHandler(shown)  # somebody else shows it: nothing more on stderr
+    ours.error("replication stopped")
+    assert capsys.readouterr().err == "" and shown.messages == ["replication stopped"]
+    for handler in (first, second):
+        handler.close()
+        assert [e["message"] for e in iter_entries(handler.directory)] == []
