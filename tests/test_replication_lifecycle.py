@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from immutable_logging import ImmutableHandler, ImmutableLogger
 from immutable_logging.query import iter_entries
@@ -142,6 +145,31 @@ def test_an_encrypted_tenant_restored_from_the_replica_stays_encrypted(tmp_path:
     keyless.close()
     with ImmutableLogger(restored, tenantId="phrase",
                          encryption_passphrase="correct horse") as log:
+        assert [e["message"] for e in log.read()] == ["by passphrase"]
+
+
+def test_a_leftover_salt_in_the_target_is_refused_before_anything_is_written(
+    tmp_path: Path
+) -> None:
+    """Found by the DR audit: a target whose tenant directory already held another salt
+    (a handler opened there with a passphrase) failed halfway, blaming the replica and
+    leaving a stream.json behind, so that a second try refused "holds streams"."""
+    from immutable_logging.errors import ConfigurationError
+    from immutable_logging.replication.cloud import restore_tenant
+
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="p", encryption_passphrase="horse",
+                         enable_cloud_backup=True, backup_directory=str(bucket)) as log:
+        log.info("by passphrase")
+    restored = tmp_path / "restored"
+    ImmutableHandler(restored, "p", encryption_passphrase="horse", stream="x").close()
+    shutil.rmtree(restored / "p" / "x")  # its salt stays
+    with pytest.raises(ConfigurationError, match=r"\.salt\.json holds another passphrase salt"):
+        restore_tenant(LocalDirectoryBackend(bucket), restored, "p")
+    assert sorted(p.name for p in (restored / "p").iterdir()) == [".salt.json"]
+    (restored / "p" / ".salt.json").unlink()
+    assert restore_tenant(LocalDirectoryBackend(bucket), restored, "p")["verified"]
+    with ImmutableLogger(restored, tenantId="p", encryption_passphrase="horse") as log:
         assert [e["message"] for e in log.read()] == ["by passphrase"]
 
 

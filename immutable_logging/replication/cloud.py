@@ -7,6 +7,7 @@ the content. Problems name the object key, the sequence number and a reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import defaultdict
@@ -340,10 +341,18 @@ def restore_tenant(
             f"{backend.describe()}: replica of tenant {tenant!r} is damaged: object "
             f"{first.key}, seq {first.seq}: {first.reason}: {first.detail}"
             + (f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    salt = _replica_salt(backend, tenant, [r.stream for r in loaded])
+    existing = target / SALT_FILE
+    if salt is not None and existing.exists() and existing.read_bytes() != salt:
+        raise ConfigurationError(
+            f"{existing} holds another passphrase salt than the replica (a handler opened "
+            f"there with a passphrase made it): remove it, or restore into another directory")
     entries = segments = 0
     for remote in loaded:
         segments += _write_stream(backend, target, tenant, remote)
         entries += len(remote.lines)
+    if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
+        atomic_write(existing, salt, 0o600)
     report = verify_tenant(root, tenant)
     return {
         "tenant": tenant,
@@ -356,6 +365,20 @@ def restore_tenant(
     }
 
 
+def _replica_salt(backend: StorageBackend, tenant: str, streams: list[str]) -> bytes | None:
+    """The passphrase salt the replica's streams of ``tenant`` hold (None: no passphrase);
+    checked before anything is written."""
+    found: set[bytes] = set()
+    for stream in streams:
+        with contextlib.suppress(ObjectNotFoundError):
+            found.add(backend.get(salt_key(tenant, stream)))
+    if len(found) > 1:
+        raise RemoteIntegrityError(
+            f"{backend.describe()}: streams of tenant {tenant!r} hold different passphrase "
+            "salts")
+    return found.pop() if found else None
+
+
 def _write_stream(
     backend: StorageBackend, target: Path, tenant: str, remote: RemoteStream
 ) -> int:
@@ -366,17 +389,6 @@ def _write_stream(
     except ObjectNotFoundError:
         meta = orjson.dumps({"format": 1, "tenant": tenant, "stream": remote.stream})
     atomic_write(stream_dir / STREAM_META, meta, 0o644)
-    try:
-        salt: bytes | None = backend.get(salt_key(tenant, remote.stream))
-    except ObjectNotFoundError:
-        salt = None
-    if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
-        existing = target / SALT_FILE
-        if existing.exists() and existing.read_bytes() != salt:
-            raise RemoteIntegrityError(
-                f"{backend.describe()}: streams of tenant {tenant!r} hold different "
-                "passphrase salts")
-        atomic_write(existing, salt, 0o600)
     torn_names = list(backend.list(torn_prefix(tenant, remote.stream)))
     if torn_names:
         (stream_dir / TORN_DIR).mkdir(exist_ok=True, mode=0o700)
