@@ -448,6 +448,39 @@ def test_verify_cloud_backup_notices_a_locally_truncated_or_deleted_stream(
     assert [p["reason"] for p in check["problems"]] == ["missing_locally"]
 
 
+@pytest.mark.parametrize("damage", ["batch deleted", "line repeated", "overlapping batch"])
+def test_a_damaged_replica_is_reported_once_per_cause(tmp_path: Path, damage: str) -> None:
+    """Found by the DR audit: a deleted batch was reported twice (the second a bogus
+    "seq 21 where 11 was expected"), a repeated line counted as one more entry (201 of
+    200 local entries, 100.5 %), and an extra batch 11-15 made the real 11-20 the overlap,
+    so that entries 16..20 were said to be missing from the replica."""
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    _write(writer, 30)
+    writer.close()
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+               max_batch_factor=1).close()
+    key = f"default/{writer.stream}/batches/000000000011-000000000020.jsonl.gz"
+    path = tmp_path / "bucket" / key
+    lines = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    if damage == "batch deleted":
+        path.unlink()
+    elif damage == "line repeated":
+        path.chmod(0o600)
+        path.write_bytes(gzip.compress(b"".join(lines[:5] + lines[4:])))
+    else:
+        bucket.put_if_absent(key.replace("000000000020", "000000000015"),
+                             gzip.compress(b"".join(lines[:5])), {})
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    reasons = sorted(p["reason"] for p in check["problems"])
+    expected = {"batch deleted": ["gap"],
+                "line repeated": ["count_mismatch", "hash_mismatch", "reorder"],
+                "overlapping batch": ["overlap"]}[damage]
+    assert reasons == expected, check["problems"]
+    assert check["cloud_blocks"] == (20 if damage == "batch deleted" else 30)
+    assert check["missing_blocks"] == (10 if damage == "batch deleted" else 0)
+
+
 def test_torn_tail_evidence_is_replicated_and_restored(tmp_path: Path) -> None:
     from immutable_logging.layout import list_segments
     from immutable_logging.replication.cloud import restore_tenant

@@ -76,7 +76,9 @@ def remote_streams(backend: StorageBackend, tenant: str) -> dict[str, list[Batch
         if name is not None and name.tenant == tenant:
             streams[name.stream].append(name)
     for names in streams.values():
-        names.sort(key=lambda n: n.first_seq)
+        # Of two batches starting at one seq the longer comes first: the other one is
+        # reported as the overlap, and nothing it lacks is taken for missing.
+        names.sort(key=lambda n: (n.first_seq, -n.last_seq))
     return dict(streams)
 
 
@@ -139,7 +141,7 @@ def load_remote_stream(
             result.problems.append(RemoteProblem(
                 name.key, expected_seq, "gap",
                 f"entries {expected_seq}..{name.first_seq - 1} are not in the replica"))
-            prev = ""
+            expected_seq, prev = name.first_seq, ""  # one problem for one gap
         elif name.first_seq < expected_seq:
             result.problems.append(RemoteProblem(
                 name.key, name.first_seq, "overlap",
@@ -183,6 +185,8 @@ def _check_batch(
         elif prev and entry_prev != prev:
             result.problems.append(RemoteProblem(name.key, seq, "prev_mismatch",
                                                  "entry does not link to the previous entry"))
+        if seq < expected_seq:  # a repeated or older entry: counted once, not as a new one
+            continue
         result.lines.append((seq, digest, segment, line))
         expected_seq, prev = seq + 1, digest
     if len(lines) != name.last_seq - name.first_seq + 1:
