@@ -61,7 +61,7 @@ from .replication.backend import StorageBackend
 from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
 from .replication.local import LocalDirectoryBackend
 from .seal import CheckpointSigner, encode_seed, generate_signing_key, private_key_to_pem
-from .sealing import TENANT_STATE, init_tenant_sealing
+from .sealing import TENANT_STATE, init_tenant_sealing, restored_seals_note
 from .verify import StreamReport, VerificationReport, verify_tenant
 
 EXIT_OK = 0
@@ -628,6 +628,10 @@ def _restore(args: argparse.Namespace, out: TextIO) -> int:
             f"{result['entries']} entries, {result['streams']} stream(s), "
             f"{result['segments']} segment(s); verified: {'OK' if result['verified'] else 'NO'}\n"
         )
+    if result["sealed_streams"]:
+        note = restored_seals_note(Path(result["directory"]))
+        if note is not None:
+            sys.stderr.write(f"immutable-log: note: {note}\n")
     return EXIT_OK if result["verified"] else EXIT_TAMPERED
 
 

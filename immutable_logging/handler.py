@@ -55,6 +55,7 @@ from .sealing import (
     check_seed_matches,
     init_tenant_sealing,
     load_grid,
+    restored_seals_note,
     sealing_configured,
 )
 
@@ -275,6 +276,12 @@ class ImmutableHandler(logging.Handler):
         self, seal: bool | None, seed: str | bytes | None, epoch_seconds: float | None
     ) -> bool:
         tdir = Path(self.directory) / self.tenant
+        restored = restored_seals_note(tdir) if seal is not False else None
+        if restored is not None:
+            if seal:  # asked for explicitly: a new state would break the restored seals
+                raise ConfigurationError(restored)
+            _log.error("%s", restored)  # never silently unsealed
+            return False
         if seed is not None and seal is not False:
             if sealing_configured(tdir):
                 check_seed_matches(tdir, seed)

@@ -84,6 +84,9 @@ _log = own_logger("immutable_logging.sealing")
 TENANT_STATE = ".seal-state.json"
 TENANT_LOCK = ".seal-state.lock"
 STREAM_STATE = ".seal-key.json"
+#: Written by a restore whose log holds seals: the seal state never leaves its host, so
+#: the restored tenant has none (see :func:`restored_seals_note`).
+SEALS_RESTORED = ".seals-restored.json"
 STATE_FORMAT = 1
 DEFAULT_TOLERANCE = 60.0
 """Seconds an entry's ``ts`` may lie outside the epoch that seals it (a record is created
@@ -195,6 +198,21 @@ def sealing_configured(tdir: str | os.PathLike[str]) -> bool:
     return (Path(tdir) / TENANT_STATE).exists()
 
 
+def restored_seals_note(tdir: str | os.PathLike[str]) -> str | None:
+    """What to tell the operator of a tenant restored from a replica with seals and no
+    seal state of its own (None for any other tenant)."""
+    tdir = Path(tdir)
+    if sealing_configured(tdir) or not (tdir / SEALS_RESTORED).exists():
+        return None
+    return (
+        f"{tdir} was restored from a replica of a sealed log, and the seal state never "
+        "leaves its host: new entries are NOT sealed. The restored seals stay verifiable "
+        "(`immutable-log verify --seed`); a new seal state for this tenant would give the "
+        "restored epochs another grid, so seal_seed is not used here: log into another "
+        "tenant or directory to seal again"
+    )
+
+
 def load_grid(tdir: str | os.PathLike[str]) -> EpochGrid | None:
     """The tenant's epoch grid from its state file, or None without one (not verified)."""
     try:
@@ -217,9 +235,13 @@ def init_tenant_sealing(
 
     Raises:
         ConfigurationError: a state already exists (restarting at epoch 0 would let the
-            new key forge the old seals' replacements), or bad arguments.
+            new key forge the old seals' replacements), the tenant was restored from a
+            sealed replica (:func:`restored_seals_note`), or bad arguments.
     """
     tdir = Path(tdir)
+    restored = restored_seals_note(tdir)
+    if restored is not None:
+        raise ConfigurationError(restored)
     raw_seed = generate_seed() if seed is None else _coerce_seed(seed)
     if isinstance(epoch_seconds, bool) or not isinstance(epoch_seconds, int | float):
         raise ConfigurationError("epoch_seconds must be a number")

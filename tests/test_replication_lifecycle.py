@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -368,3 +369,46 @@ def _covered_tenant(bucket: Path, tenant: str) -> list[int]:
     backend = LocalDirectoryBackend(bucket)
     return [s for names in remote_streams(backend, tenant).values()
             for n in names for s in range(n.first_seq, n.last_seq + 1)]
+
+
+def test_a_tenant_restored_with_seals_says_it_is_no_longer_sealed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the DR audit: the seal state never leaves its host, so a handler on a
+    restored tenant wrote unsealed entries without a word; and passing the seed again made
+    a new epoch grid under which verify --seed failed the restored seals."""
+    from immutable_logging.cli import main
+    from immutable_logging.errors import ConfigurationError
+    from immutable_logging.seal import generate_seed
+    from immutable_logging.sealing import init_tenant_sealing
+    from immutable_logging.verify import verify_tenant
+
+    seed = generate_seed()
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="s", seal_seed=seed,
+                         seal_epoch_seconds=0.05, enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        for i in range(6):
+            log.info(f"sealed {i}")
+            time.sleep(0.03)  # a few epochs pass: seal entries
+    assert verify_tenant(tmp_path / "logs", "s", seed=seed).ok
+    restored = tmp_path / "restored"
+    assert main(["restore", str(restored), "--tenant", "s", "--backup-directory",
+                 str(bucket)], out=io.StringIO()) == 0
+    assert "new entries are NOT sealed" in capsys.readouterr().err
+    caplog.set_level(logging.ERROR, logger="immutable_logging")
+    for options in ({}, {"seal_seed": seed}):
+        handler = ImmutableHandler(restored, "s", **options)  # type: ignore[arg-type]
+        assert handler.sealing is False
+        handler.close()
+        assert sum("new entries are NOT sealed" in r.getMessage() for r in caplog.records) == 1
+        caplog.clear()
+    assert not (restored / "s" / ".seal-state.json").exists()
+    with pytest.raises(ConfigurationError, match="NOT sealed"):
+        ImmutableHandler(restored, "s", seal=True, seal_seed=seed)
+    with pytest.raises(ConfigurationError, match="NOT sealed"):
+        init_tenant_sealing(restored / "s", seed)
+    report = verify_tenant(restored, "s", seed=seed)
+    assert report.ok, [str(p) for p in report.problems]
+    assert ImmutableHandler(restored, "s", seal=False).sealing is False  # asked: no error
+    assert not [r for r in caplog.records if "NOT sealed" in r.getMessage()]

@@ -32,6 +32,7 @@ from ..layout import (
     segment_name,
     tenant_dir,
 )
+from ..sealing import SEALS_RESTORED
 from ..verify import verify_tenant
 from .backend import ObjectNotFoundError, StorageBackend
 from .keys import (
@@ -46,6 +47,8 @@ from .keys import (
 from .replicator import cursor_path, saved_cursor
 
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
+#: How a seal entry's line shows its kind (canonical JSON: no spaces).
+_SEAL_KIND = b'"kind":"seal"'
 
 
 @dataclass
@@ -357,6 +360,10 @@ def restore_tenant(
         entries += len(remote.lines)
     if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
         atomic_write(existing, salt, 0o600)
+    sealed = [r.stream for r in loaded if any(_SEAL_KIND in line for *_, line in r.lines)]
+    if sealed:  # see sealing.restored_seals_note: a handler opened here says so
+        atomic_write(target / SEALS_RESTORED, orjson.dumps(
+            {"from": backend.describe(), "streams": sealed}), 0o600)
     report = verify_tenant(root, tenant)
     return {
         "tenant": tenant,
@@ -366,6 +373,7 @@ def restore_tenant(
         "segments": segments,
         "verified": report.ok,
         "problems": [str(p) for p in report.problems],
+        "sealed_streams": sealed,
     }
 
 
