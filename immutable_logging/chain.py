@@ -353,6 +353,8 @@ class ChainWriter:
         self.payload_transform: PayloadTransform | None = None
         self.stats = WriterStats()
         self._lock = threading.RLock()
+        #: Payloads appended by the thread that is inside the writer (see append()).
+        self._reentered: list[dict[str, Any]] = []
         self._buf = bytearray()
         self._first_unsynced: float | None = None
         self._last_sync = time.monotonic()
@@ -662,6 +664,11 @@ class ChainWriter:
     def append(self, payload: dict[str, Any]) -> tuple[int, str]:
         """Chain one payload; return its ``(seq, hash)``.
 
+        A call made by the thread that is already inside this writer (a signal handler,
+        or a finalizer the garbage collector runs, logging in the middle of a write) would
+        chain its entry in the middle of another one: its payload is kept and appended as
+        soon as the interrupted call returns, and ``(0, "")`` is returned for it.
+
         Raises:
             ImmutableLogError: the writer is closed, or the payload has no member.
             OSError: writing failed. With ``always`` (and ``flush`` without a journal)
@@ -671,6 +678,21 @@ class ChainWriter:
                 chained and stays buffered for a later write, unless the buffer already
                 held ``64 x buffer_bytes`` of unwritten entries: then it is refused.
         """
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # C RLock has it
+            self._reentered.append(payload)
+            return 0, ""
+        try:
+            return self._append(payload)
+        finally:
+            if self._reentered:
+                self._append_reentered()
+
+    def _append_reentered(self) -> None:
+        """Append the payloads kept by :meth:`append`, in order."""
+        while self._reentered:
+            self.append(self._reentered.pop(0))
+
+    def _append(self, payload: dict[str, Any]) -> tuple[int, str]:
         with self._lock:
             if self._fd is None or self._segment_size >= self._rotate_at or self._timed:
                 self._prepare_segment()
@@ -981,11 +1003,13 @@ class ChainWriter:
     def flush(self) -> None:
         """Hand buffered entries to the OS (and ``fdatasync`` them in ``group``/``always``)."""
         with self._lock:
-            if self._fd is None:
-                return
-            self._write_buffer()
-            if self._durability in ("group", "always"):
-                self._sync()
+            if self._fd is not None:
+                self._write_buffer()
+                if self._durability in ("group", "always"):
+                    self._sync()
+        if self._reentered and not self._lock._is_owned():  # type: ignore[attr-defined]
+            self._append_reentered()  # logged by a signal handler meanwhile
+            self.flush()
 
     def sync(self) -> None:
         """Make every appended entry durable on disk, whatever the durability mode."""
@@ -1053,6 +1077,9 @@ class ChainWriter:
         handler ships and signs the last entries first, so that no other writer (another
         process) takes the stream and starts its own replicator meanwhile. Idempotent.
         """
+        owned = self._lock._is_owned()  # type: ignore[attr-defined]
+        if self._reentered and not self._closed and not owned:
+            self._append_reentered()
         with self._lock:
             if self._closed:
                 return
@@ -1087,6 +1114,11 @@ class ChainWriter:
         self._compressor.drain(timeout)
         if not keep_stream:
             self.release_stream()  # else still in _LIVE_WRITERS: a fork child releases it
+        if self._reentered and failure is None:
+            count, self._reentered = len(self._reentered), []
+            raise ImmutableLogError(
+                f"closing {self.stream_dir}: {count} entries logged by a signal handler or "
+                "a finalizer while close() ran were not written")
         if failure is not None:
             lost = self.seq - self.written_seq
             where = (
@@ -1153,6 +1185,7 @@ class ChainWriter:
                 self._journal.map.close()
         self._journal = self._jmap = None
         self._lock = threading.RLock()
+        self._reentered = []  # the parent appends what it kept
         self._flusher = None
         if self._sealer is not None:  # the parent keeps sealing its stream: wipe our copy
             self._sealer.close()

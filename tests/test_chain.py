@@ -5,11 +5,12 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from immutable_logging.chain import ChainWriter, compress_segment
-from immutable_logging.entry import GENESIS_HASH, split_line
+from immutable_logging.entry import GENESIS_HASH, canonical_payload, split_line
 from immutable_logging.errors import (
     ConfigurationError,
     ImmutableLogError,
@@ -491,3 +492,28 @@ def test_a_writer_that_fails_to_open_releases_its_stream(
     again = ChainWriter(tmp_path, "t")
     assert again.stream == writer.stream and again.seq == 1
     again.close()
+
+
+@pytest.mark.parametrize("durability", ["none", "flush", "group", "always"])
+def test_an_append_made_from_inside_the_writer_is_chained_after_the_interrupted_one(
+    tmp_path: Path, durability: str
+) -> None:
+    """Found by the concurrency audit: a signal handler (or a finalizer) logging while its
+    thread was inside append() re-entered the writer's RLock, chaining its entry between
+    reading and updating the chain head: two entries with one seq, batches written twice."""
+    writer = ChainWriter(tmp_path, durability=durability, max_bytes=2_000)
+
+    def transform(payload: dict[str, Any], seq: int, prev: str, segment: int) -> bytes:
+        if payload["message"] in ("m3", "m9"):  # a signal arrives: the writer's lock is held
+            assert writer.append({"message": f"signal during {payload['message']}"}) == (0, "")
+        return canonical_payload(payload)
+
+    writer.payload_transform = transform
+    for i in range(12):
+        writer.append(_payload(i))
+    writer.close()
+    messages = [e["message"] for e in iter_entries(tmp_path)]
+    assert messages == ([f"m{i}" for i in range(4)] + ["signal during m3"]
+                        + [f"m{i}" for i in range(4, 10)] + ["signal during m9"]
+                        + [f"m{i}" for i in range(10, 12)])
+    assert verify_tenant(tmp_path).ok

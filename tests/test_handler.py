@@ -470,3 +470,51 @@ def test_a_record_without_a_name_is_chained_not_raised(tmp_path: Path) -> None:
     handler.close()
     assert handler.error_count == 0
     assert [e["message"] for e in iter_entries(tmp_path)] == ["no name"] * 3
+
+
+@pytest.mark.parametrize(("durability", "encrypted"), [
+    ("flush", False), ("flush", True), ("none", False), ("group", False), ("always", False)])
+def test_records_logged_by_a_signal_handler_are_chained_once_each(
+    tmp_path: Path, logger_name: str, durability: str, encrypted: bool
+) -> None:
+    """Found by the concurrency audit: a SIGALRM handler that logs, firing while the main
+    thread was inside the writer (rotating, writing a batch), forked the chain (two
+    entries with one seq), wrote batches twice and, encrypted, left entries that did not
+    decrypt."""
+    import signal
+
+    options: dict[str, object] = {"durability": durability, "max_bytes": 20_000}
+    if encrypted:
+        options["encryption_key"] = generate_key()
+    handler = ImmutableHandler(tmp_path, **options)  # type: ignore[arg-type]
+    log = _logger(logger_name, handler)
+    ticks: list[int] = []
+    busy: list[bool] = []
+
+    def on_alarm(signum: int, frame: object) -> None:
+        if busy:  # a signal storm on a slow machine must not nest handlers without end
+            return
+        busy.append(True)
+        try:
+            ticks.append(len(ticks))
+            log.info("tick %d", ticks[-1])
+        finally:
+            busy.pop()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        for i in range(3000 if durability != "always" else 300):
+            log.info("work %d", i)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    handler.close()
+    assert ticks and handler.error_count == 0
+    report = verify_tenant(tmp_path, decrypt=handler.decryptor if encrypted else None)
+    assert report.ok, [str(p) for p in report.problems]
+    messages = [e["message"] for e in iter_entries(tmp_path, decrypt=handler.decryptor)]
+    works = [m for m in messages if m.startswith("work")]
+    assert works == [f"work {i}" for i in range(len(works))] and len(works) in (300, 3000)
+    assert sorted(m for m in messages if m.startswith("tick")) == sorted(
+        f"tick {i}" for i in ticks)
