@@ -59,7 +59,7 @@ from immutable_logging.errors import (
     ImmutableLogError,
     KeyUnavailableError,
 )
-from immutable_logging.fileio import open_file, write_all
+from immutable_logging.fileio import open_file, unlock_and_close, write_all
 
 if sys.platform != "win32":
     import fcntl
@@ -697,7 +697,8 @@ class NonceSource:
     def _reserve(self, kid: str) -> tuple[int, int]:
         """Reserve the next block for ``kid`` on disk; return ``(start, stop)`` counters."""
         with self._lock:
-            lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                              0o600)
             try:
                 if sys.platform != "win32":
                     fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -714,7 +715,7 @@ class NonceSource:
                 data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
                 _write_file_durably(self.path, data, exclusive=False)
             finally:
-                os.close(lock_fd)  # also releases the flock
+                unlock_and_close(lock_fd)
         return start, stop
 
     def _reset_after_fork(self) -> None:

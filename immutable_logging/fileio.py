@@ -1,8 +1,14 @@
-"""Writing a whole buffer to a file descriptor, and opening files at interpreter shutdown."""
+"""Writing a whole buffer to a file descriptor, opening files at interpreter shutdown,
+and releasing a file lock."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+
+if sys.platform != "win32":
+    import fcntl
 
 
 def write_all(fd: int, data: bytes | bytearray) -> None:
@@ -17,3 +23,14 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
 #: reopens the stream, reading its last segment (``logging.FileHandler`` keeps
 #: ``_builtin_open`` for the same reason).
 open_file = open
+
+
+def unlock_and_close(fd: int) -> None:
+    """Release the ``flock`` held through ``fd`` and close it. Closing alone is not enough:
+    a child forked while the lock was held has a copy of the descriptor, and the lock
+    lasts until the last copy is closed (the child's exit), blocking every other process
+    and thread that waits for it until then."""
+    if sys.platform != "win32":
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)

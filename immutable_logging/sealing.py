@@ -52,6 +52,7 @@ from typing import Any
 from .compression import READ_ERRORS
 from .entry import split_line
 from .errors import ConfigurationError, ImmutableLogError, SealError
+from .fileio import unlock_and_close
 from .layout import list_segments
 from .own_loggers import own_logger
 from .seal import (
@@ -165,7 +166,7 @@ def _tenant_lock(tdir: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        unlock_and_close(fd)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

@@ -792,3 +792,37 @@ def test_per_tenant_keyrings_are_isolated(tmp_path: Path) -> None:
     assert cipher_a.decrypt(enc, _aad(tenant="a")) == b"tenant a secret"
     with pytest.raises(KeyUnavailableError):
         cipher_b.decrypt(enc, _aad(tenant="a"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork and flock")
+def test_a_child_forked_during_a_reservation_does_not_hold_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the concurrency audit: a fork while another thread held the nonce-state
+    flock left the lock with the child's copy of the descriptor, so every reservation of
+    the tenant (this process's too) waited until the child exited."""
+    import time
+
+    source = NonceSource(tmp_path / "n.json", block_size=8)
+    children: list[int] = []
+    write = crypto._write_file_durably
+
+    def fork_meanwhile(*args: Any, **kwargs: Any) -> bool:
+        if not children:  # a thread forks while this one holds the lock
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(5)
+                os._exit(0)
+            children.append(pid)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(crypto, "_write_file_durably", fork_meanwhile)
+    try:
+        assert source._reserve("k") == (0, 8)
+        started = time.monotonic()
+        assert NonceSource(tmp_path / "n.json", block_size=8)._reserve("k") == (8, 16)
+        assert time.monotonic() - started < 2.5, "waited for the forked child"
+    finally:
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
