@@ -30,6 +30,7 @@ import hashlib
 import io
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -747,9 +748,11 @@ def _verify_segment(
     unreadable one is not: its read error is the problem)."""
     name = str(segment.path)
     empty = True
+    read = 0
     try:
         for block in segment.chunks():
             empty = False
+            read += len(block)
             cut = block.rfind(b"\n") + 1
             if cut:
                 state.block(block[:cut] if cut < len(block) else block, name)
@@ -757,7 +760,11 @@ def _verify_segment(
                     recoveries.extend(_recovery_entries(block[:cut]))
             if cut < len(block):
                 raw = block[cut:]
-                if is_last and not segment.compressed:
+                if is_last and not segment.compressed and _being_written(segment.path, read):
+                    state.report.warnings.append(
+                        f"{name}: its last entry was being written while it was read "
+                        f"({len(raw)} bytes so far): not verified yet")
+                elif is_last and not segment.compressed:
                     state.damaged(
                         "torn_tail", name,
                         f"last line is incomplete ({len(raw)} bytes without newline): a "
@@ -771,6 +778,27 @@ def _verify_segment(
         state.damaged("malformed", name, f"cannot read segment: {exc}", _UNKNOWN)
         return False
     return empty
+
+
+#: How long a torn-looking active segment is watched for the rest of its last entry.
+_WRITE_GRACE = 0.25
+
+
+def _being_written(path: Path, read: int) -> bool:
+    """Whether the active segment, read up to byte ``read`` with its last line incomplete,
+    is still being written: it grows (or is cut back to an entry boundary by a failed
+    write) within :data:`_WRITE_GRACE`. A reader catches a large write half done; a line
+    torn by a crash stays as it is."""
+    deadline = time.monotonic() + _WRITE_GRACE
+    while True:
+        try:
+            if os.stat(path).st_size != read:
+                return True
+        except FileNotFoundError:  # sealed (compressed) meanwhile: it was being written
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 @dataclass

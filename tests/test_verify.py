@@ -404,6 +404,37 @@ def test_torn_tail_is_reported_until_recovered(rotated_log: Path) -> None:
     assert info.value.file == str(active)
 
 
+def test_an_entry_being_written_while_verify_reads_is_not_a_torn_tail(
+    rotated_log: Path
+) -> None:
+    """Found by the concurrency audit: verify run beside a writer read the active segment
+    with a large write half done and reported tampering (torn_tail, exit 1)."""
+    import threading
+    import time
+
+    from immutable_logging.entry import canonical_payload
+
+    active = list_segments(only_stream(rotated_log))[-1].path
+    last = split_line(read_lines(active)[-1].rstrip(b"\n"))
+    assert last is not None
+    line, _ = make_line(last[0] + 1, last[2], canonical_payload({"message": "x" * 50_000}))
+    with open(active, "ab") as handle:
+        handle.write(line[:30_000])  # what a reader may see of a write in progress
+
+    def rest_of_the_write() -> None:
+        time.sleep(0.1)
+        with open(active, "ab") as handle:
+            handle.write(line[30_000:])
+
+    writer = threading.Thread(target=rest_of_the_write)
+    writer.start()
+    report = verify_tenant(rotated_log)
+    writer.join()
+    assert report.ok, [str(p) for p in report.problems]
+    assert any("was being written while it was read" in w for w in report.warnings)
+    assert verify_tenant(rotated_log).ok and not verify_tenant(rotated_log).warnings
+
+
 def test_independent_damages_are_all_reported(rotated_log: Path) -> None:
     stream = only_stream(rotated_log)
     path0, lines0 = _segment_with(stream, 0)
