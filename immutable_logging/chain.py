@@ -281,11 +281,23 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_exit_started = False
+
+
+def exit_started() -> bool:
+    """True once the interpreter's exit handlers reached this module's: nothing writes the
+    buffer or journal batch of a writer opened after that (``logging.shutdown`` has run or
+    runs next, and no later hook closes what a record logged then opens)."""
+    return _exit_started
+
+
 @atexit.register
 def _write_pending_at_exit() -> None:
     """At interpreter exit, write what open writers hold (``flush`` mode's journal batch, a
     ``none`` buffer) to their segments, as ``logging.shutdown`` does for handlers: entries of
     a writer nobody closed are then in its segment files, not only in its journal."""
+    global _exit_started
+    _exit_started = True
     _write_pending(list(_LIVE_WRITERS))
 
 

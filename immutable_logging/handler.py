@@ -33,7 +33,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .chain import ChainWriter, threads_can_start
+from .chain import ChainWriter, exit_started, threads_can_start
 from .checkpoint import DEFAULT_KEY_NAME, Checkpointer, load_signing_key
 from .config import BackupConfig, as_bool, as_int, as_positive
 from .encryption import (
@@ -226,7 +226,9 @@ class ImmutableHandler(logging.Handler):
     def _open_writer(self, reopening: bool = False) -> ChainWriter:
         options = dict(self._writer_options)
         threads = threads_can_start()
-        if not threads:  # no flusher will ever write a buffer or a journal batch
+        if not threads or exit_started():
+            # No flusher will ever write a buffer or a journal batch (finalizing), or
+            # nothing closes this writer (logging.shutdown ran): write each entry through.
             options["durability"] = "always"
         try:
             writer = ChainWriter(self.directory, self.tenant, **options)

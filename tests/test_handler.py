@@ -176,6 +176,35 @@ def test_a_record_logged_at_interpreter_shutdown_is_chained(
     assert report.ok, report.problems
 
 
+_LOG_FROM_EARLY_ATEXIT = """
+import atexit, sys
+atexit.register(lambda: logging.getLogger("app").info("from an early atexit hook"))
+import logging  # its shutdown hook runs before the one registered above
+from immutable_logging import ImmutableHandler
+
+handler = ImmutableHandler(sys.argv[1], durability=sys.argv[2])
+logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+logging.getLogger("app").info("work")
+"""
+
+
+@pytest.mark.parametrize("durability", ["none", "group", "flush", "always"])
+def test_a_record_logged_after_logging_shutdown_is_written(
+    tmp_path: Path, durability: str
+) -> None:
+    """Found by the concurrency audit: a record logged after logging.shutdown() (an atexit
+    hook registered before logging was imported) reopened a buffered writer that nothing
+    closed: with none/group it was lost, with flush it stayed in the journal only."""
+    done = subprocess.run([sys.executable, "-c", _LOG_FROM_EARLY_ATEXIT, str(tmp_path),
+                           durability], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    messages = [e["message"] for e in iter_entries(tmp_path) if "message" in e]
+    assert messages == ["work", "from an early atexit hook"]
+    report = verify_tenant(tmp_path)
+    assert report.ok and not report.warnings, (report.problems, report.warnings)
+
+
 def test_a_record_logged_during_close_neither_waits_nor_is_lost(
     tmp_path: Path, logger_name: str
 ) -> None:
