@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .compression import inflate_blocks, open_read
+from .compression import READ_ERRORS, inflate_blocks, open_read
+from .entry import split_line
 from .errors import ConfigurationError, InvalidTenantError
 from .fileio import open_file
 
@@ -225,3 +226,24 @@ def read_tail(path: Path, size: int) -> tuple[int, bytes | None]:
             elif pos == 0:
                 return 0, None
             chunk *= 2
+
+
+def last_seq_on_disk(stream_dir: Path) -> int | None:
+    """Seq of the last complete entry of a stream's segments: 0 when there is none, None
+    when the last segment with data cannot be read (reading it in full says why)."""
+    for seg in reversed(list_segments(stream_dir)):
+        last: bytes | None = b""
+        try:
+            if seg.compressed:
+                for chunk in seg.chunks():
+                    lines = chunk.split(b"\n")[:-1]  # the part after the last newline is torn
+                    if lines:
+                        last = lines[-1]
+            else:  # the active segment: only its tail is read
+                last = read_tail(seg.path, os.stat(seg.path).st_size)[1]
+        except READ_ERRORS:
+            return None
+        parsed = split_line(last) if last else None
+        if parsed is not None:
+            return parsed[0]
+    return 0

@@ -41,8 +41,8 @@ from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,
     TORN_DIR,
+    last_seq_on_disk,
     list_segments,
-    read_tail,
     segment_name,
 )
 from ..own_loggers import own_logger
@@ -132,27 +132,6 @@ class ReplicationStatus:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
-
-
-def _local_end(stream_dir: Path) -> int | None:
-    """Seq of the last complete entry of a stream's segments: 0 when there is none, None
-    when the last segment with data cannot be read (reading it to replicate says why)."""
-    for seg in reversed(list_segments(stream_dir)):
-        last: bytes | None = b""
-        try:
-            if seg.compressed:
-                for chunk in seg.chunks():
-                    lines = chunk.split(b"\n")[:-1]  # the part after the last newline is torn
-                    if lines:
-                        last = lines[-1]
-            else:  # the active segment: only its tail is read
-                last = read_tail(seg.path, os.stat(seg.path).st_size)[1]
-        except READ_ERRORS:
-            return None
-        parsed = split_line(last) if last else None
-        if parsed is not None:
-            return parsed[0]
-    return 0
 
 
 def cursor_path(stream_dir: Path, backend: StorageBackend) -> Path:
@@ -754,7 +733,7 @@ class Replicator(QueueListener):
         (the replicator syncs them locally before shipping). Entries it holds up to there
         are compared with the remote at every batch end (:meth:`_take`).
         """
-        end = _local_end(self.stream_dir)
+        end = last_seq_on_disk(self.stream_dir)
         if end is not None and end < self.cursor.last_seq:
             raise RemoteIntegrityError(
                 f"the local log {self.stream_dir} ends at seq {end} but "
