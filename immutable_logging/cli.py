@@ -568,11 +568,21 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
                           "replica of a tenant whose local log is gone")
     absent = {t: r for t, r in results.items() if r["remote_entries"] == 0 and not r["problems"]}
     shown = {t: r for t, r in results.items() if t not in absent}
+    # A tenant the local log holds nothing of (a lost disk, before restoring) with a sound
+    # replica: every entry is "missing locally", which is no damage of the replica.
+    gone = {t: r for t, r in shown.items() if r["remote_ok"]
+            and not list_streams(tenant_dir(args.directory, t))}
     if args.json:  # every tenant, so that a script sees the ones the replica lacks too
         _json_out(out, {t: {**r, "in_replica": t not in absent} for t, r in results.items()})
     elif shown:  # the tenants the replica holds are reported, whatever follows
         _print_sync_status(out, shown, backend)
-    damaged = any(r["problems"] for r in shown.values())
+    damaged = any(r["problems"] for t, r in shown.items() if t not in gone)
+    for tenant, result in gone.items():
+        sys.stderr.write(
+            f"immutable-log: error: {args.directory} holds nothing of tenant {tenant!r}; the "
+            f"replica ({backend.describe()}) holds {result['remote_entries']} of its entries "
+            "and verifies: `immutable-log restore NEWDIR --tenant "
+            f"{tenant}` with these replica options rebuilds the log\n")
     for tenant, result in absent.items():
         local = (f"{args.directory} holds {result['local_blocks']} of its entries: "
                  "nothing was replicated yet, or the replica options point elsewhere"
@@ -581,7 +591,7 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
                          f"nothing of tenant {tenant!r}; {local}\n")
     if damaged:
         return EXIT_TAMPERED  # a damaged replica outranks a missing tenant
-    return EXIT_USAGE if absent else EXIT_OK
+    return EXIT_USAGE if absent or gone else EXIT_OK
 
 
 def _print_sync_status(out: TextIO, results: dict[str, Any], backend: StorageBackend) -> None:

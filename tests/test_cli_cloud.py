@@ -62,6 +62,24 @@ def test_sync_status_reports_a_damaged_replica(replicated: tuple[Path, Path, str
     assert code == 1 and "corrupt_object" in text and batch.name in text
 
 
+def test_sync_status_of_a_lost_local_log_does_not_call_a_sound_replica_damaged(
+    replicated: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the DR audit: after the local disk was lost, sync-status --tenant called
+    the healthy replica "corrupted" (exit 1, a damaged replica), because every entry was
+    missing locally."""
+    _, bucket, _ = replicated
+    empty = tmp_path / "new-disk"
+    empty.mkdir()
+    capsys.readouterr()
+    code, text = run("sync-status", str(empty), "--tenant", "acme", "--backup-directory",
+                     str(bucket))
+    err = capsys.readouterr().err
+    assert code == 2, (text, err)
+    assert "holds nothing of tenant 'acme'; the replica" in err and "30 of its entries" in err
+    assert "restore NEWDIR --tenant acme" in err
+
+
 def test_restoring_from_a_damaged_replica_exits_1_like_sync_status(
     replicated: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
