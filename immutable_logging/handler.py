@@ -198,7 +198,7 @@ class ImmutableHandler(logging.Handler):
                 _log.error("%s", self.cleartext_refusal)
         self.decryptor = EntryDecryptor(self.keyring, self.tenant)
         self.error_count = 0
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.RLock()
         # --- cloud backup: the replicator ships this process's stream from disk.
         self.backup = BackupConfig.from_options(backup_options, log_directory=self.directory)
         self.backend = self.backup.build_backend() if self.backup.enable_cloud_backup else None
@@ -370,7 +370,7 @@ class ImmutableHandler(logging.Handler):
         # Called by logging in a forked child: a lock held by another parent thread at fork
         # time would never be released in the child.
         super()._at_fork_reinit()  # type: ignore[misc]  # exists at runtime, not in typeshed
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.RLock()
         # The parent's stream stays the parent's: its replicator and checkpointer must not
         # ship or sign it from here. Logging here opens the child's own stream, with its own.
         self.replicator = None
@@ -384,6 +384,12 @@ class ImmutableHandler(logging.Handler):
         """
         writer = self.writer
         if writer.closed:
+            if self._open_lock._is_owned():  # type: ignore[attr-defined]  # an RLock's
+                # A signal handler (or a finalizer) logging while this very thread opens
+                # the writer: waiting would deadlock, opening twice would leak a stream.
+                raise ImmutableLogError(
+                    "a record logged while its own thread reopens the writer cannot be "
+                    "written (a signal handler or finalizer logging at that moment)")
             records: list[logging.LogRecord] = []
             try:
                 with holding_back() as records, self._open_lock:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -547,3 +548,30 @@ def test_records_logged_by_a_signal_handler_are_chained_once_each(
     assert works == [f"work {i}" for i in range(len(works))] and len(works) in (300, 3000)
     assert sorted(m for m in messages if m.startswith("tick")) == sorted(
         f"tick {i}" for i in ticks)
+
+
+def test_a_record_logged_while_its_thread_reopens_the_writer_does_not_deadlock(
+    tmp_path: Path, logger_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler logging while its own thread reopened the writer (after close()
+    or a fork) waited for the lock that thread held: a hang. It is refused instead,
+    through handleError, and counted."""
+    handler = ImmutableHandler(tmp_path)
+    log = _logger(logger_name, handler)
+    log.info("before")
+    handler.close()
+    open_writer = handler._open_writer
+
+    def signal_arrives(reopening: bool = False) -> Any:
+        log.info("from a signal handler")  # as if a signal arrived right now
+        return open_writer(reopening)
+
+    monkeypatch.setattr(handler, "_open_writer", signal_arrives)
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # handleError stays quiet
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (log.info("after"), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(10), "deadlocked"
+    handler.close()
+    assert handler.error_count == 1
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["before", "after"]
