@@ -266,7 +266,7 @@ def _write_pending(writers: Iterable[ChainWriter]) -> None:
     """:meth:`ChainWriter.flush` each open writer that holds unwritten entries (one with
     none has nothing to hand over: no write, no sync); a failure keeps its entries."""
     for writer in writers:
-        if not writer.closed and writer._buf:
+        if not writer.closed and (writer._buf or writer._reentered):
             with contextlib.suppress(Exception):
                 writer.flush()
 
@@ -699,10 +699,27 @@ class ChainWriter:
             if self._reentered:
                 self._append_reentered()
 
+    def _inside(self) -> bool:
+        """Whether this thread is inside the writer already (holds its lock): a call now
+        comes from a signal handler or a finalizer that interrupted it."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def _append_reentered(self) -> None:
-        """Append the payloads kept by :meth:`append`, in order."""
-        while self._reentered:
-            self.append(self._reentered.pop(0))
+        """Append the payloads kept by :meth:`append`, in order (in one loop: one level of
+        calls however many there are). Nothing while this thread is inside the writer;
+        a payload whose append fails before it is chained is kept for the next try."""
+        while self._reentered and not self._inside():
+            try:
+                payload = self._reentered.pop(0)
+            except IndexError:  # another thread (or a signal handler) took the last one
+                return
+            seq = self.seq
+            try:
+                self._append(payload)
+            except BaseException:
+                if self.seq == seq:  # not chained: it must not be lost
+                    self._reentered.insert(0, payload)
+                raise
 
     def _append(self, payload: dict[str, Any]) -> tuple[int, str]:
         with self._lock:
@@ -1006,30 +1023,46 @@ class ChainWriter:
                 self.seal_if_due()
 
     def rotate(self) -> None:
-        """Seal the active segment now (if it holds entries)."""
+        """Seal the active segment now (if it holds entries). Called from inside a write
+        (a signal handler), it does nothing: the interrupted write must finish first."""
+        if self._inside():
+            return
         with self._lock:
             if self._fd is not None and self._segment_size:
                 self._rotate()
+        self._append_reentered()
 
     # ------------------------------------------------------------------ durability
     def flush(self) -> None:
-        """Hand buffered entries to the OS (and ``fdatasync`` them in ``group``/``always``)."""
+        """Hand buffered entries to the OS (and ``fdatasync`` them in ``group``/``always``).
+
+        Called from inside a write (a signal handler), it does nothing: the interrupted
+        write must finish first, and hands the entries over itself or at the next call.
+        """
+        if self._inside():
+            return
+        self._append_reentered()  # logged by a signal handler or finalizer meanwhile
         with self._lock:
             if self._fd is not None:
                 self._write_buffer()
                 if self._durability in ("group", "always"):
                     self._sync()
-        if self._reentered and not self._lock._is_owned():  # type: ignore[attr-defined]
-            self._append_reentered()  # logged by a signal handler meanwhile
+        if self._reentered:  # logged while this flush wrote: hand that over too
             self.flush()
 
     def sync(self) -> None:
-        """Make every appended entry durable on disk, whatever the durability mode."""
+        """Make every appended entry durable on disk, whatever the durability mode (from
+        inside a write, as :meth:`flush`, nothing)."""
+        if self._inside():
+            return
+        self._append_reentered()
         with self._lock:
             if self._fd is None:
                 return
             self._write_buffer()
             self._sync()
+        if self._reentered:  # logged while this sync wrote: make that durable too
+            self.sync()
 
     def _start_flusher(self) -> None:
         name = "group-commit" if self._grouped else "journal"
@@ -1089,9 +1122,18 @@ class ChainWriter:
         handler ships and signs the last entries first, so that no other writer (another
         process) takes the stream and starts its own replicator meanwhile. Idempotent.
         """
-        owned = self._lock._is_owned()  # type: ignore[attr-defined]
-        if self._reentered and not self._closed and not owned:
-            self._append_reentered()
+        if self._inside():
+            # A signal handler closing the writer in the middle of a write would cut it
+            # short; the stream stays open and locked (release_stream() keeps it too).
+            raise ImmutableLogError(
+                f"close() of {self.stream_dir} called from inside one of its writes (a "
+                "signal handler or a finalizer): the writer stays open")
+        pending: BaseException | None = None
+        if not self._closed:
+            try:
+                self._append_reentered()
+            except Exception as exc:  # closing goes on; the failure is raised at the end
+                pending = exc
         with self._lock:
             if self._closed:
                 return
@@ -1130,7 +1172,11 @@ class ChainWriter:
             count, self._reentered = len(self._reentered), []
             raise ImmutableLogError(
                 f"closing {self.stream_dir}: {count} entries logged by a signal handler or "
-                "a finalizer while close() ran were not written")
+                "a finalizer while close() ran were not written") from pending
+        if pending is not None and failure is None:
+            raise ImmutableLogError(
+                f"closing {self.stream_dir}: an entry logged by a signal handler or a "
+                f"finalizer could not be written: {pending}") from pending
         if failure is not None:
             lost = self.seq - self.written_seq
             where = (
@@ -1143,7 +1189,11 @@ class ChainWriter:
             ) from failure
 
     def release_stream(self) -> None:
-        """Unlock the stream (after ``close(keep_stream=True)``). Idempotent."""
+        """Unlock the stream (after ``close(keep_stream=True)``). Idempotent. A writer
+        that is not closed (its close() refused, see there) keeps it: another writer must
+        never take a stream that is still written."""
+        if not self._closed:
+            return
         fd, self._lock_fd = self._lock_fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):

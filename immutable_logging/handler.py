@@ -438,16 +438,18 @@ class ImmutableHandler(logging.Handler):
             if writer.closed:
                 writer = self._live_writer()
             try:
-                writer.append(record_payload(record, self.tenant))
+                seq, _ = writer.append(record_payload(record, self.tenant))
             except ImmutableLogError:
                 if not writer.closed:
                     raise
                 # close() ran between the check and the append: the record goes to the
                 # writer opened after it (the payload again: a transform may have used it)
                 writer = self._live_writer()
-                writer.append(record_payload(record, self.tenant))
+                seq, _ = writer.append(record_payload(record, self.tenant))
             replicator = self.replicator
-            if replicator is not None and not self.backup.backup_async:
+            # seq 0: logged from inside a write (a signal handler), appended after it; the
+            # interrupted call ships it
+            if replicator is not None and not self.backup.backup_async and seq:
                 writer.flush()
                 if not replicator.try_pump(force=True):
                     self.error_count += 1  # the entry is on disk; it ships on a later call

@@ -142,23 +142,37 @@ def _whole_lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
         yield pending
 
 
+#: Listings of a stream directory that :func:`list_segments` merges when numbers are missing.
+_LISTINGS = 3
+
+
 def list_segments(stream_dir: Path) -> list[Segment]:
     """Segments of a stream in order. When both ``N.log`` and ``N.log.gz`` exist (a crash
-    while sealing) the compressed file wins: it only appears once complete."""
+    while sealing) the compressed file wins: it only appears once complete.
+
+    A directory read while an entry is renamed in it may miss that entry (``readdir`` over
+    several calls): ``N.log.gz`` appearing and ``N.log`` going away meanwhile left segment
+    N out, and a live stream seemed to skip it. When numbers are missing the directory is
+    read again and the listings merged (:meth:`Segment.open` finds ``N.log.gz`` when
+    ``N.log`` is gone); a number missing from every listing is really missing.
+    """
     found: dict[int, Segment] = {}
-    try:
-        names = os.listdir(stream_dir)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        match = _SEGMENT_RE.match(name)
-        if not match:
-            continue
-        number = int(match.group(1))
-        compressed = match.group(2) is not None
-        if number in found and found[number].compressed:
-            continue
-        found[number] = Segment(number, stream_dir / name, compressed)
+    for _ in range(_LISTINGS):
+        try:
+            names = os.listdir(stream_dir)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            match = _SEGMENT_RE.match(name)
+            if not match:
+                continue
+            number = int(match.group(1))
+            compressed = match.group(2) is not None
+            if number in found and found[number].compressed:
+                continue
+            found[number] = Segment(number, stream_dir / name, compressed)
+        if not found or max(found) - min(found) + 1 == len(found):
+            break
     return [found[n] for n in sorted(found)]
 
 

@@ -517,3 +517,32 @@ def test_an_append_made_from_inside_the_writer_is_chained_after_the_interrupted_
                         + [f"m{i}" for i in range(4, 10)] + ["signal during m9"]
                         + [f"m{i}" for i in range(10, 12)])
     assert verify_tenant(tmp_path).ok
+
+
+def test_many_payloads_kept_during_one_write_are_appended_without_recursion(
+    tmp_path: Path
+) -> None:
+    """Found by review: draining called append() per kept payload, one level deeper each
+    time: 600 of them raised RecursionError and lost the ones popped."""
+    writer = ChainWriter(tmp_path, durability="none")
+    calls = []
+
+    def transform(payload: dict[str, Any], seq: int, prev: str, segment: int) -> bytes:
+        if not calls:
+            calls.append(1)
+            for i in range(1500):  # a storm of signal handlers, all inside this write
+                writer.append({"message": f"kept {i}"})
+            writer.flush()  # from inside a write: does nothing
+        return canonical_payload(payload)
+
+    writer.payload_transform = transform
+    writer.append({"message": "interrupted"})
+    with pytest.raises(ImmutableLogError, match="from inside one of its writes"):
+        writer.payload_transform = lambda p, s, h, g: (writer.close(), b"{}")[1]
+        writer.append({"message": "closes"})
+    assert not writer.closed  # the stream stays open and locked
+    writer.payload_transform = None
+    writer.close()
+    messages = [e["message"] for e in iter_entries(tmp_path)]
+    assert messages == ["interrupted"] + [f"kept {i}" for i in range(1500)]
+    assert verify_tenant(tmp_path).ok

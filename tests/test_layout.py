@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +86,29 @@ def test_stopping_early_closes_the_file_and_starts_no_thread(tmp_path: Path) -> 
     assert len(os.listdir("/proc/self/fd")) == fds + 1
     chunks.close()  # the consumer goes away half way
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_segment_missed_by_one_directory_read_is_still_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a directory read while the compressor renamed N.log.gz into place
+    and removed N.log missed segment N, and the replicator moved on past it (a false
+    'local chain breaks', replication stopped). A missing number is read again."""
+    from immutable_logging import layout
+
+    for n in (1, 2, 3):
+        (tmp_path / f"0000000{n}.log").write_bytes(b"")
+    real = os.listdir
+    reads = []
+
+    def racing_listdir(path: Any) -> list[str]:
+        reads.append(path)
+        names = real(path)
+        return [n for n in names if n != "00000002.log"] if len(reads) == 1 else names
+
+    monkeypatch.setattr(layout.os, "listdir", racing_listdir)
+    assert [s.number for s in layout.list_segments(tmp_path)] == [1, 2, 3]
+    reads.clear()
+    (tmp_path / "00000002.log").unlink()  # really missing: three reads, then the gap
+    assert [s.number for s in layout.list_segments(tmp_path)] == [1, 3]
+    assert len(reads) == 3

@@ -408,6 +408,8 @@ class Replicator(QueueListener):
             raise ReplicationError(
                 f"replicator of {self.stream_dir} is closed: the stream was released, and "
                 "the process that writes it now ships it")
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            return 0  # called from inside a pump (a signal handler): that pump ships it
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             return 0  # another pump holds the lock past the deadline
