@@ -412,3 +412,17 @@ def test_a_tenant_restored_with_seals_says_it_is_no_longer_sealed(
     assert report.ok, [str(p) for p in report.problems]
     assert ImmutableHandler(restored, "s", seal=False).sealing is False  # asked: no error
     assert not [r for r in caplog.records if "NOT sealed" in r.getMessage()]
+
+
+def test_a_record_with_a_kind_field_is_no_seal(tmp_path: Path) -> None:
+    """Found by review: restore took any line holding "kind":"seal" (an extra field of an
+    ordinary record) for a seal entry, and marked the tenant as restored from seals."""
+    from immutable_logging.replication.cloud import restore_tenant
+
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="k", enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        log.info("not a seal", {"kind": "seal"})
+    result = restore_tenant(LocalDirectoryBackend(bucket), tmp_path / "new", "k")
+    assert result["sealed_streams"] == []
+    assert not (tmp_path / "new" / "k" / ".seals-restored.json").exists()
