@@ -707,7 +707,9 @@ class ChainWriter:
     def _append_reentered(self) -> None:
         """Append the payloads kept by :meth:`append`, in order (in one loop: one level of
         calls however many there are). Nothing while this thread is inside the writer;
-        a payload whose append fails before it is chained is kept for the next try."""
+        a payload whose write fails (OSError) before it is chained is kept for the next
+        try; one refused for itself (an empty payload, a transform's error) is not, or it
+        would fail every later call."""
         while self._reentered and not self._inside():
             try:
                 payload = self._reentered.pop(0)
@@ -716,7 +718,7 @@ class ChainWriter:
             seq = self.seq
             try:
                 self._append(payload)
-            except BaseException:
+            except OSError:
                 if self.seq == seq:  # not chained: it must not be lost
                     self._reentered.insert(0, payload)
                 raise

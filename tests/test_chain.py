@@ -546,3 +546,21 @@ def test_many_payloads_kept_during_one_write_are_appended_without_recursion(
     messages = [e["message"] for e in iter_entries(tmp_path)]
     assert messages == ["interrupted"] + [f"kept {i}" for i in range(1500)]
     assert verify_tenant(tmp_path).ok
+
+
+def test_a_kept_payload_refused_for_itself_does_not_fail_every_later_append(
+    tmp_path: Path
+) -> None:
+    writer = ChainWriter(tmp_path, durability="none")
+
+    def transform(payload: dict[str, Any], seq: int, prev: str, segment: int) -> bytes:
+        if payload.get("message") == "first":
+            writer.append({})  # kept; refused when appended: no member
+        return canonical_payload(payload)
+
+    writer.payload_transform = transform
+    with pytest.raises(ImmutableLogError, match="at least one payload member"):
+        writer.append({"message": "first"})
+    writer.append({"message": "second"})  # no longer poisoned by the refused one
+    writer.close()
+    assert [e["message"] for e in iter_entries(tmp_path)] == ["first", "second"]
