@@ -1041,30 +1041,25 @@ class ChainWriter:
         Called from inside a write (a signal handler), it does nothing: the interrupted
         write must finish first, and hands the entries over itself or at the next call.
         """
+        self._write_out(self._durability in ("group", "always"))
+
+    def sync(self) -> None:
+        """Make every appended entry durable on disk, whatever the durability mode (from
+        inside a write, as :meth:`flush`, nothing)."""
+        self._write_out(True)
+
+    def _write_out(self, sync: bool) -> None:
+        """:meth:`flush` (``sync`` as the durability mode says) and :meth:`sync`."""
         if self._inside():
             return
         self._append_reentered()  # logged by a signal handler or finalizer meanwhile
         with self._lock:
             if self._fd is not None:
                 self._write_buffer()
-                if self._durability in ("group", "always"):
+                if sync:
                     self._sync()
-        if self._reentered:  # logged while this flush wrote: hand that over too
-            self.flush()
-
-    def sync(self) -> None:
-        """Make every appended entry durable on disk, whatever the durability mode (from
-        inside a write, as :meth:`flush`, nothing)."""
-        if self._inside():
-            return
-        self._append_reentered()
-        with self._lock:
-            if self._fd is None:
-                return
-            self._write_buffer()
-            self._sync()
-        if self._reentered:  # logged while this sync wrote: make that durable too
-            self.sync()
+        if self._reentered:  # logged while this call wrote: hand that over too
+            self._write_out(sync)
 
     def _start_flusher(self) -> None:
         name = "group-commit" if self._grouped else "journal"
