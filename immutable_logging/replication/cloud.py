@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,13 @@ class RemoteStream:
     batches: int = 0
 
 
-def remote_streams(backend: StorageBackend, tenant: str) -> dict[str, list[BatchName]]:
-    """Batch names of every stream of ``tenant`` in the replica, in sequence order."""
+def remote_streams(
+    backend: StorageBackend, tenant: str, keys: Iterable[str] | None = None
+) -> dict[str, list[BatchName]]:
+    """Batch names of every stream of ``tenant`` in the replica, in sequence order (from
+    ``keys``, the tenant's listing, when the caller has it already)."""
     streams: dict[str, list[BatchName]] = defaultdict(list)
-    for key in backend.list(batches_prefix(tenant)):
+    for key in backend.list(batches_prefix(tenant)) if keys is None else keys:
         name = parse_batch_key(key)
         if name is not None and name.tenant == tenant:
             streams[name.stream].append(name)
@@ -86,13 +89,16 @@ def remote_streams(backend: StorageBackend, tenant: str) -> dict[str, list[Batch
 
 
 def shipped_ends(
-    backend: StorageBackend, tenant: str, root: str | os.PathLike[str] | None = None
+    backend: StorageBackend, tenant: str, root: str | os.PathLike[str] | None = None,
+    keys: Iterable[str] | None = None,
 ) -> dict[str, tuple[int, str]]:
     """How far each stream of ``tenant`` is known to have been shipped, and the evidence:
     the signed checkpoints in the replica (one is shipped after the entries it covers)
-    and, with the local log's ``root``, the replicators' saved cursors.
+    and, with the local log's ``root``, the replicators' saved cursors. ``keys`` is the
+    tenant's listing when the caller has it already.
 
-    Read before the batches are listed, so that a batch shipped meanwhile is listed too.
+    A batch shipped after the batches were listed can make these reach further than the
+    listing: :func:`lost_ends` lists again before it reports anything.
     """
     ends: dict[str, tuple[int, str]] = {}
     if root is not None:
@@ -101,7 +107,7 @@ def shipped_ends(
             if cursor is not None and cursor.last_seq:
                 ends[stream_dir.name] = (
                     cursor.last_seq, f"the replication cursor {cursor_path(stream_dir, backend)}")
-    for key in backend.list(f"{tenant}/"):
+    for key in backend.list(f"{tenant}/") if keys is None else keys:
         parsed = parse_checkpoint_key(key)
         if parsed is not None and parsed[0] == tenant and parsed[2] > ends.get(parsed[1],
                                                                                (0, ""))[0]:
@@ -225,8 +231,9 @@ def verify_cloud_backup(
     ``problems`` (key, seq, reason, detail) and per-stream counts.
     """
     local = _local_hashes(root, tenant)
-    shipped = shipped_ends(backend, tenant, root)
-    names = remote_streams(backend, tenant)
+    keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
+    shipped = shipped_ends(backend, tenant, root, keys)
+    names = remote_streams(backend, tenant, keys)
     remote = {stream: load_remote_stream(backend, stream, n) for stream, n in names.items()}
     problems = [p for r in remote.values() for p in r.problems]
     problems += lost_ends(backend, tenant, shipped, names)
@@ -333,8 +340,9 @@ def restore_tenant(
     target = tenant_dir(root, tenant)
     if list_streams(target):
         raise ConfigurationError(f"restore needs an empty directory: {target} holds streams")
-    shipped = shipped_ends(backend, tenant)
-    streams = remote_streams(backend, tenant)
+    keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
+    shipped = shipped_ends(backend, tenant, keys=keys)
+    streams = remote_streams(backend, tenant, keys)
     if not streams and not shipped:
         # Checked before anything is written: restoring nothing must not look like success.
         raise ObjectNotFoundError(
