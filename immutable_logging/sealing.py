@@ -311,6 +311,22 @@ def check_seed_matches(tdir: str | os.PathLike[str], seed: bytes | str) -> None:
 # ---------------------------------------------------------------------- the sealer
 
 
+#: How a seal entry's line shows its kind (canonical JSON: no spaces).
+SEAL_MARKER = b'"kind":"seal"'
+
+
+def seal_payload(line: bytes) -> dict[str, Any] | None:
+    """The payload of an entry line that is a seal entry (its own ``kind``, not a member
+    named so deeper inside an entry), else None."""
+    if SEAL_MARKER not in line:
+        return None
+    try:
+        payload = json.loads(line)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and payload.get("kind") == "seal" else None
+
+
 def _last_seal_payload(stream_dir: Path, after_seq: int) -> dict[str, Any] | None:
     """The payload of the stream's last seal entry after entry ``after_seq``, or None.
 
@@ -318,7 +334,6 @@ def _last_seal_payload(stream_dir: Path, after_seq: int) -> dict[str, Any] | Non
     before ``after_seq + 1``: a seal the sealer has not committed comes after the entries
     it already sealed, so at most about one epoch of entries is read.
     """
-    marker = b'"kind":"seal"'
     for segment in reversed(list_segments(stream_dir)):
         try:
             with segment.open() as handle:
@@ -326,7 +341,7 @@ def _last_seal_payload(stream_dir: Path, after_seq: int) -> dict[str, Any] | Non
         except READ_ERRORS:
             continue  # unreadable: the verifier reports it
         end = len(data)
-        while (hit := data.rfind(marker, 0, end)) >= 0:
+        while (hit := data.rfind(SEAL_MARKER, 0, end)) >= 0:
             start = data.rfind(b"\n", 0, hit) + 1
             stop = data.find(b"\n", hit)
             end = start
@@ -335,12 +350,9 @@ def _last_seal_payload(stream_dir: Path, after_seq: int) -> dict[str, Any] | Non
                 continue  # a damaged or torn line: the verifier reports it
             if parsed[0] <= after_seq:
                 return None  # back at what the last committed seal covers: none pending
-            try:
-                payload = json.loads(data[start:stop])
-            except ValueError:
-                continue
-            if isinstance(payload, dict) and payload.get("kind") == "seal":
-                return payload  # not a member named "kind" deeper inside an entry
+            payload = seal_payload(data[start : stop if stop >= 0 else len(data)])
+            if payload is not None:
+                return payload
         first = split_line(data[: max(data.find(b"\n"), 0)])
         if first is not None and first[0] <= after_seq + 1:
             return None

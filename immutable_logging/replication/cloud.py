@@ -32,7 +32,7 @@ from ..layout import (
     segment_name,
     tenant_dir,
 )
-from ..sealing import SEALS_RESTORED
+from ..sealing import SEALS_RESTORED, seal_payload
 from ..verify import verify_tenant
 from .backend import ObjectNotFoundError, StorageBackend
 from .keys import (
@@ -47,8 +47,6 @@ from .keys import (
 from .replicator import cursor_path, saved_cursor
 
 Decryptor = Callable[[dict[str, Any], str, str], dict[str, Any]]
-#: How a seal entry's line shows its kind (canonical JSON: no spaces).
-_SEAL_KIND = b'"kind":"seal"'
 
 
 @dataclass
@@ -368,7 +366,8 @@ def restore_tenant(
         entries += len(remote.lines)
     if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
         atomic_write(existing, salt, 0o600)
-    sealed = [r.stream for r in loaded if any(_is_seal(line) for *_, line in r.lines)]
+    sealed = [r.stream for r in loaded
+              if any(seal_payload(line) is not None for *_, line in r.lines)]
     if sealed:  # see sealing.restored_seals_note: a handler opened here says so
         atomic_write(target / SEALS_RESTORED, orjson.dumps(
             {"from": backend.describe(), "streams": sealed}), 0o600)
@@ -383,16 +382,6 @@ def restore_tenant(
         "problems": [str(p) for p in report.problems],
         "sealed_streams": sealed,
     }
-
-
-def _is_seal(line: bytes) -> bool:
-    """Whether an entry line is a seal entry (its own ``kind``, not a field that says so)."""
-    if _SEAL_KIND not in line:
-        return False
-    try:
-        return bool(orjson.loads(line).get("kind") == "seal")
-    except orjson.JSONDecodeError:
-        return False
 
 
 def _replica_salt(backend: StorageBackend, tenant: str, streams: list[str]) -> bytes | None:
