@@ -191,9 +191,11 @@ def bench_big(entries: int) -> dict[str, Any]:
                 {"level": "REVENUE", "metadata.amount": {"$gte": 4000}}),
             "query amount>=4990 (number filter)": DocumentQuery(
                 {"metadata.amount": {"$gte": 4990}}),
-            # $in has no raw-line pre-filter: every entry is decoded and tested
-            "query amount $in (full parse)": DocumentQuery(
+            "query amount $in (number filter)": DocumentQuery(
                 {"metadata.amount": {"$in": [4990, 4995, 4999]}}),
+            # $regex has no raw-line pre-filter: every entry is decoded and tested
+            "query message $regex (full parse)": DocumentQuery(
+                {"message": {"$regex": "login 99999[0-9]$"}}),
         }
         for label, match in matches.items():
             for workers in (1, None):

@@ -494,7 +494,7 @@ class NumberBound:
     """
 
     key: bytes
-    checks: tuple[tuple[Callable[[Any, Any], Any], int | float], ...]
+    checks: tuple[tuple[Callable[[Any, Any], Any], Any], ...]
     pattern: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -528,12 +528,59 @@ class NumberBound:
             passing = [True] * len(values)
             for op, operand in self.checks:
                 passing = list(map(operator.and_, passing, map(op, values, repeat(operand))))
-        if not any(passing):
-            return []
-        # Occurrence i starts after pieces[0..2i] and i keys (split drops the keys).
-        ends = list(accumulate(map(len, pieces)))
-        size = len(self.key)
-        return [ends[2 * i] + i * size for i in compress(range(len(passing)), passing)]
+        return _passing_offsets(pieces, passing, len(self.key))
+
+
+def _passing_offsets(pieces: list[bytes], passing: list[bool], key_size: int) -> list[int]:
+    """Where the passing occurrences start, from ``pattern.split(chunk)`` (text, value,
+    text, ...; split drops the keys) and one verdict per value."""
+    if not any(passing):
+        return []
+    # Occurrence i starts after pieces[0..2i] and i keys.
+    ends = list(accumulate(map(len, pieces)))
+    return [ends[2 * i] + i * key_size for i in compress(range(len(passing)), passing)]
+
+
+#: A JSON string right after a key, quotes and escapes as stored.
+_STRING_VALUE = rb'("[^"\\]*(?:\\.[^"\\]*)*")'
+
+
+@dataclass(frozen=True)
+class StringSetBound:
+    """A line can only match if a string right after ``key`` (the key's JSON bytes plus
+    ``:``) is one of ``tokens``: the canonical JSON of the wanted strings, quotes included,
+    as the writer stores them (an ``$in`` of strings).
+
+    Like :class:`NumberBound`, it admits a line when any occurrence passes (the key at
+    another depth, or as the tail of a longer key), so it only ever lets extra lines
+    through.
+    """
+
+    key: bytes
+    tokens: frozenset[bytes]
+    pattern: re.Pattern[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", re.compile(re.escape(self.key) + _STRING_VALUE))
+
+    def admits(self, token: bytes) -> bool:
+        """Whether the value token of one occurrence is one of the wanted strings."""
+        return token in self.tokens
+
+    def in_line(self, line: bytes) -> bool:
+        """Whether some occurrence of the key in ``line`` holds a wanted string."""
+        return bool(self.offsets(line))
+
+    def offsets(self, chunk: bytes) -> list[int]:
+        """Where in ``chunk`` the occurrences of the key with a wanted string start (in
+        bulk, like :meth:`NumberBound.offsets`)."""
+        pieces = self.pattern.split(chunk)
+        passing = list(map(self.tokens.__contains__, pieces[1::2]))
+        return _passing_offsets(pieces, passing, len(self.key))
+
+
+#: What a raw line must hold after a key: a passing number, or one of some strings.
+Bound = NumberBound | StringSetBound
 
 
 #: The UTF-8 of the only characters that ``str.lower()`` turns into ASCII letters
@@ -550,7 +597,8 @@ def _line_around(chunk: bytes, pos: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class LineFilter:
     """What a plain (unencrypted) line must contain to possibly match: every byte string
-    of ``needles``, and for every :class:`NumberBound` a passing number.
+    of ``needles``, and for every bound (:class:`NumberBound`, :class:`StringSetBound`) a
+    passing value.
 
     Used to skip decoding lines that cannot match a search or a query; it never decides a
     match by itself. ``fold_case`` compares needles ASCII case-insensitively (they are
@@ -559,7 +607,7 @@ class LineFilter:
 
     needles: tuple[bytes, ...]
     fold_case: bool = False
-    bounds: tuple[NumberBound, ...] = ()
+    bounds: tuple[Bound, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.needles and not self.bounds:
@@ -629,18 +677,51 @@ _BOUND_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _number_checks(spec: Any) -> tuple[tuple[Callable[[Any, Any], Any], int | float], ...]:
+def _is_member(value: Any, members: frozenset[int | float]) -> bool:
+    return value in members
+
+
+def _plain_number(value: Any) -> bool:
+    """An int or a finite float (not a bool): compared with the number in a line, it gives
+    what the decoded entry gives."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _members(operand: Any) -> list[Any] | None:
+    """The members of an ``$in`` operand (None when it is not a collection)."""
+    return list(operand) if isinstance(operand, list | tuple | set | frozenset) else None
+
+
+def _number_checks(spec: Any) -> tuple[tuple[Callable[[Any, Any], Any], Any], ...]:
     """The checks of a field condition made only of number comparisons (``5``,
-    ``{"$gte": 10, "$lt": 20}``); empty for any other condition."""
+    ``{"$gte": 10, "$lt": 20}``, ``{"$in": [4990, 4995]}``); empty for any other
+    condition."""
     if not isinstance(spec, Mapping) or not any(str(k).startswith("$") for k in spec):
         spec = {"$eq": spec}
-    checks = []
+    checks: list[tuple[Callable[[Any, Any], Any], Any]] = []
     for op, operand in spec.items():
-        if (op not in _BOUND_OPERATORS or type(operand) not in (int, float)
-                or (type(operand) is float and not math.isfinite(operand))):
+        members = _members(operand) if op == "$in" else None
+        if members is not None and all(map(_plain_number, members)):
+            checks.append((_is_member, frozenset(members)))
+        elif op not in _BOUND_OPERATORS or not _plain_number(operand):
             return ()
-        checks.append((_BOUND_OPERATORS[op], operand))
+        else:
+            checks.append((_BOUND_OPERATORS[op], operand))
     return tuple(checks)
+
+
+def _string_tokens(spec: Any) -> frozenset[bytes] | None:
+    """The stored form (canonical JSON) of the strings of an ``$in`` made only of strings;
+    None for any other condition, or a string no line can hold verbatim."""
+    if not isinstance(spec, Mapping) or "$in" not in spec:
+        return None
+    members = _members(spec["$in"])
+    if members is None or not all(isinstance(m, str) for m in members):
+        return None
+    try:
+        return frozenset(map(orjson.dumps, members))
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return None
 
 
 def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
@@ -648,13 +729,16 @@ def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
 
     * a string equality (``{"level": "REVENUE"}``, ``{"metadata.user": {"$eq": "bob"}}``)
       must appear verbatim in the canonical line;
-    * number comparisons (``{"metadata.amount": {"$gte": 4000}}``, ``{"line": 42}``) need a
-      passing number after the field's key (see :class:`NumberBound`).
+    * number comparisons (``{"metadata.amount": {"$gte": 4000}}``, ``{"line": 42}``,
+      ``{"metadata.amount": {"$in": [10, 20]}}``) need a passing number after the field's
+      key (see :class:`NumberBound`);
+    * an ``$in`` of strings (``{"level": {"$in": ["ERROR", "CRITICAL"]}}``) needs one of
+      them after the field's key (see :class:`StringSetBound`).
 
     None when the query has no such condition.
     """
     needles: list[bytes] = []
-    bounds: list[NumberBound] = []
+    bounds: list[Bound] = []
     if not isinstance(document, Mapping):
         return None
     for key, spec in document.items():
@@ -673,6 +757,8 @@ def query_filter(document: Mapping[str, Any]) -> LineFilter | None:
             needles.append(b'"%s":%s' % (name, text))
         elif checks := _number_checks(spec):
             bounds.append(NumberBound(b'"%s":' % name, checks))
+        elif (tokens := _string_tokens(spec)) is not None:
+            bounds.append(StringSetBound(b'"%s":' % name, tokens))
     return LineFilter(tuple(needles), bounds=tuple(bounds)) if needles or bounds else None
 
 

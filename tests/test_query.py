@@ -146,39 +146,60 @@ def numbers_dir(tmp_path: Path) -> Path:
         {"metadata.amount": 9999},  # only in the text, a longer key and another field
         {"metadata.amount": {"$gte": 4990}, "level": "INFO"},
         {"metadata.i": {"$gte": 5}, "metadata.amount": {"$lt": 100}},
+        {"metadata.amount": {"$in": [4990, 5000]}},
+        {"metadata.amount": {"$in": [1, -3, 0.5]}},  # 1 is also 1.0 and true
+        {"metadata.amount": {"$in": (0,)}},  # 0, -0.0 and false
+        {"metadata.amount": {"$in": [9999, 7000]}},  # in the text, a longer key, deeper
+        {"metadata.amount": {"$in": [5000, 12], "$gte": 100}},
+        {"metadata.amount": {"$in": []}},  # matches nothing: admits no line
+        {"metadata.amount": {"$in": [2**63 - 1, 1e20]}},
     ],
 )
 def test_number_bounds_never_change_results(numbers_dir: Path, document: dict[str, object]) -> None:
+    _assert_filter_keeps_results(numbers_dir, document)
+
+
+def _assert_filter_keeps_results(directory: Path, document: dict[str, object]) -> None:
+    """The document gets a bound, and reading with its filter finds what decoding every
+    line finds."""
     line_filter = query_filter(document)
     assert line_filter is not None and line_filter.bounds
-    slow = query_entries(iter_entries(numbers_dir), document)
-    fast = query_entries(iter_entries(numbers_dir, line_filter=line_filter), document)
+    slow = query_entries(iter_entries(directory), document)
+    fast = query_entries(iter_entries(directory, line_filter=line_filter), document)
     assert [e["hash"] for e in fast] == [e["hash"] for e in slow]
 
 
-def test_number_bounds_skip_lines_and_agree_line_by_line(numbers_dir: Path) -> None:
+def _lines_kept_by_first_bound(
+    directory: Path, document: dict[str, object]
+) -> tuple[int, int, int]:
+    """Check the document's first bound chunk by chunk against the regex and line by line
+    against the decoded entries; return (lines, lines kept, matches)."""
     from immutable_logging.layout import list_segments, list_streams
 
-    document = {"metadata.amount": {"$gte": 4990}}
     line_filter = query_filter(document)
     assert line_filter is not None
+    bound = line_filter.bounds[0]
     predicate = compile_query(document)
-    total = kept = 0
-    for stream in list_streams(numbers_dir / "default"):
+    total = kept = hits = 0
+    for stream in list_streams(directory / "default"):
         for segment in list_segments(stream):
             for chunk in segment.chunks():
-                bound = line_filter.bounds[0]
                 assert bound.offsets(chunk) == [
                     m.start() for m in bound.pattern.finditer(chunk) if bound.admits(m[1])]
                 lines = chunk.splitlines(keepends=True)
                 chosen = list(line_filter.lines(chunk))
                 assert chosen == [line for line in lines if line_filter.matches(line)]
                 for line in lines:  # a line that is left out can never match
-                    entry = orjson.loads(line)
                     if line not in chosen:
-                        assert not predicate(entry), line
+                        assert not predicate(orjson.loads(line)), line
+                hits += sum(predicate(orjson.loads(line)) for line in chosen)
                 total, kept = total + len(lines), kept + len(chosen)
-    assert 0 < kept < total / 2
+    return total, kept, hits
+
+
+def test_number_bounds_skip_lines_and_agree_line_by_line(numbers_dir: Path) -> None:
+    total, kept, hits = _lines_kept_by_first_bound(numbers_dir, {"metadata.amount": {"$gte": 4990}})
+    assert hits == 15 and 0 < kept < total / 2  # 4990, 4990.5, 5000, 1e20, 2**63 - 1
 
 
 def test_number_checks_only_for_plain_number_comparisons() -> None:
@@ -187,7 +208,14 @@ def test_number_checks_only_for_plain_number_comparisons() -> None:
         {"metadata.amount": {"$gte": float("nan")}},
         {"metadata.amount": {"$lt": float("inf")}},
         {"metadata.amount": {"$gte": 5, "$ne": 7}},  # mixed with another operator
-        {"metadata.amount": {"$in": [1, 2]}},
+        {"metadata.amount": {"$in": [1, True]}},  # a bool member
+        {"metadata.amount": {"$in": [1, "1"]}},  # numbers and strings
+        {"metadata.amount": {"$in": [1, float("nan")]}},
+        {"metadata.amount": {"$in": [1, None]}},
+        {"metadata.amount": {"$in": ["a", ["a"]]}},
+        {"metadata.amount": {"$in": "abc"}},  # not a list (compile_query refuses it)
+        {"metadata.amount": {"$nin": [1, 2]}},  # matches lines without the key
+        {"metadata.user": {"$in": ["\ud800"]}},  # no line holds a lone surrogate
         {"metadata.amount": {"$gte": "5"}},
         {"metadata.amount": {"value": 5}},  # equality with an object
         {"metadata.items.0": 5},  # a list index has no key in the line
@@ -196,6 +224,47 @@ def test_number_checks_only_for_plain_number_comparisons() -> None:
         assert query_filter(document) is None, document
     with pytest.raises(QueryError):
         LineFilter(())
+
+
+_TRICKY_STRINGS: list[object] = [
+    "ann", "Ann", "bob", 'say "hi"', "back\\slash\\", "tab\there", "Zoë", "", "ann ",
+    "\u2028", 5, None, ["ann"], {"user": "ann"}, True,
+]
+
+
+@pytest.fixture
+def strings_dir(tmp_path: Path) -> Path:
+    with ImmutableLogger(tmp_path, max_bytes=6_000) as log:
+        for i, user in enumerate(_TRICKY_STRINGS * 3):
+            log.info(f'login {i} "user":"ann" in the text', {"user": user, "i": i})
+        log.info("nested only", {"order": {"user": "bob"}})  # the key at another depth
+        log.info("escaped key", {'say"user': "ann", "user": "zed"})  # ends in "user"
+        log.info("no user at all", {"other": "ann"})
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"metadata.user": {"$in": ["ann", "bob"]}},
+        {"metadata.user": {"$in": ['say "hi"', "back\\slash\\", "tab\there"]}},
+        {"metadata.user": {"$in": ["Zoë", "", "\u2028"]}},
+        {"metadata.user": {"$in": ["ann"]}, "metadata.i": {"$gte": 10}},
+        {"metadata.user": {"$in": ["ann"], "$ne": "bob"}},
+        {"metadata.user": {"$in": []}},
+        {"metadata.user": {"$in": ["nobody"]}},
+        {"metadata.order.user": {"$in": ["bob"]}},
+        {"level": {"$in": ["INFO", "ERROR"]}, "metadata.user": {"$in": ["Ann"]}},
+    ],
+)
+def test_string_sets_never_change_results(strings_dir: Path, document: dict[str, object]) -> None:
+    _assert_filter_keeps_results(strings_dir, document)
+
+
+def test_string_sets_skip_lines_and_agree_line_by_line(strings_dir: Path) -> None:
+    document = {"metadata.user": {"$in": ["bob", 'say "hi"']}}
+    total, kept, hits = _lines_kept_by_first_bound(strings_dir, document)
+    assert hits == 6 and 0 < kept < total / 4
 
 
 def test_a_token_that_is_no_number_is_left_to_the_decoder() -> None:
