@@ -516,6 +516,12 @@ def test_close_respects_its_timeout_with_a_slow_backend(tmp_path: Path) -> None:
     status = replicator.close(timeout=1.0)
     assert time.monotonic() - started < 3.0  # the deadline plus at most one slow batch
     assert 0 < status.pending_entries < 300  # shipped some, the rest waits on disk
+    assert status.state == "pending"  # not "ok": nothing ships them until the next start
+    again = Replicator(LocalDirectoryBackend(tmp_path / "bucket"), writer.stream_dir,
+                       "default")
+    again._latest_seq = 300
+    status = again.close(timeout=10.0)
+    assert (status.state, status.pending_entries, status.replicated_seq) == ("ok", 0, 300)
 
 
 def _payload_less(previous: bytes) -> bytes:

@@ -113,7 +113,13 @@ class Cursor:
 
 @dataclass
 class ReplicationStatus:
-    """A snapshot of a replicator's progress and health."""
+    """A snapshot of a replicator's progress and health.
+
+    ``state``: ``"ok"`` (the last pump succeeded), ``"retrying"`` (the backend failed; the
+    replicator tries again with a backoff), ``"stopped"`` (the replica and the local log
+    disagree: nothing more is shipped), or ``"pending"`` (returned by ``close()`` when
+    its time ran out first: ``pending_entries`` wait on disk for the next start).
+    """
 
     target: str
     stream: str
@@ -371,6 +377,8 @@ class Replicator(QueueListener):
         with contextlib.suppress(OSError):  # a failed save only costs a reconcile
             self._save_cursor(durable=True)
         self._update_status()
+        if self.status.pending_entries and self.status.state == "ok":
+            self.status.state = "pending"  # nothing ships them until the next start
         if self._fatal is not None:
             _log.error(
                 "replication of %s to %s is stopped: the replica and the local log disagree "
