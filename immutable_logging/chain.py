@@ -52,7 +52,7 @@ import orjson
 from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
-from .fileio import open_file, write_all
+from .fileio import fsync_dir, open_file, write_all
 from .journal import JOURNAL_BYTES, Journal, pending_lines
 from .layout import (
     JOURNAL_FILE,
@@ -129,14 +129,6 @@ class WriterStats:
     torn_tails: list[TornTail] = field(default_factory=list)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _TMP_NAMES = itertools.count()
 
 
@@ -157,7 +149,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
         os.close(fd)
     os.replace(tmp, path)
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def compress_segment(plain: Path) -> Path:
@@ -186,7 +178,7 @@ def compress_segment(plain: Path) -> Path:
     finally:
         os.close(source)
     os.replace(tmp, target)
-    _fsync_dir(plain.parent)
+    fsync_dir(plain.parent)
     os.unlink(plain)
     return target
 
@@ -872,7 +864,7 @@ class ChainWriter:
         self._fd = None
         plain = self.stream_dir / segment_name(self.segment_number)
         os.chmod(plain, 0o444)
-        _fsync_dir(self.stream_dir)
+        fsync_dir(self.stream_dir)
         if self.compress:
             self._compressor.submit(plain)
         self.segment_number += 1

@@ -59,7 +59,7 @@ from immutable_logging.errors import (
     ImmutableLogError,
     KeyUnavailableError,
 )
-from immutable_logging.fileio import open_file, unlock_and_close, write_all
+from immutable_logging.fileio import fsync_dir, open_file, unlock_and_close, write_all
 
 if sys.platform != "win32":
     import fcntl
@@ -278,16 +278,6 @@ def key_from_env(
 # ------------------------------------------------------------------ passphrase / scrypt
 
 
-def _fsync_dir(path: str) -> None:
-    if sys.platform == "win32":  # pragma: no cover - directories cannot be fsync'ed there
-        return
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file_durably(path: str, data: bytes, *, exclusive: bool) -> bool:
     """Write ``data`` to ``path`` via a temporary file, fsync'ed, then published.
 
@@ -315,7 +305,7 @@ def _write_file_durably(path: str, data: bytes, *, exclusive: bool) -> bool:
         if tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return True
 
 

@@ -1,5 +1,5 @@
-"""Writing a whole buffer to a file descriptor, opening files at interpreter shutdown,
-and releasing a file lock."""
+"""Writing a whole buffer to a file descriptor, making a directory entry durable, opening
+files at interpreter shutdown, and releasing a file lock."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """``fsync`` a directory, so that files created, renamed or removed in it stay so
+    after a power cut (a no-op on Windows, where directories cannot be opened)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    fd = os.open(os.fspath(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 #: ``open``, bound at import. At interpreter shutdown the builtin is removed before the

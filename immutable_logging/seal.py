@@ -62,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from immutable_logging.errors import CheckpointError, ConfigurationError, SealError
+from immutable_logging.fileio import fsync_dir
 
 __all__ = [
     "DEFAULT_EPOCH_SECONDS",
@@ -453,14 +454,6 @@ class SealRecord:
 # ------------------------------------------------------------------ state file
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write *data* to *path* atomically: tmp file (0600) in the same dir, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -475,7 +468,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
