@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +25,7 @@ from ..compression import READ_ERRORS, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
+from ..fileio import fsync_dir, write_all
 from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,
@@ -59,12 +62,16 @@ class RemoteProblem:
     detail: str
 
 
+#: Takes each entry of a replica's stream as it is checked: seq, hash, segment number, line.
+LineSink = Callable[[int, str, int, bytes], None]
+
+
 @dataclass
 class RemoteStream:
-    """The validated content of one stream in the replica."""
+    """What checking one stream of the replica found (its entries went to a sink)."""
 
     stream: str
-    lines: list[tuple[int, str, int, bytes]] = field(default_factory=list)  # seq, hash, seg, line
+    entries: int = 0
     problems: list[RemoteProblem] = field(default_factory=list)
     batches: int = 0
 
@@ -137,9 +144,12 @@ def lost_ends(
 
 
 def load_remote_stream(
-    backend: StorageBackend, stream: str, names: list[BatchName]
+    backend: StorageBackend, stream: str, names: list[BatchName], sink: LineSink | None = None
 ) -> RemoteStream:
-    """Download and check every batch of a stream (never raises for bad content)."""
+    """Download and check every batch of a stream, in order (never raises for bad content).
+
+    Each entry taken goes to ``sink`` as soon as its batch is checked, so that no more than
+    one batch is held in memory, however long the stream."""
     result = RemoteStream(stream)
     expected_seq, prev = 1, GENESIS_HASH
     for name in names:
@@ -166,12 +176,13 @@ def load_remote_stream(
         if meta.get("content-sha256") not in (None, hashlib.sha256(raw).hexdigest()):
             result.problems.append(RemoteProblem(name.key, name.first_seq, "hash_mismatch",
                                                  "object content does not match its metadata"))
-        expected_seq, prev = _check_batch(result, name, raw, segment, expected_seq, prev)
+        expected_seq, prev = _check_batch(result, name, raw, segment, expected_seq, prev, sink)
     return result
 
 
 def _check_batch(
-    result: RemoteStream, name: BatchName, raw: bytes, segment: int, expected_seq: int, prev: str
+    result: RemoteStream, name: BatchName, raw: bytes, segment: int, expected_seq: int,
+    prev: str, sink: LineSink | None,
 ) -> tuple[int, str]:
     lines = raw.splitlines(keepends=True)
     for line in lines:
@@ -194,7 +205,9 @@ def _check_batch(
                                                  "entry does not link to the previous entry"))
         if seq < expected_seq:  # a repeated or older entry: counted once, not as a new one
             continue
-        result.lines.append((seq, digest, segment, line))
+        result.entries += 1
+        if sink is not None:
+            sink(seq, digest, segment, line)
         expected_seq, prev = seq + 1, digest
     if len(lines) != name.last_seq - name.first_seq + 1:
         result.problems.append(RemoteProblem(
@@ -202,6 +215,40 @@ def _check_batch(
             f"object holds {len(lines)} entries, its name says "
             f"{name.last_seq - name.first_seq + 1}"))
     return max(expected_seq, name.last_seq + 1), prev
+
+
+@dataclass
+class _SeqSpan:
+    """How many sequence numbers were seen, and the first and last of them."""
+
+    count: int = 0
+    first: int = 0
+    last: int = 0
+
+    def add(self, seq: int) -> None:
+        if not self.count:
+            self.first = seq
+        self.count, self.last = self.count + 1, seq
+
+
+@dataclass
+class _Comparison:
+    """A replica's stream compared entry by entry with the local hashes of the stream."""
+
+    hashes: dict[int, str]
+    matched: int = 0
+    differing: _SeqSpan = field(default_factory=_SeqSpan)
+    only_remote: _SeqSpan = field(default_factory=_SeqSpan)
+
+    def take(self, seq: int, digest: str, segment: int, line: bytes) -> None:
+        """A :data:`LineSink`: compare one entry of the replica."""
+        local_digest = self.hashes.get(seq)
+        if local_digest == digest:
+            self.matched += 1
+        elif local_digest is not None:
+            self.differing.add(seq)
+        else:
+            self.only_remote.add(seq)
 
 
 def _local_hashes(root: str | os.PathLike[str], tenant: str) -> dict[str, dict[int, str]]:
@@ -232,7 +279,9 @@ def verify_cloud_backup(
     keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
     shipped = shipped_ends(backend, tenant, root, keys)
     names = remote_streams(backend, tenant, keys)
-    remote = {stream: load_remote_stream(backend, stream, n) for stream, n in names.items()}
+    compared = {stream: _Comparison(local.get(stream, {})) for stream in names}
+    remote = {stream: load_remote_stream(backend, stream, n, compared[stream].take)
+              for stream, n in names.items()}
     problems = [p for r in remote.values() for p in r.problems]
     problems += lost_ends(backend, tenant, shipped, names)
     remote_ok = not problems  # what follows compares the replica with the local log
@@ -240,36 +289,26 @@ def verify_cloud_backup(
     cloud_blocks = 0
     per_stream: dict[str, dict[str, int]] = {}
     for stream in sorted(set(local) | set(remote)):
-        hashes = local.get(stream, {})
-        replica = remote.get(stream)
-        matched = 0
-        only_remote: list[int] = []
-        differing: list[int] = []
-        for seq, digest, _, _ in replica.lines if replica else []:
-            local_digest = hashes.get(seq)
-            if local_digest == digest:
-                matched += 1
-            elif local_digest is not None:
-                differing.append(seq)
-            else:
-                only_remote.append(seq)
-        if differing:  # one problem per stream, not one per entry
+        comparison = compared.get(stream) or _Comparison(local[stream])
+        differing, only_remote = comparison.differing, comparison.only_remote
+        if differing.count:  # one problem per stream, not one per entry
             problems.append(RemoteProblem(
-                f"{tenant}/{stream}", differing[0], "differs_from_local",
-                f"{len(differing)} entr{'y' if len(differing) == 1 else 'ies'} (first at seq "
-                f"{differing[0]}, last at seq {differing[-1]}) differ between the replica and "
-                "the local log: one of them was altered, or they are two different logs with "
-                "the same stream name"))
-        if only_remote:
+                f"{tenant}/{stream}", differing.first, "differs_from_local",
+                f"{differing.count} entr{'y' if differing.count == 1 else 'ies'} (first at "
+                f"seq {differing.first}, last at seq {differing.last}) differ between the "
+                "replica and the local log: one of them was altered, or they are two "
+                "different logs with the same stream name"))
+        if only_remote.count:
             problems.append(RemoteProblem(
-                f"{tenant}/{stream}", only_remote[0], "missing_locally",
-                f"{len(only_remote)} entries (seq {only_remote[0]}..{only_remote[-1]}) are in "
-                "the replica but not in the local log: it was truncated or deleted locally"))
-        cloud_blocks += matched
+                f"{tenant}/{stream}", only_remote.first, "missing_locally",
+                f"{only_remote.count} entries (seq {only_remote.first}..{only_remote.last}) "
+                "are in the replica but not in the local log: it was truncated or deleted "
+                "locally"))
+        cloud_blocks += comparison.matched
         per_stream[stream] = {
-            "local": len(hashes),
-            "cloud": matched,
-            "remote_entries": len(replica.lines) if replica else 0,
+            "local": len(comparison.hashes),
+            "cloud": comparison.matched,
+            "remote_entries": remote[stream].entries if stream in remote else 0,
         }
     missing = local_blocks - cloud_blocks
     if problems:
@@ -284,7 +323,7 @@ def verify_cloud_backup(
         "missing_blocks": missing,
         "sync_status": status,
         "sync_percentage": round(100.0 * cloud_blocks / local_blocks, 2) if local_blocks else 100.0,
-        "remote_entries": sum(len(r.lines) for r in remote.values()),
+        "remote_entries": sum(r.entries for r in remote.values()),
         "remote_ok": remote_ok,
         "problems": [asdict(p) for p in problems],
         "streams": per_stream,
@@ -325,10 +364,12 @@ def restore_tenant(
 ) -> dict[str, Any]:
     """Rebuild every stream of ``tenant`` from the replica under an empty ``root``.
 
-    Every batch is checked before anything is written; a damaged replica raises
-    :class:`RemoteIntegrityError` naming the object and sequence number. Sealed segments are
-    gzip'ed and made read-only exactly as the writer does, so the result verifies clean and
-    equals the original.
+    Every batch is checked before the restored log is put in place; a damaged replica
+    raises :class:`RemoteIntegrityError` naming the object and sequence number. Sealed
+    segments are gzip'ed and made read-only exactly as the writer does, so the result
+    verifies clean and equals the original. The streams are written as their batches are
+    checked, into a directory ``.restoring-<tenant>-*`` under ``root`` that is moved into
+    place at the end (and removed on failure): memory holds one batch, not the tenant.
 
     Raises:
         ObjectNotFoundError: the replica holds no entry of ``tenant`` (nothing is created).
@@ -345,29 +386,39 @@ def restore_tenant(
         # Checked before anything is written: restoring nothing must not look like success.
         raise ObjectNotFoundError(
             f"{backend.describe()} holds no entries of tenant {tenant!r}: nothing to restore")
-    loaded = [load_remote_stream(backend, stream, names) for stream, names in streams.items()]
-    problems = [p for r in loaded for p in r.problems]
-    problems += lost_ends(backend, tenant, shipped, streams)
-    if problems:
-        first = problems[0]
-        raise RemoteIntegrityError(
-            f"{backend.describe()}: replica of tenant {tenant!r} is damaged: object "
-            f"{first.key}, seq {first.seq}: {first.reason}: {first.detail}"
-            + (f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""))
-    salt = _replica_salt(backend, tenant, [r.stream for r in loaded])
+    salt = _replica_salt(backend, tenant, list(streams))
     existing = target / SALT_FILE
     if salt is not None and existing.exists() and existing.read_bytes() != salt:
         raise ConfigurationError(
             f"{existing} holds another passphrase salt than the replica (a handler opened "
             f"there with a passphrase made it): remove it, or restore into another directory")
-    entries = segments = 0
-    for remote in loaded:
-        segments += _write_stream(backend, target, tenant, remote)
-        entries += len(remote.lines)
+    root_path = Path(root)
+    made_root = not root_path.exists()
+    root_path.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".restoring-{tenant}-", dir=root_path))
+    try:
+        loaded, sealed = _restore_streams(backend, tenant, streams, staging)
+        problems = [p for r in loaded for p in r.problems]
+        problems += lost_ends(backend, tenant, shipped, streams)
+        if problems:
+            first = problems[0]
+            raise RemoteIntegrityError(
+                f"{backend.describe()}: replica of tenant {tenant!r} is damaged: object "
+                f"{first.key}, seq {first.seq}: {first.reason}: {first.detail}"
+                + (f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        target.mkdir(exist_ok=True, mode=0o700)
+        for remote in loaded:
+            os.rename(staging / remote.stream, target / remote.stream)
+        fsync_dir(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made_root:
+            with contextlib.suppress(OSError):
+                root_path.rmdir()
+        raise
+    os.rmdir(staging)
     if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
         atomic_write(existing, salt, 0o600)
-    sealed = [r.stream for r in loaded
-              if any(seal_payload(line) is not None for *_, line in r.lines)]
     if sealed:  # see sealing.restored_seals_note: a handler opened here says so
         atomic_write(target / SEALS_RESTORED, orjson.dumps(
             {"from": backend.describe(), "streams": sealed}), 0o600)
@@ -376,12 +427,34 @@ def restore_tenant(
         "tenant": tenant,
         "directory": str(target),
         "streams": len(loaded),
-        "entries": entries,
-        "segments": segments,
+        "entries": sum(r.entries for r in loaded),
+        "segments": sum(len(list_segments(target / r.stream)) for r in loaded),
         "verified": report.ok,
         "problems": [str(p) for p in report.problems],
         "sealed_streams": sealed,
     }
+
+
+def _restore_streams(
+    backend: StorageBackend, tenant: str, streams: dict[str, list[BatchName]], staging: Path
+) -> tuple[list[RemoteStream], list[str]]:
+    """Check and write every stream of the replica under ``staging``; return what checking
+    found per stream, and the streams that hold seal entries."""
+    loaded: list[RemoteStream] = []
+    sealed: list[str] = []
+    for stream, names in streams.items():
+        stream_dir = staging / stream
+        _write_stream_files(backend, stream_dir, tenant, stream)
+        with _SegmentFiles(stream_dir) as files:
+            remote = load_remote_stream(backend, stream, names, files.take)
+        if files.backwards is not None:
+            seq, detail = files.backwards
+            remote.problems.append(RemoteProblem(f"{tenant}/{stream}", seq, "segment_order",
+                                                 detail))
+        loaded.append(remote)
+        if files.sealed:
+            sealed.append(stream)
+    return loaded, sealed
 
 
 def _replica_salt(backend: StorageBackend, tenant: str, streams: list[str]) -> bytes | None:
@@ -398,35 +471,78 @@ def _replica_salt(backend: StorageBackend, tenant: str, streams: list[str]) -> b
     return found.pop() if found else None
 
 
-def _write_stream(
-    backend: StorageBackend, target: Path, tenant: str, remote: RemoteStream
-) -> int:
-    stream_dir = target / remote.stream
-    stream_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _write_stream_files(
+    backend: StorageBackend, stream_dir: Path, tenant: str, stream: str
+) -> None:
+    """A restored stream's files besides its segments: ``stream.json``, torn-tail evidence
+    and the signed checkpoint notes."""
+    stream_dir.mkdir(mode=0o700)
     try:
-        meta = backend.get(stream_meta_key(tenant, remote.stream))
+        meta = backend.get(stream_meta_key(tenant, stream))
     except ObjectNotFoundError:
-        meta = orjson.dumps({"format": 1, "tenant": tenant, "stream": remote.stream})
+        meta = orjson.dumps({"format": 1, "tenant": tenant, "stream": stream})
     atomic_write(stream_dir / STREAM_META, meta, 0o644)
-    torn_names = list(backend.list(torn_prefix(tenant, remote.stream)))
+    torn_names = list(backend.list(torn_prefix(tenant, stream)))
     if torn_names:
         (stream_dir / TORN_DIR).mkdir(exist_ok=True, mode=0o700)
         for key in torn_names:
             atomic_write(stream_dir / TORN_DIR / key.rsplit("/", 1)[-1], backend.get(key), 0o400)
-    notes = [(parsed[2], key) for key in backend.list(f"{tenant}/{remote.stream}/checkpoints/")
+    notes = [(parsed[2], key) for key in backend.list(f"{tenant}/{stream}/checkpoints/")
              if (parsed := parse_checkpoint_key(key)) is not None]
     if notes:  # the signed checkpoints: verify --checkpoint-key checks the restored log
         (stream_dir / CHECKPOINT_DIR).mkdir(exist_ok=True, mode=0o700)
         for size, key in notes:
             atomic_write(stream_dir / CHECKPOINT_DIR / f"{size}.note", backend.get(key), 0o644)
-    by_segment: dict[int, list[bytes]] = defaultdict(list)
-    for _, _, segment, line in remote.lines:
-        by_segment[segment].append(line)
-    numbers = sorted(by_segment)
-    for number in numbers:
-        path = stream_dir / segment_name(number)
-        atomic_write(path, b"".join(by_segment[number]), 0o600)
-        if number != numbers[-1]:
+
+
+class _SegmentFiles:
+    """Writes a restored stream's entries into its segment files as they come (a
+    :data:`LineSink`): a segment is sealed (read-only, gzip'ed) as the writer seals it once
+    the next one starts; the last one stays plain, as the active segment."""
+
+    def __init__(self, stream_dir: Path) -> None:
+        self._dir = stream_dir
+        self._fd: int | None = None
+        self._number = -1
+        self._path: Path | None = None
+        self.sealed = False  #: whether a seal entry was seen
+        self.backwards: tuple[int, str] | None = None  #: first entry of an earlier segment
+
+    def __enter__(self) -> _SegmentFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._finish(seal=False)
+
+    def take(self, seq: int, digest: str, segment: int, line: bytes) -> None:
+        """Append one checked entry to the file of its segment."""
+        if segment != self._number:
+            if segment < self._number:  # the chain's order wins; the restore is refused
+                if self.backwards is None:
+                    self.backwards = (seq, f"batch metadata puts entry {seq} in segment "
+                                           f"{segment}, after entries of segment {self._number}")
+            else:
+                self._finish(seal=True)
+                self._number = segment
+                self._path = self._dir / segment_name(segment)
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                   | os.O_CLOEXEC, 0o600)
+        assert self._fd is not None
+        write_all(self._fd, line)
+        if not self.sealed and seal_payload(line) is not None:
+            self.sealed = True
+
+    def _finish(self, seal: bool) -> None:
+        """Close the segment being written, sealing it when another one follows."""
+        fd, path, self._fd = self._fd, self._path, None
+        if fd is None or path is None:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if seal:
             os.chmod(path, 0o444)
-            compress_segment(path)
-    return len(numbers)
+            compress_segment(path)  # syncs the directory too
+        else:
+            fsync_dir(self._dir)
