@@ -300,15 +300,27 @@ class ImmutableLogger:
     def restore_from_cloud(
         self, directory: str | os.PathLike[str] | None = None, *, block_hash: str | None = None
     ) -> dict[str, Any] | None:
-        """Rebuild this tenant's log from the replica into an empty ``directory``, or, with
-        ``block_hash``, return that single entry (decrypted when a key is configured; None
-        when the replica has no such entry)."""
+        """Rebuild this tenant's log from the replica into an empty ``directory`` (not the
+        logger's own: it writes there), or, with ``block_hash``, return that single entry
+        (decrypted when a key is configured; None when the replica has no such entry).
+
+        Raises:
+            ConfigurationError: no ``directory``, or the logger's own directory.
+            ObjectNotFoundError, RemoteIntegrityError: see
+                :func:`~immutable_logging.replication.cloud.restore_tenant`.
+        """
         backend = self._backend()
         if block_hash is not None:
             decrypt = self._decryptor()
             return find_entry(backend, self.tenant, block_hash, decrypt)
         if directory is None:
             raise ConfigurationError("restore_from_cloud needs a target directory (empty)")
+        if os.path.realpath(directory) == os.path.realpath(self.directory):
+            raise ConfigurationError(
+                f"restore_from_cloud cannot restore into {self.directory}: this logger writes "
+                "its own stream there. Restore before opening a logger on it (`immutable-log "
+                "restore DIR --tenant T ...` or replication.cloud.restore_tenant), or into "
+                "another directory")
         return restore_tenant(backend, directory, self.tenant)
 
     # ------------------------------------------------------------------ lifecycle

@@ -129,6 +129,24 @@ def test_restoring_a_tenant_the_replica_lacks_is_an_error(
     assert not target.exists()
 
 
+def test_the_facade_refuses_to_restore_into_its_own_directory(
+    replicated: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """Found by the DR audit: after a lost disk, a logger opened on the empty directory and
+    asked to restore into it was refused with "holds streams" (its own new stream)."""
+    from immutable_logging.errors import ConfigurationError
+
+    _, bucket, _ = replicated
+    logs = tmp_path / "lost"
+    with ImmutableLogger(logs, tenantId="acme", enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        with pytest.raises(ConfigurationError, match=r"writes its own stream there\. Restore "
+                           r"before opening a logger on it \(`immutable-log restore"):
+            log.restore_from_cloud(str(logs) + "/")
+        restored = log.restore_from_cloud(tmp_path / "elsewhere")
+    assert restored is not None and restored["verified"] and restored["entries"] == 30
+
+
 def test_restore_block_hash_needs_no_newdir_and_decrypts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
