@@ -13,7 +13,7 @@ import io
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -575,7 +575,7 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:  # every tenant, so that a script sees the ones the replica lacks too
         _json_out(out, {t: {**r, "in_replica": t not in absent} for t, r in results.items()})
     elif shown:  # the tenants the replica holds are reported, whatever follows
-        _print_sync_status(out, shown, backend)
+        _print_sync_status(out, shown, backend, gone)
     damaged = any(r["problems"] for t, r in shown.items() if t not in gone)
     for tenant, result in gone.items():
         sys.stderr.write(
@@ -594,16 +594,22 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE if absent or gone else EXIT_OK
 
 
-def _print_sync_status(out: TextIO, results: dict[str, Any], backend: StorageBackend) -> None:
+def _print_sync_status(
+    out: TextIO, results: dict[str, Any], backend: StorageBackend, gone: Iterable[str] = ()
+) -> None:
+    """The table of ``results`` and their problems; a tenant of ``gone`` (no local log, a
+    sound replica: its entries are all "missing locally") is shown as such, not as a
+    damaged replica (the caller says what to run)."""
+    gone = set(gone)
     rows = [
         (t, r["local_blocks"], r["remote_entries"], r["cloud_blocks"], r["missing_blocks"],
-         f"{r['sync_percentage']:.1f}%", r["sync_status"])
+         f"{r['sync_percentage']:.1f}%", "local log gone" if t in gone else r["sync_status"])
         for t, r in results.items()
     ]
     _table(out, ["tenant", "local", "in replica", "matching", "missing", "synced", "status"],
            rows)
     for tenant, result in results.items():
-        for problem in result["problems"]:
+        for problem in result["problems"] if tenant not in gone else ():
             where = location(problem["key"], problem["seq"], kind="object")
             out.write(f"FAIL {tenant}: {problem['reason']}: {where}: {problem['detail']}\n")
     out.write(f"replica: {backend.describe()}\n")

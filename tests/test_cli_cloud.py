@@ -78,6 +78,7 @@ def test_sync_status_of_a_lost_local_log_does_not_call_a_sound_replica_damaged(
     assert code == 2, (text, err)
     assert "holds nothing of tenant 'acme'; the replica" in err and "30 of its entries" in err
     assert "restore NEWDIR --tenant acme" in err
+    assert "local log gone" in text and "corrupted" not in text and "FAIL" not in text
 
 
 def test_restoring_from_a_damaged_replica_exits_1_like_sync_status(
