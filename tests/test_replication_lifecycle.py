@@ -414,6 +414,37 @@ def test_a_tenant_restored_with_seals_says_it_is_no_longer_sealed(
     assert not [r for r in caplog.records if "NOT sealed" in r.getMessage()]
 
 
+def test_restoring_seals_into_a_tenant_with_a_seal_state_is_refused(tmp_path: Path) -> None:
+    """Left from last session's review: with keygen run in the target first, restore gave
+    a log whose restored seals and new seals used two epoch grids."""
+    from immutable_logging.errors import ConfigurationError
+    from immutable_logging.replication.cloud import restore_tenant
+    from immutable_logging.seal import generate_seed
+    from immutable_logging.sealing import init_tenant_sealing
+
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="s", seal_seed=generate_seed(),
+                         seal_epoch_seconds=0.05, enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        for i in range(4):
+            log.info(f"sealed {i}")
+            time.sleep(0.06)  # epochs pass: seal entries
+    with ImmutableLogger(tmp_path / "logs", tenantId="plain", enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        log.info("never sealed")
+    target = tmp_path / "restored"
+    for tenant in ("s", "plain"):
+        init_tenant_sealing(target / tenant, generate_seed())
+    with pytest.raises(ConfigurationError, match=r"seal-state\.json holds a seal state "
+                       r"\(keygen ran there\), and the replica's log holds seals"):
+        restore_tenant(LocalDirectoryBackend(bucket), target, "s")
+    assert sorted(p.name for p in target.iterdir()) == ["plain", "s"]  # no staging left
+    assert sorted(p.name for p in (target / "s").iterdir()) == [
+        ".seal-state.json", ".seal-state.lock"]  # as keygen left it
+    # without seals in the replica, a seal state made first is the one new entries use
+    assert restore_tenant(LocalDirectoryBackend(bucket), target, "plain")["verified"]
+
+
 def test_a_record_with_a_kind_field_is_no_seal(tmp_path: Path) -> None:
     """Found by review: restore took any line holding "kind":"seal" (an extra field of an
     ordinary record) for a seal entry, and marked the tenant as restored from seals."""

@@ -35,7 +35,7 @@ from ..layout import (
     segment_name,
     tenant_dir,
 )
-from ..sealing import SEALS_RESTORED, seal_payload
+from ..sealing import SEALS_RESTORED, TENANT_STATE, seal_payload, sealing_configured
 from ..verify import verify_tenant
 from .backend import ObjectNotFoundError, StorageBackend
 from .keys import (
@@ -406,6 +406,13 @@ def restore_tenant(
                 f"{backend.describe()}: replica of tenant {tenant!r} is damaged: object "
                 f"{first.key}, seq {first.seq}: {first.reason}: {first.detail}"
                 + (f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        if sealed and sealing_configured(target):
+            raise ConfigurationError(
+                f"{target / TENANT_STATE} holds a seal state (keygen ran there), and the "
+                f"replica's log holds seals made under the original one (streams "
+                f"{', '.join(sealed)}): new seals would use another epoch grid, and verify "
+                "--seed could check only one of them. Remove it, or restore into another "
+                "directory")
         target.mkdir(exist_ok=True, mode=0o700)
         for remote in loaded:
             os.rename(staging / remote.stream, target / remote.stream)
