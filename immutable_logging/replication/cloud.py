@@ -374,7 +374,9 @@ def restore_tenant(
     Raises:
         ObjectNotFoundError: the replica holds no entry of ``tenant`` (nothing is created).
         RemoteIntegrityError: the replica is damaged (nothing is created).
-        ConfigurationError: the target already holds streams of ``tenant``.
+        ConfigurationError: the target already holds streams of ``tenant``, another
+            passphrase salt, or a seal state while the replica holds seals (nothing is
+            created).
     """
     target = tenant_dir(root, tenant)
     if list_streams(target):
