@@ -106,6 +106,41 @@ def test_batches_the_replica_lost_at_its_end_are_shipped_again(
     writer.close()
 
 
+def test_shipping_a_lost_end_again_leaves_the_side_objects_the_replica_holds(
+    tmp_path: Path
+) -> None:
+    """Left from last session's review: a replica that lost only its newest batch was
+    offered every side object again, each existing archive downloaded to compare."""
+    class CountingBucket(LocalDirectoryBackend):
+        gets: list[str] = []
+
+        def get(self, name: str) -> bytes:
+            self.gets.append(name)
+            return super().get(name)
+
+    writer = ChainWriter(tmp_path / "logs", max_bytes=900)  # several segments, archived
+    bucket = CountingBucket(tmp_path / "bucket")
+    _write(writer, 40)
+    writer.close()
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10).close()
+    archives = [k for k in bucket.list("default/") if "/segments/" in k]
+    assert len(archives) >= 3
+    last = max(k for k in bucket.list("default/") if parse_batch_key(k) is not None)
+    (tmp_path / "bucket" / last).unlink()
+    gone = archives[-1]  # and the newest archive
+    (tmp_path / "bucket" / gone).unlink()
+    bucket.gets.clear()
+    writer = ChainWriter(tmp_path / "logs", max_bytes=900)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10)
+    again.pump(force=True)
+    assert again.status.replicated_seq == 40 and (tmp_path / "bucket" / gone).exists()
+    assert not [k for k in bucket.gets if "/segments/" in k or k.endswith("stream.json")]
+    assert again.status.duplicates_skipped == 0
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    writer.close()
+
+
 def test_a_hole_in_the_replica_is_left_to_verify(tmp_path: Path) -> None:
     """Batches lost between others are not shipped again (they would overlap the later
     ones): the replicator goes on, and verify_cloud_backup names the hole."""

@@ -781,16 +781,43 @@ class Replicator(QueueListener):
             self.backend.describe(), self.stream_dir, held, cursor.last_seq,
         )
         first = min((seg.number for seg in list_segments(self.stream_dir)), default=1)
-        # Everything is offered again; the side objects it still holds are skipped as
-        # duplicates (put_if_absent with the same bytes).
+        # The entries are offered again from there, and the side objects the replica no
+        # longer lists (one LIST, not a download of each existing archive to compare).
+        present = set(self.backend.list(f"{self.tenant}/{self.stream}/"))
         self.cursor = Cursor(target=cursor.target, segment=first, last_seq=held,
-                             last_hash=held_hash)
+                             last_hash=held_hash, **self._side_objects_held(cursor, present))
         self._remote_hashes.clear()
         self._pending.clear()
         self._pending_bytes = 0
         self._pending_since = None
         self._read_segment, self._read_offset = first, 0
         self._save_cursor(durable=True)
+
+    def _side_objects_held(self, old: Cursor, present: set[str]) -> dict[str, Any]:
+        """The side-object fields of ``old`` still true of the replica, whose keys of this
+        stream are ``present``: archives and checkpoints in order up to the first one it
+        lost, the torn tails, ``stream.json`` and the salt it still holds."""
+        tenant, stream = self.tenant, self.stream
+        archived = 0
+        for seg in list_segments(self.stream_dir):
+            if (seg.number > old.archived_through
+                    or segment_key(tenant, stream, seg.number) not in present):
+                break
+            archived = seg.number
+        checkpoints = 0
+        for size, _ in list_notes(self.stream_dir / CHECKPOINT_DIR):
+            if (size > old.checkpoints_through
+                    or checkpoint_key(tenant, stream, size) not in present):
+                break
+            checkpoints = size
+        return {
+            "archived_through": archived,
+            "checkpoints_through": checkpoints,
+            "meta_uploaded": old.meta_uploaded and stream_meta_key(tenant, stream) in present,
+            "salt_uploaded": old.salt_uploaded and salt_key(tenant, stream) in present,
+            "torn_uploaded": [n for n in old.torn_uploaded
+                              if torn_key(tenant, stream, n) in present],
+        }
 
     def _reconcile(self) -> None:
         """Check the read position, then move the cursor past remote batches that continue
