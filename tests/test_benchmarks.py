@@ -24,9 +24,11 @@ def test_quick_benchmark_run_reports_every_scenario(tmp_path: Path) -> None:
     big = results["big_log"]
     entries = big["entries"]
     # The benchmark log: amount = i % 5000, so each 5000 entries hold 10 amounts >= 4990
-    # and 3 of [4990, 4995, 4999]; the search needle is the last message.
+    # and 3 of [4990, 4995, 4999]; the search needle is the last message, the regex matches
+    # the last 10.
     expected_hits = {"search (1 hit)": 1, "query amount>=4990 (number filter)": entries // 500,
-                     "query amount $in (full parse)": 3 * entries // 5000}
+                     "query amount $in (number filter)": 3 * entries // 5000,
+                     "query message $regex (full parse)": 10}
     for label, hits in expected_hits.items():
         for workers in ("1", "auto"):
             assert big[f"{label}, workers={workers}"]["hits"] == hits, label
