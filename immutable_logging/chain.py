@@ -1044,14 +1044,15 @@ class ChainWriter:
         """:meth:`flush` (``sync`` as the durability mode says) and :meth:`sync`."""
         if self._inside():
             return
-        self._append_reentered()  # logged by a signal handler or finalizer meanwhile
-        with self._lock:
-            if self._fd is not None:
-                self._write_buffer()
-                if sync:
-                    self._sync()
-        if self._reentered:  # logged while this call wrote: hand that over too
-            self._write_out(sync)
+        while True:  # a loop, not a call per round: a signal storm cannot deepen the stack
+            self._append_reentered()  # logged by a signal handler or finalizer meanwhile
+            with self._lock:
+                if self._fd is not None:
+                    self._write_buffer()
+                    if sync:
+                        self._sync()
+            if not self._reentered:  # else logged while this round wrote: hand it over too
+                return
 
     def _start_flusher(self) -> None:
         name = "group-commit" if self._grouped else "journal"
