@@ -682,6 +682,7 @@ class ChainWriter:
                 chained and stays buffered for a later write, unless the buffer already
                 held ``64 x buffer_bytes`` of unwritten entries: then it is refused.
         """
+        # _inside() spelled out: this runs for every entry, and a call costs more than it
         if self._lock._is_owned():  # type: ignore[attr-defined]  # C RLock has it
             self._reentered.append(payload)
             return 0, ""
