@@ -154,14 +154,21 @@ class Key:
     The material is never shown by ``repr``. Instances are immutable.
     """
 
-    __slots__ = ("_aead", "_material", "kid")
+    __slots__ = ("_aead", "_material", "kid", "origin")
 
     kid: str
+    #: Where the key came from when that explains a key id nobody expected (a key from a
+    #: passphrase names its salt file); None otherwise. Error messages quote it.
+    origin: str | None
     _material: bytes
     _aead: AESGCM
 
     def __init__(
-        self, material: bytes | bytearray | memoryview, *, kid: str | None = None
+        self,
+        material: bytes | bytearray | memoryview,
+        *,
+        kid: str | None = None,
+        origin: str | None = None,
     ) -> None:
         """Wrap ``material`` (exactly 32 bytes); ``kid`` defaults to :func:`key_id`."""
         if not isinstance(material, bytes | bytearray | memoryview):
@@ -174,6 +181,7 @@ class Key:
                 f"an AES-256 key must be exactly {KEY_SIZE} bytes, got {len(raw)}"
             )
         object.__setattr__(self, "kid", key_id(raw) if kid is None else _check_kid(kid))
+        object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "_material", raw)
         object.__setattr__(self, "_aead", AESGCM(raw))
 
@@ -409,7 +417,7 @@ def key_from_passphrase(
                 f"in {path}; the key would differ. Omit it to use the stored value"
             )
     material = Scrypt(salt=salt, length=KEY_SIZE, n=sn, r=sr, p=sp).derive(secret)
-    return Key(material, kid=kid)
+    return Key(material, kid=kid, origin=f"derived from the passphrase and the salt in {path}")
 
 
 # ------------------------------------------------------------------------- keyrings
@@ -938,6 +946,10 @@ class PayloadCipher:
             else:
                 detail = (f"no key with id {kid[:80]!r} is configured "
                           f"(configured: {', '.join(self.keyring.kids)})")
+                detail += "".join(
+                    f"; key {k.kid} is {k.origin}: a wrong passphrase, or a salt file other "
+                    "than the one the entry was written with, derives a key with another id"
+                    for k in self.keyring._keys.values() if k.origin is not None)
             raise KeyUnavailableError(detail, file=file, seq=seq)
         try:
             return key._aead.decrypt(nonce, ct, aad)

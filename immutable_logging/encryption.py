@@ -161,7 +161,7 @@ def stream_key(key: Key, tenant: str, stream: str) -> Key:
         tenant.encode("utf-8"), stream.encode("utf-8"))
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
         key.material)
-    return Key(derived, kid=key.kid)
+    return Key(derived, kid=key.kid, origin=key.origin)
 
 
 def stream_keyring(keyring: Keyring, tenant: str, stream: str) -> Keyring:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from pathlib import Path
 
 import orjson
@@ -107,6 +108,24 @@ def test_passphrase_key_with_persisted_salt(tmp_path: Path) -> None:
     with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="wrong horse") as log:
         with pytest.raises(DecryptionError):
             log.read()
+
+
+def test_passphrase_key_mismatch_names_the_salt_file(tmp_path: Path) -> None:
+    """A wrong passphrase and a replaced salt file (say, a tampered replica's) both derive
+    a key with another id: the error says where the key came from, not only its id."""
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="correct horse") as log:
+        log.info("by passphrase")
+    salt = tmp_path / "p" / ".salt.json"
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="wrong horse") as log:
+        with pytest.raises(KeyUnavailableError, match=f"salt in {re.escape(str(salt))}"):
+            log.read()
+    doc = orjson.loads(salt.read_bytes())
+    doc["salt"] = base64.b64encode(bytes(16)).decode()
+    salt.write_bytes(orjson.dumps(doc))
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="correct horse") as log:
+        with pytest.raises(KeyUnavailableError, match="salt file other than") as info:
+            log.read()
+    assert ".log, seq " in str(info.value)  # still names the entry
 
 
 def test_env_var_key_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
