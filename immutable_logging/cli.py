@@ -775,6 +775,17 @@ class _ReaderGone(Exception):
 _SMALL_WRITE = 2048
 
 
+def _stateless(encoding: object) -> bool:
+    """Whether texts encoded one by one with ``encoding`` join into the encoding of the
+    joined text (no BOM, no shift state)."""
+    if not isinstance(encoding, str):
+        return False
+    try:
+        return "a\u00e9".encode(encoding) * 2 == "a\u00e9a\u00e9".encode(encoding)
+    except (LookupError, UnicodeError):
+        return False
+
+
 class _Output(io.TextIOBase):
     """The command's output stream: a broken pipe *there* becomes :class:`_ReaderGone`, so
     that one raised anywhere else (a backend's socket, say) is not mistaken for ``| head``.
@@ -783,11 +794,15 @@ class _Output(io.TextIOBase):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
+        # Only a stateless encoding may bypass the text layer: utf-16 or utf-8-sig would
+        # put a second BOM in the middle of the output, utf-7 break a shift sequence.
+        self._bypass = _stateless(getattr(stream, "encoding", None))
 
     def write(self, text: str) -> int:
         try:
             binary = getattr(self.stream, "buffer", None)
-            if len(text) <= _SMALL_WRITE or binary is None or os.linesep != "\n":
+            if (len(text) <= _SMALL_WRITE or binary is None or not self._bypass
+                    or os.linesep != "\n"):
                 return self.stream.write(text)
             self._write_all(binary, text)
             return len(text)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -350,6 +351,25 @@ def test_a_closed_stdout_exits_quietly(tmp_path: Path, logger_name: str, output:
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141, err
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-7", "utf-8", "latin-1"])
+def test_large_output_after_small_output_decodes_whole(encoding: str) -> None:
+    """Large texts bypass the text layer; after a small write, on a pipe in utf-16 or
+    utf-8-sig that put a second BOM in the middle of the output (and broke utf-7's shift
+    state)."""
+    from immutable_logging.cli import _SMALL_WRITE, _Output
+
+    small, large = "2 entries \u00e9\n", "x\u00e9" * _SMALL_WRITE + "\n"
+    read_end, write_end = os.pipe()  # not seekable: the text layer writes its BOM first
+    with open(read_end, "rb") as reader:
+        with open(write_end, "w", encoding=encoding, newline="\n") as stream:
+            output = _Output(stream)
+            output.write(small)
+            output.write(large)
+            output.flush()
+        data = reader.read()
+    assert data.decode(encoding) == small + large
 
 
 def test_read_level_accepts_numbers(logdir: Path) -> None:
