@@ -31,7 +31,6 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import logging
 import math
 import mmap
@@ -52,7 +51,7 @@ import orjson
 from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
-from .fileio import fsync_dir, open_file, write_all
+from .fileio import atomic_write, fsync_dir, open_file
 from .journal import JOURNAL_BYTES, Journal, pending_lines
 from .layout import (
     JOURNAL_FILE,
@@ -127,29 +126,6 @@ class WriterStats:
     seals: int = 0
     seal_errors: int = 0
     torn_tails: list[TornTail] = field(default_factory=list)
-
-
-_TMP_NAMES = itertools.count()
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir).
-
-    ``durable=False`` skips both fsyncs: readers still see the old or the new content,
-    never a mix, but a power cut may leave the old one (or, rarely, an empty file).
-    """
-    # Unique per call: two threads (two replicators of a stream, say) must not share it.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TMP_NAMES)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
 
 
 def compress_segment(plain: Path) -> Path:

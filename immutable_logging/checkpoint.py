@@ -31,9 +31,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .chain import atomic_write
 from .entry import GENESIS_HASH, split_line
 from .errors import CheckpointError, ConfigurationError
+from .fileio import atomic_write
 from .layout import CHECKPOINT_DIR, list_segments
 from .merkle import (
     MerkleAccumulator,

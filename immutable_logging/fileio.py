@@ -1,11 +1,14 @@
-"""Writing a whole buffer to a file descriptor, making a directory entry durable, opening
-files at interpreter shutdown, and releasing a file lock."""
+"""Writing a whole buffer to a file descriptor, replacing a file atomically, making a
+directory entry durable, opening files at interpreter shutdown, and releasing a file
+lock."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
+from pathlib import Path
 
 if sys.platform != "win32":
     import fcntl
@@ -28,6 +31,35 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_TMP_NAMES = itertools.count()
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir).
+
+    ``durable=False`` skips both fsyncs: readers still see the old or the new content,
+    never a mix, but a power cut may leave the old one (or, rarely, an empty file). A
+    failure removes the temp file.
+    """
+    # Unique per call: two threads (two replicators of a stream, say) must not share it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TMP_NAMES)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        try:
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 #: ``open``, bound at import. At interpreter shutdown the builtin is removed before the

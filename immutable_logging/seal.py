@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -47,7 +46,6 @@ import re
 import secrets
 import stat
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -62,7 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from immutable_logging.errors import CheckpointError, ConfigurationError, SealError
-from immutable_logging.fileio import fsync_dir
+from immutable_logging.fileio import atomic_write
 
 __all__ = [
     "DEFAULT_EPOCH_SECONDS",
@@ -454,23 +452,6 @@ class SealRecord:
 # ------------------------------------------------------------------ state file
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write *data* to *path* atomically: tmp file (0600) in the same dir, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
 @dataclass(frozen=True, slots=True)
 class _State:
     epoch: int
@@ -607,7 +588,7 @@ class ForwardSecureSealer:
             "epoch_seconds": self._seconds,
             "origin": self._origin,
         }
-        _atomic_write(self._path, json.dumps(doc, sort_keys=True).encode("ascii"))
+        atomic_write(self._path, json.dumps(doc, sort_keys=True).encode("ascii"))
 
     @property
     def epoch(self) -> int:

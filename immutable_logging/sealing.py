@@ -52,7 +52,7 @@ from typing import Any
 from .compression import READ_ERRORS
 from .entry import split_line
 from .errors import ConfigurationError, ImmutableLogError, SealError
-from .fileio import unlock_and_close
+from .fileio import atomic_write, unlock_and_close
 from .layout import list_segments
 from .own_loggers import own_logger
 from .seal import (
@@ -60,7 +60,6 @@ from .seal import (
     ZERO_HEAD,
     EpochKey,
     SealRecord,
-    _atomic_write,
     _coerce_seed,
     decode_seed,
     derive_stream_key,
@@ -265,7 +264,7 @@ def init_tenant_sealing(
 
 def _write_tenant(path: Path, epoch: int, key: bytes, grid: EpochGrid) -> None:
     doc = {"format": STATE_FORMAT, "epoch": epoch, "key": key.hex(), **grid.to_json()}
-    _atomic_write(path, json.dumps(doc, sort_keys=True).encode("ascii"))
+    atomic_write(path, json.dumps(doc, sort_keys=True).encode("ascii"))
 
 
 def _tenant_key_at(tdir: Path, epoch: int) -> tuple[int, bytes]:
@@ -483,7 +482,7 @@ class StreamSealer:
             "created_seq": self._created_seq,
             **self.grid.to_json(),
         }
-        _atomic_write(self._path, json.dumps(doc, sort_keys=True).encode("ascii"))
+        atomic_write(self._path, json.dumps(doc, sort_keys=True).encode("ascii"))
 
     @property
     def epoch(self) -> int:

@@ -28,3 +28,31 @@ def test_short_writes_are_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         os.close(fd)
     assert path.read_bytes() == data
     assert len(calls) == -(-len(data) // 7)
+
+
+def test_atomic_write_replaces_the_whole_file_with_its_mode(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old content, longer than the new one")
+    fileio.atomic_write(target, b"new", 0o640)
+    assert target.read_bytes() == b"new"
+    assert (target.stat().st_mode & 0o777) == 0o640 & ~_umask()
+    fileio.atomic_write(target, b"newer", durable=False)
+    assert target.read_bytes() == b"newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp file left
+
+
+def test_a_failed_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    """The temp file of a write that could not be put in place is removed, not left for
+    the directory's readers (stream directories are listed)."""
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "inside").write_bytes(b"x")  # a non-empty directory cannot be replaced
+    with pytest.raises(OSError):
+        fileio.atomic_write(target, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 
-from ..chain import atomic_write, compress_segment
+from ..chain import compress_segment
 from ..compression import READ_ERRORS, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
-from ..fileio import fsync_dir, write_all
+from ..fileio import atomic_write, fsync_dir, write_all
 from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,

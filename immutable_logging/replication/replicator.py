@@ -31,12 +31,12 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 
-from ..chain import atomic_write
 from ..checkpoint import list_notes
 from ..compression import READ_ERRORS, compress, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
 from ..errors import ObjectExistsError, RemoteIntegrityError, ReplicationError
+from ..fileio import atomic_write
 from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,
