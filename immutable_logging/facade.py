@@ -264,7 +264,10 @@ class ImmutableLogger:
         return backend
 
     def sync_status(self) -> dict[str, Any]:
-        """The replicator's progress: replicated and pending entries, errors, PUTs."""
+        """The replicator's progress: replicated and pending entries, errors, PUTs, the
+        ``state`` (``"stalled"`` while a request to the bucket hangs) and the request in
+        flight (``in_flight_op``, ``in_flight_seconds``); see
+        :class:`~immutable_logging.replication.replicator.ReplicationStatus`."""
         replicator = self._replicator()
         replicator.pending_count()
         return replicator.status.to_dict()

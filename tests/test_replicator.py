@@ -7,8 +7,9 @@ import hashlib
 import io
 import itertools
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,11 @@ from immutable_logging.layout import Segment, list_segments
 from immutable_logging.replication.cloud import remote_streams, verify_cloud_backup
 from immutable_logging.replication.keys import parse_batch_key
 from immutable_logging.replication.local import LocalDirectoryBackend
-from immutable_logging.replication.replicator import Replicator, cursor_path
+from immutable_logging.replication.replicator import (
+    ReplicationStatus,
+    Replicator,
+    cursor_path,
+)
 
 
 def _payload(i: int) -> dict[str, object]:
@@ -816,3 +821,84 @@ def test_a_replica_missing_a_batch_of_another_log_moves_no_cursor(
         status = log.handler.replicator.status  # type: ignore[union-attr]
     assert (status.state, status.replicated_seq, status.pending_entries) == ("stopped", 0, 12)
     assert "12 entries are not replicated" in caplog.text
+
+
+class _HangingBucket(LocalDirectoryBackend):
+    """The local bucket, whose first batch PUT (``op="put"``) or first LIST (``op="list"``)
+    blocks until the test releases it, as a request to a black-holed endpoint does."""
+
+    def __init__(self, root: Path, op: str) -> None:
+        super().__init__(root)
+        self.op = op
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _hang(self, op: str) -> None:
+        if op == self.op and not self.release.is_set():
+            self.entered.set()
+            assert self.release.wait(10), "the test never released the request"
+
+    def _put_if_absent(self, name: str, data: bytes, metadata: dict[str, str]) -> None:
+        if "/batches/" in name:
+            self._hang("put")
+        super()._put_if_absent(name, data, metadata)
+
+    def _list(self, name_prefix: str, page_size: int | None) -> Iterator[str]:
+        self._hang("list")
+        yield from super()._list(name_prefix, page_size)
+
+
+def _poll(replicator: Replicator, done: Callable[[ReplicationStatus], bool]) -> ReplicationStatus:
+    deadline = time.monotonic() + 5
+    status = replicator.status
+    while not done(status) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        status = replicator.status
+    return status
+
+
+@pytest.mark.parametrize("op", ["put", "list"])
+def test_a_request_that_hangs_shows_as_stalled_while_it_hangs(tmp_path: Path, op: str) -> None:
+    """The shipping thread is blocked in the request: the status must say so by itself."""
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = _HangingBucket(tmp_path / "bucket", op)
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                            max_batch_factor=1, flush_interval=0.05, stall_after=0.2)
+    writer.add_commit_listener(replicator.notify)
+    replicator.start()
+    try:
+        _write(writer, 25)
+        assert bucket.entered.wait(5)
+        status = replicator.status
+        assert status.in_flight_op == op and status.in_flight_seconds is not None
+        if status.in_flight_seconds < 0.2:
+            assert status.state == "ok"
+        status = _poll(replicator, lambda s: s.state == "stalled")
+        assert status.state == "stalled" and status.in_flight_op == op
+        assert status.in_flight_seconds is not None and status.in_flight_seconds >= 0.2
+        _write(writer, 5)  # logging goes on: the status shows how far behind the replica is
+        status = replicator.status
+        assert (status.state, status.replicated_seq, status.local_seq,
+                status.pending_entries) == ("stalled", 0, 30, 30)
+        later = _poll(replicator, lambda s: (s.in_flight_seconds or 0)
+                      > (status.in_flight_seconds or 0))
+        assert later.in_flight_seconds is not None and status.in_flight_seconds is not None
+        assert later.in_flight_seconds > status.in_flight_seconds  # the age keeps growing
+        assert status.to_dict()["state"] == "stalled"  # as the facade's sync_status() says
+        bucket.release.set()
+        status = _poll(replicator, lambda s: s.replicated_seq == 30 and s.in_flight_op is None)
+        assert (status.state, status.in_flight_op, status.in_flight_seconds) == ("ok", None, None)
+        assert (status.replicated_seq, status.pending_entries) == (30, 0)
+    finally:
+        bucket.release.set()
+        status = replicator.close()
+        writer.close()
+    assert (status.state, status.replicated_seq, status.failures) == ("ok", 30, 0)
+    assert _batches(bucket) == [(1, 10), (11, 20), (21, 30)]
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), True, "10"])
+def test_stall_after_must_be_a_positive_number(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="stall_after must be a positive number"):
+        Replicator(LocalDirectoryBackend(tmp_path / "bucket"), tmp_path / "logs" / "s",
+                   "default", stall_after=value)

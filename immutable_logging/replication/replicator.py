@@ -14,16 +14,23 @@ stops replication for the stream with :class:`RemoteIntegrityError`.
 
 :class:`Replicator` is a :class:`logging.handlers.QueueListener`: its queue carries wake-up
 notifications (never records), its thread wakes on each one or every ``tick`` seconds.
+
+Health: :attr:`Replicator.status` is computed when it is read, so a request that hangs
+(a network black hole blocks the thread until the client's own timeout) shows while it
+hangs, as ``state == "stalled"`` once it has been in flight ``stall_after`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import math
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from logging.handlers import QueueListener
 from pathlib import Path
@@ -35,7 +42,12 @@ from ..checkpoint import list_notes
 from ..compression import READ_ERRORS, compress, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, HASH_MEMBER, LINE_PREFIX, split_line
-from ..errors import ObjectExistsError, RemoteIntegrityError, ReplicationError
+from ..errors import (
+    ConfigurationError,
+    ObjectExistsError,
+    RemoteIntegrityError,
+    ReplicationError,
+)
 from ..fileio import atomic_write
 from ..layout import (
     CHECKPOINT_DIR,
@@ -80,6 +92,11 @@ _READ_BUFFER = 1 << 20
 #: that large entries cannot make a backlog hold unbounded memory.
 MAX_PENDING_BYTES = 32 << 20
 MAX_BATCH_BYTES = 16 << 20
+#: Default ``stall_after``: seconds one backend request may be in flight before the status
+#: says ``"stalled"``. A batch PUT takes well under a second when the bucket is reachable;
+#: a black-holed connection blocks until the client's own timeout (tens of seconds with
+#: boto3's defaults).
+DEFAULT_STALL_AFTER = 10.0
 
 
 class _Pending(NamedTuple):
@@ -113,12 +130,20 @@ class Cursor:
 
 @dataclass
 class ReplicationStatus:
-    """A snapshot of a replicator's progress and health.
+    """A snapshot of a replicator's progress and health, taken when it is read.
 
     ``state``: ``"ok"`` (the last pump succeeded), ``"retrying"`` (the backend failed; the
-    replicator tries again with a backoff), ``"stopped"`` (the replica and the local log
+    replicator tries again with a backoff), ``"stalled"`` (a backend request has been in
+    flight for the replicator's ``stall_after`` seconds or more and has not returned: the
+    bucket or the network hangs, nothing ships meanwhile; it goes back to ``"ok"`` or
+    ``"retrying"`` once the request returns), ``"stopped"`` (the replica and the local log
     disagree: nothing more is shipped), or ``"pending"`` (returned by ``close()`` when
     its time ran out first: ``pending_entries`` wait on disk for the next start).
+
+    ``local_seq`` and ``pending_entries`` count what was written up to the read, so they
+    grow while shipping is held up. ``in_flight_op`` (``"put"``, ``"get"``, ``"head"`` or
+    ``"list"``) and ``in_flight_seconds`` describe the backend request under way at the
+    read (both ``None`` when there is none).
     """
 
     target: str
@@ -134,6 +159,8 @@ class ReplicationStatus:
     last_error: str | None = None
     state: str = "ok"
     extra: dict[str, Any] = field(default_factory=dict)
+    in_flight_op: str | None = None
+    in_flight_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -179,6 +206,8 @@ class Replicator(QueueListener):
             first; one entry is always taken).
         max_batch_bytes: a batch stops growing once its entries reach this many bytes
             (so a batch holds at most this plus one entry).
+        stall_after: seconds a backend request may be in flight before :attr:`status`
+            says ``"stalled"`` (a finite number > 0, else :class:`ConfigurationError`).
     """
 
     def __init__(
@@ -194,7 +223,12 @@ class Replicator(QueueListener):
         max_batch_factor: int = DEFAULT_MAX_BATCH_FACTOR,
         max_pending_bytes: int = MAX_PENDING_BYTES,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
+        if (isinstance(stall_after, bool) or not isinstance(stall_after, (int, float))
+                or not math.isfinite(stall_after) or stall_after <= 0):
+            raise ConfigurationError(
+                f"stall_after must be a positive number of seconds, got {stall_after!r}")
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         super().__init__(self._queue)
         #: The process that ships this stream: a forked child holds a copy of this object
@@ -211,6 +245,11 @@ class Replicator(QueueListener):
         self.max_pending = max_pending or max(2 * self.max_batch_factor * batch_size, 2000)
         self.max_pending_bytes = max(1, max_pending_bytes)
         self.max_batch_bytes = max(1, max_batch_bytes)
+        self.stall_after = float(stall_after)
+        #: (operation, time.monotonic() at its start) of the backend request under way, or
+        #: None. Replaced as a whole (one atomic store), read by :attr:`status` from any
+        #: thread while the thread that made the request is blocked in it.
+        self._in_flight: tuple[str, float] | None = None
         self._lock = threading.RLock()
         self._signaled = False
         self._woken_at = 0  # seq of the notification that last woke the thread
@@ -237,13 +276,50 @@ class Replicator(QueueListener):
         self._close_lock = threading.Lock()
         self._cursor_file = cursor_path(self.stream_dir, backend)
         self.cursor = self._load_cursor()
-        self.status = ReplicationStatus(
+        #: The progress record the shipping thread updates; :attr:`status` reads it.
+        self._status = ReplicationStatus(
             target=backend.describe(),
             stream=self.stream,
             replicated_seq=self.cursor.last_seq,
             local_seq=0,
             pending_entries=0,
         )
+
+    @property
+    def status(self) -> ReplicationStatus:
+        """A snapshot of progress and health, computed now (safe from any thread).
+
+        It does not wait for the shipping thread: while that thread is blocked in a
+        backend request, the snapshot shows the request (``in_flight_op``,
+        ``in_flight_seconds``), the entries written meanwhile (``local_seq``,
+        ``pending_entries``) and, past ``stall_after`` seconds, ``state == "stalled"``.
+        Later changes do not alter a snapshot already taken.
+        """
+        live = self._status
+        in_flight = self._in_flight  # one read: the op and its start belong together
+        replicated = live.replicated_seq
+        local = max(self._latest_seq, replicated)
+        op: str | None = None
+        age: float | None = None
+        state = live.state
+        if in_flight is not None:
+            op, started = in_flight
+            age = max(0.0, time.monotonic() - started)
+            if age >= self.stall_after and state in ("ok", "retrying"):
+                state = "stalled"
+        return dataclasses.replace(
+            live, local_seq=local, pending_entries=local - replicated, state=state,
+            extra=dict(live.extra), in_flight_op=op, in_flight_seconds=age,
+        )
+
+    @contextlib.contextmanager
+    def _request(self, op: str) -> Iterator[None]:
+        """Mark a backend request ``op`` as in flight for its duration (see :attr:`status`)."""
+        self._in_flight = (op, time.monotonic())
+        try:
+            yield
+        finally:
+            self._in_flight = None
 
     # ------------------------------------------------------------------ cursor
     def _load_cursor(self) -> Cursor:
@@ -322,7 +398,7 @@ class Replicator(QueueListener):
         return not self._pending
 
     def _record_failure(self, exc: BaseException) -> None:
-        status = self.status
+        status = self._status
         status.failures += 1
         status.last_error = f"{type(exc).__name__}: {exc}"
         self._needs_reconcile = True
@@ -372,31 +448,31 @@ class Replicator(QueueListener):
         while time.monotonic() < deadline:
             if self.try_pump(force=True, deadline=deadline) or self._fatal is not None:
                 break
-            if self.status.state == "retrying":
+            if self._status.state == "retrying":
                 break  # the backend is failing: do not hold up the application's exit
         with contextlib.suppress(OSError):  # a failed save only costs a reconcile
             self._save_cursor(durable=True)
         self._update_status()
-        if self.status.pending_entries and self.status.state == "ok":
-            self.status.state = "pending"  # nothing ships them until the next start
+        if self._status.pending_entries and self._status.state == "ok":
+            self._status.state = "pending"  # nothing ships them until the next start
         if self._fatal is not None:
             _log.error(
                 "replication of %s to %s is stopped: the replica and the local log disagree "
                 "(logged when it was found); %d entries are not replicated",
-                self.stream_dir, self.backend.describe(), self.status.pending_entries,
+                self.stream_dir, self.backend.describe(), self._status.pending_entries,
             )
-        elif self.status.pending_entries:
+        elif self._status.pending_entries:
             _log.warning(
                 "%d entries of %s not yet replicated to %s; they stay on disk and are "
                 "shipped at the next start",
-                self.status.pending_entries, self.stream_dir, self.backend.describe(),
+                self._status.pending_entries, self.stream_dir, self.backend.describe(),
             )
 
     def _forked(self) -> bool:
         return os.getpid() != self._pid
 
     def _update_status(self) -> None:
-        status = self.status
+        status = self._status
         status.replicated_seq = self.cursor.last_seq
         status.local_seq = max(self._latest_seq, status.replicated_seq)
         status.pending_entries = status.local_seq - status.replicated_seq
@@ -467,8 +543,8 @@ class Replicator(QueueListener):
         if self._broken is not None:  # the entries before the damage are shipped; stop
             raise self._broken
         self._ship_side_objects()
-        if self.status.state != "stopped":
-            self.status.state = "ok"
+        if self._status.state != "stopped":
+            self._status.state = "ok"
         self._update_status()
         return shipped
 
@@ -616,13 +692,14 @@ class Replicator(QueueListener):
             "format": "1",
         }
         self._put(key, compress(raw), metadata, raw)
-        self.status.batches_uploaded += 1
-        self.status.entries_uploaded += len(entries)
+        self._status.batches_uploaded += 1
+        self._status.entries_uploaded += len(entries)
         cursor = self.cursor
         cursor.segment, cursor.offset = last.segment, last.end
         cursor.last_seq, cursor.last_hash = last.seq, last.hash
         cursor.position_hash = last.hash
         self._save_cursor()
+        self._update_status()  # progress shows batch by batch, also within a long backlog
 
     def _put(self, key: str, data: bytes, metadata: dict[str, str], raw: bytes | None,
              *, gzipped: bool = False) -> None:
@@ -631,11 +708,13 @@ class Replicator(QueueListener):
         content as ``data`` when ``gzipped`` (a segment archive: another gzip library, as
         on a host restored without ISA-L, compresses it to other bytes), else the same
         bytes."""
-        self.status.puts += 1
+        self._status.puts += 1
         try:
-            self.backend.put_if_absent(key, data, metadata)
+            with self._request("put"):
+                self.backend.put_if_absent(key, data, metadata)
         except ObjectExistsError:
-            existing = self.backend.get(key)
+            with self._request("get"):
+                existing = self.backend.get(key)
             if gzipped and existing != data:
                 with contextlib.suppress(*READ_ERRORS):
                     raw = decompress(data)
@@ -650,7 +729,7 @@ class Replicator(QueueListener):
                     f"{self.backend.describe()}: object {key} already exists with different "
                     "content"
                 ) from None
-            self.status.duplicates_skipped += 1
+            self._status.duplicates_skipped += 1
 
     def _ship_side_objects(self) -> None:
         cursor = self.cursor
@@ -769,7 +848,8 @@ class Replicator(QueueListener):
         for name in names:  # sorted by first_seq: the keys are zero-padded
             if name.first_seq != held + 1:
                 break
-            meta = self.backend.head(name.key) or {}
+            with self._request("head"):
+                meta = self.backend.head(name.key) or {}
             if meta.get("prev-hash") != held_hash or "last-hash" not in meta:
                 break
             held, held_hash = name.last_seq, meta["last-hash"]
@@ -783,7 +863,8 @@ class Replicator(QueueListener):
         first = min((seg.number for seg in list_segments(self.stream_dir)), default=1)
         # The entries are offered again from there, and the side objects the replica no
         # longer lists (one LIST, not a download of each existing archive to compare).
-        present = set(self.backend.list(f"{self.tenant}/{self.stream}/"))
+        with self._request("list"):
+            present = set(self.backend.list(f"{self.tenant}/{self.stream}/"))
         self.cursor = Cursor(target=cursor.target, segment=first, last_seq=held,
                              last_hash=held_hash, **self._side_objects_held(cursor, present))
         self._remote_hashes.clear()
@@ -823,8 +904,9 @@ class Replicator(QueueListener):
         """Check the read position, then move the cursor past remote batches that continue
         it (after a crash/outage)."""
         self._check_position()
-        names = [name for name in map(parse_batch_key, self.backend.list(
-            batches_prefix(self.tenant, self.stream))) if name is not None]
+        with self._request("list"):  # the listing pages are fetched while it is consumed
+            names = [name for name in map(parse_batch_key, self.backend.list(
+                batches_prefix(self.tenant, self.stream))) if name is not None]
         self._ship_again_what_the_replica_lost(names)
         cursor = self.cursor
         start = cursor.last_seq, cursor.last_hash
@@ -839,7 +921,8 @@ class Replicator(QueueListener):
                         f"{self.backend.describe()}: batch {key} does not continue the "
                         f"replicated chain at seq {cursor.last_seq}"
                     )
-                meta = self.backend.head(key) or {}
+                with self._request("head"):
+                    meta = self.backend.head(key) or {}
                 if meta.get("prev-hash") != cursor.last_hash or "last-hash" not in meta:
                     raise RemoteIntegrityError(
                         f"{self.backend.describe()}: batch {key} does not link to the "
@@ -878,7 +961,7 @@ class Replicator(QueueListener):
     def pending_count(self) -> int:
         """Entries known to be written locally but not yet replicated."""
         self._update_status()
-        return self.status.pending_entries
+        return self._status.pending_entries
 
 
 def replicate_stream_once(
