@@ -902,3 +902,40 @@ def test_stall_after_must_be_a_positive_number(tmp_path: Path, value: Any) -> No
     with pytest.raises(ConfigurationError, match="stall_after must be a positive number"):
         Replicator(LocalDirectoryBackend(tmp_path / "bucket"), tmp_path / "logs" / "s",
                    "default", stall_after=value)
+
+
+def test_a_request_hanging_past_close_starts_no_other_one(tmp_path: Path) -> None:
+    """close() gives up waiting for a request that hangs and the handler releases the
+    stream: the shipping thread, once the request returns, must not go on shipping (the
+    writer that takes the stream next ships it, and two shippers make overlapping
+    batches)."""
+    writer = ChainWriter(tmp_path / "logs")
+    bucket = _HangingBucket(tmp_path / "bucket", "put")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                            max_batch_factor=1, flush_interval=0.05)
+    writer.add_commit_listener(replicator.notify)
+    replicator.start()
+    thread = replicator._thread
+    assert thread is not None
+    try:
+        _write(writer, 25)
+        assert bucket.entered.wait(5)
+        status = replicator.close(timeout=0.2)
+        assert (status.state, status.replicated_seq, status.pending_entries) == (
+            "pending", 0, 25)
+    finally:
+        bucket.release.set()
+        thread.join(10)
+        writer.close()
+    assert not thread.is_alive()
+    assert _batches(bucket) == [(1, 10)]  # the request under way, and nothing after it
+    # What it left ships from the next start, continuing the replica.
+    writer = ChainWriter(tmp_path / "logs")
+    try:
+        again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                           max_batch_factor=1)
+        status = again.close()
+    finally:
+        writer.close()
+    assert (status.state, status.replicated_seq) == ("ok", 25)
+    assert _batches(bucket) == [(1, 10), (11, 20), (21, 25)]

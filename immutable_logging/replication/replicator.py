@@ -274,6 +274,10 @@ class Replicator(QueueListener):
         #: Set once close() has shipped: the stream may belong to another process since.
         self._closed = False
         self._close_lock = threading.Lock()
+        #: The thread running close(), once it started: no other thread starts a request
+        #: after that (the shipping thread, blocked in one past close()'s timeout, would
+        #: otherwise go on shipping after the stream was released to another writer).
+        self._closer: int | None = None
         self._cursor_file = cursor_path(self.stream_dir, backend)
         self.cursor = self._load_cursor()
         #: The progress record the shipping thread updates; :attr:`status` reads it.
@@ -431,7 +435,10 @@ class Replicator(QueueListener):
         entries are pending. Idempotent. In a forked child it does nothing: the parent
         ships the stream (shipping it from here too made overlapping batches). A second
         ``close()`` only returns the status: once the handler released the stream, another
-        process may have taken it and ship it itself.
+        process may have taken it and ship it itself. For the same reason the shipping
+        thread starts no request once ``close()`` has begun; one it is blocked in when the
+        time runs out may still complete afterwards (a batch the next start then finds in
+        the replica and continues from).
         """
         if self._forked():
             return self.status
@@ -442,6 +449,7 @@ class Replicator(QueueListener):
         return self.status
 
     def _close(self, timeout: float) -> None:
+        self._closer = threading.get_ident()
         deadline = time.monotonic() + timeout
         self.stop(timeout)
         self._retry_at = 0.0
@@ -502,7 +510,14 @@ class Replicator(QueueListener):
         finally:
             self._lock.release()
 
+    def _closing_elsewhere(self) -> bool:
+        """Whether close() runs in another thread: this one must start no request."""
+        closer = self._closer
+        return closer is not None and closer != threading.get_ident()
+
     def _pump_locked(self, force: bool, deadline: float | None) -> int:
+        if self._closing_elsewhere():
+            return 0
         if self._needs_reconcile:
             self._reconcile()
         self._broken = None
@@ -533,6 +548,8 @@ class Replicator(QueueListener):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if self._closing_elsewhere():  # close() ships the rest, or leaves it on disk
+                return shipped
             self._ship(self._pending[:run])
             del self._pending[:run]
             self._pending_bytes -= size
