@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from immutable_logging import ImmutableHandler, ImmutableLogger
@@ -146,25 +147,97 @@ def test_shipping_a_lost_end_again_leaves_the_side_objects_the_replica_holds(
     writer.close()
 
 
-def test_a_hole_in_the_replica_is_left_to_verify(tmp_path: Path) -> None:
-    """Batches lost between others are not shipped again (they would overlap the later
-    ones): the replicator goes on, and verify_cloud_backup names the hole."""
+def _lose_batches(bucket: LocalDirectoryBackend, first_seqs: set[int]) -> None:
+    """Remove the batch objects starting at ``first_seqs`` (and their metadata)."""
+    for key in bucket.list("default/"):
+        name = parse_batch_key(key)
+        if name is not None and name.first_seq in first_seqs:
+            path = bucket.root / key
+            path.unlink()
+            path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
+
+
+def _replicated(tmp_path: Path, entries: int) -> tuple[ChainWriter, LocalDirectoryBackend]:
+    """A log of ``entries`` entries replicated in batches of 10 to a local bucket."""
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
     replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
-                    max_batch_factor=1)
-    _write(writer, 30)
+                            max_batch_factor=1)
+    _write(writer, entries)
     replicator.close()
-    assert _batches(bucket) == [(1, 10), (11, 20), (21, 30)]
-    for key in bucket.list("default/"):
-        name = parse_batch_key(key)
-        if name is not None and name.first_seq == 11:
-            (tmp_path / "bucket" / key).unlink()
+    return writer, bucket
+
+
+@pytest.mark.parametrize("lost", [{11}, {1}, {11, 21}])
+def test_a_hole_in_the_replica_is_filled_again_exactly(
+    tmp_path: Path, lost: set[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Batches lost between others the replica still holds are shipped again from the
+    local log at the next start, as batches covering exactly the hole: nothing overlaps,
+    and the replica verifies whole again."""
+    writer, bucket = _replicated(tmp_path, 40)
+    assert _batches(bucket) == [(1, 10), (11, 20), (21, 30), (31, 40)]
+    _lose_batches(bucket, lost)
+    assert verify_cloud_backup(bucket, tmp_path / "logs", "default")["problems"]
     _write(writer, 5)
     again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
-                    max_batch_factor=1)
+                       max_batch_factor=3)
+    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
+        again.pump(force=True)
+    holes = [(min(lost), max(lost) + 9)]
+    assert f"lost the entries seq {holes[0][0]}-{holes[0][1]}" in caplog.text
+    expected = {(1, 10), (11, 20), (21, 30), (31, 40), (41, 45)} - {(f, f + 9) for f in lost}
+    expected |= set(holes)  # one batch per hole: batch_size x max_batch_factor allows it
+    assert _batches(bucket) == sorted(expected)
+    assert again.status.replicated_seq == 45 and again.status.failures == 0
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    writer.close()
+
+
+def test_a_hole_across_segments_is_filled_one_segment_per_batch(tmp_path: Path) -> None:
+    writer = ChainWriter(tmp_path / "logs", max_bytes=3_000)
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=5,
+                            max_batch_factor=1)
+    _write(writer, 60)
+    replicator.close()
+    shipped = _batches(bucket)
+    inner = {first for first, last in shipped[1:-1]}
+    _lose_batches(bucket, inner)  # everything but the first and the last batch
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=100,
+                       max_batch_factor=1)
     again.pump(force=True)
-    assert _batches(bucket) == [(1, 10), (21, 30), (31, 35)]
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    refilled = [k for k in bucket.list("default/") if (n := parse_batch_key(k)) is not None
+                and n.first_seq in range(shipped[0][1] + 1, shipped[-1][0])]
+    segments = [bucket.head(k)["segment"] for k in refilled]  # type: ignore[index]
+    assert len(set(segments)) == len(segments) > 1  # more than one segment: one batch each
+    writer.close()
+
+
+def test_a_hole_the_local_log_cannot_fill_is_left_to_verify(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries that do not link to the batches around the hole (the replica is not quite
+    this log's) are not shipped into it: the hole stays, reported."""
+    writer, bucket = _replicated(tmp_path, 30)
+    _lose_batches(bucket, {11})
+    [after] = [k for k in bucket.list("default/")
+               if (n := parse_batch_key(k)) is not None and n.first_seq == 21]
+    sidecar = bucket.root / (after + ".meta.json")
+    meta = orjson.loads(sidecar.read_bytes())
+    meta["prev-hash"] = "0" * 64
+    sidecar.chmod(0o644)
+    sidecar.write_bytes(orjson.dumps(meta))
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                       max_batch_factor=1)
+    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
+        again.pump(force=True)
+    assert "local log cannot ship them again" in caplog.text
+    assert "seq 20 does not link to batch" in caplog.text
+    assert _batches(bucket) == [(1, 10), (21, 30)]
     check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
     assert check["problems"] and check["missing_blocks"] == 10
     writer.close()

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from logging.handlers import QueueListener
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 import orjson
 
@@ -59,6 +59,7 @@ from ..layout import (
 )
 from ..own_loggers import own_logger
 from .backend import StorageBackend
+from .holes import Hole, LocalEntry, LocalGap, find_holes, local_run
 from .keys import (
     BatchName,
     batch_key,
@@ -99,13 +100,7 @@ MAX_BATCH_BYTES = 16 << 20
 DEFAULT_STALL_AFTER = 10.0
 
 
-class _Pending(NamedTuple):
-    seq: int
-    prev: str
-    hash: str
-    segment: int
-    end: int  # offset in the (uncompressed) segment just after this entry's line
-    line: bytes
+_Pending = LocalEntry  # the replicator's name for an entry read to be shipped
 
 
 @dataclass
@@ -692,8 +687,19 @@ class Replicator(QueueListener):
             os.close(fd)
 
     def _ship(self, entries: list[_Pending]) -> None:
+        self._make_durable(entries[-1].segment)
+        self._put_batch(entries)
+        last = entries[-1]
+        cursor = self.cursor
+        cursor.segment, cursor.offset = last.segment, last.end
+        cursor.last_seq, cursor.last_hash = last.seq, last.hash
+        cursor.position_hash = last.hash
+        self._save_cursor()
+        self._update_status()  # progress shows batch by batch, also within a long backlog
+
+    def _put_batch(self, entries: list[_Pending]) -> None:
+        """Upload ``entries`` (of one segment) as the batch object named by their range."""
         first, last = entries[0], entries[-1]
-        self._make_durable(last.segment)
         raw = b"".join(e.line for e in entries)
         key = batch_key(self.tenant, self.stream, first.seq, last.seq)
         metadata = {
@@ -711,12 +717,6 @@ class Replicator(QueueListener):
         self._put(key, compress(raw), metadata, raw)
         self._status.batches_uploaded += 1
         self._status.entries_uploaded += len(entries)
-        cursor = self.cursor
-        cursor.segment, cursor.offset = last.segment, last.end
-        cursor.last_seq, cursor.last_hash = last.seq, last.hash
-        cursor.position_hash = last.hash
-        self._save_cursor()
-        self._update_status()  # progress shows batch by batch, also within a long backlog
 
     def _put(self, key: str, data: bytes, metadata: dict[str, str], raw: bytes | None,
              *, gzipped: bool = False) -> None:
@@ -854,9 +854,8 @@ class Replicator(QueueListener):
         lost every batch after some point (a bucket emptied or re-created, an emulator
         restarted, a backup directory unmounted), ship them again from the local log.
 
-        A replica that lost batches between others it still holds (a hole) is left as it
-        is: re-shipped batches would overlap the later ones. ``verify_cloud_backup()`` and
-        ``sync-status`` report the hole.
+        A replica that lost batches between others it still holds (a hole) keeps its
+        cursor: :meth:`_fill_holes` ships exactly what the hole lacks.
         """
         cursor = self.cursor
         if cursor.last_seq == 0 or any(n.last_seq == cursor.last_seq for n in names):
@@ -973,7 +972,61 @@ class Replicator(QueueListener):
             self._pending.clear()
             self._pending_bytes = 0
             self._read_segment, self._read_offset = cursor.segment, cursor.offset
+        self._fill_holes(names)
         self._needs_reconcile = False
+
+    def _fill_holes(self, names: list[BatchName]) -> None:
+        """Ship again, from the local log, the batches the replica lost between others it
+        still holds (up to the cursor): as batches that cover exactly each hole, so they
+        overlap nothing (see :mod:`.holes`). A hole the local log cannot fill so (its
+        entries gone, or they do not link to the batches around the hole) is left as it
+        is, with a warning; ``verify_cloud_backup()`` and ``sync-status`` report it."""
+        upto = self.cursor.last_seq
+        for hole in find_holes([name for name in names if name.last_seq <= upto]):
+            try:
+                shipped = self._fill_hole(hole)
+            except LocalGap as exc:
+                _log.warning(
+                    "%s lost the entries seq %d-%d of %s, and the local log cannot ship them "
+                    "again: %s", self.backend.describe(), hole.first_seq, hole.last_seq,
+                    self.stream_dir, exc)
+                continue
+            _log.warning(
+                "%s lost the entries seq %d-%d of %s between batches it still holds: shipped "
+                "them again from the local log (%d batches)", self.backend.describe(),
+                hole.first_seq, hole.last_seq, self.stream_dir, shipped)
+
+    def _fill_hole(self, hole: Hole) -> int:
+        """Upload the local entries of ``hole`` once they are known to link to the batches
+        around it; return the number of batches. Raises :class:`LocalGap`."""
+        prev: str | None = GENESIS_HASH
+        if hole.before is not None:
+            with self._request("head"):
+                prev = (self.backend.head(hole.before.key) or {}).get("last-hash")
+        with self._request("head"):
+            after = (self.backend.head(hole.after.key) or {}).get("prev-hash")
+        if prev is None or after is None:
+            raise LocalGap("the batches around the hole carry no hashes")
+
+        def pieces() -> Iterator[list[_Pending]]:
+            return local_run(self.stream_dir, hole.first_seq, hole.last_seq,
+                             max_entries=self.batch_size * self.max_batch_factor,
+                             max_bytes=self.max_batch_bytes)
+
+        last = None  # read once to check both ends before anything is uploaded
+        for piece in pieces():
+            if last is None and piece[0].prev != prev:
+                raise LocalGap(f"local entry seq {hole.first_seq} does not link to batch "
+                               f"{hole.before.key if hole.before else '(start)'}")
+            last = piece[-1]
+        if last is None or last.hash != after:
+            raise LocalGap(f"local entry seq {hole.last_seq} does not link to batch "
+                           f"{hole.after.key}")
+        count = 0
+        for piece in pieces():
+            self._put_batch(piece)
+            count += 1
+        return count
 
     def pending_count(self) -> int:
         """Entries known to be written locally but not yet replicated."""
