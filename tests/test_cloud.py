@@ -15,7 +15,11 @@ import pytest
 from immutable_logging import ImmutableLogger
 from immutable_logging.chain import ChainWriter
 from immutable_logging.compression import DEFLATE_CHUNK
-from immutable_logging.errors import ConfigurationError, RemoteIntegrityError
+from immutable_logging.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    RemoteIntegrityError,
+)
 from immutable_logging.layout import list_segments, list_streams
 from immutable_logging.replication.cloud import (
     remote_streams,
@@ -105,6 +109,30 @@ def test_restore_holds_one_batch_in_memory_not_the_tenant(tmp_path: Path) -> Non
     assert [p.name for p in (tmp_path / "restored").iterdir()] == ["default"]
 
 
+def test_restore_writes_a_segment_in_few_system_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: restore wrote every entry with its own write(2) (20k calls for
+    20k entries). The entries of a segment are gathered and written together now."""
+    writer, bucket = _replicated_log(tmp_path, 2000)
+    original = _contents(writer.stream_dir)
+    writes = 0
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        nonlocal writes
+        writes += 1
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    result = restore_tenant(bucket, tmp_path / "restored", "default")
+    monkeypatch.undo()
+    assert result["verified"], result["problems"]
+    assert _contents(tmp_path / "restored" / "default" / writer.stream) == original
+    assert result["segments"] == len(original) > 1
+    assert writes < 50, writes  # gzip, stream.json and the like; not one per entry
+
+
 def test_a_damaged_replica_leaves_nothing_behind(tmp_path: Path) -> None:
     """The entries before the damage were already written (into a staging directory):
     they are removed with it, and an existing root keeps only what it held."""
@@ -122,6 +150,26 @@ def test_a_damaged_replica_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(RemoteIntegrityError):
         restore_tenant(bucket, tmp_path / "new", "default")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_bucket_failing_mid_stream_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A download failing while a segment's entries are gathered (some written, some not
+    yet): the error propagates, the open segment is closed unwritten, nothing is left."""
+
+    class FailingBucket(LocalDirectoryBackend):
+        batches = 0
+
+        def get(self, key: str) -> bytes:
+            if "/batches/" in key:
+                self.batches += 1
+                if self.batches == 15:
+                    raise BackendUnavailableError(f"{key}: connection reset")
+            return super().get(key)
+
+    _replicated_log(tmp_path, 2000)
+    with pytest.raises(BackendUnavailableError, match="connection reset"):
+        restore_tenant(FailingBucket(tmp_path / "bucket"), tmp_path / "restored", "default")
+    assert not (tmp_path / "restored").exists()
 
 
 def test_a_batch_put_in_an_earlier_segment_is_refused(tmp_path: Path) -> None:

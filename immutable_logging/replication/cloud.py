@@ -553,24 +553,30 @@ def _write_stream_files(
             atomic_write(stream_dir / CHECKPOINT_DIR / f"{size}.note", backend.get(key), 0o644)
 
 
+#: Bytes of entries a restored segment gathers before it writes them, in one system call.
+_WRITE_BUFFER = 1 << 20
+
+
 class _SegmentFiles:
     """Writes a restored stream's entries into its segment files as they come (a
     :data:`LineSink`): a segment is sealed (read-only, gzip'ed) as the writer seals it once
-    the next one starts; the last one stays plain, as the active segment."""
+    the next one starts; the last one stays plain, as the active segment. Entries are
+    written :data:`_WRITE_BUFFER` bytes at a time, not one system call each."""
 
     def __init__(self, stream_dir: Path) -> None:
         self._dir = stream_dir
         self._fd: int | None = None
         self._number = -1
         self._path: Path | None = None
+        self._buffer = bytearray()
         self.sealed = False  #: whether a seal entry was seen
         self.backwards: tuple[int, str] | None = None  #: first entry of an earlier segment
 
     def __enter__(self) -> _SegmentFiles:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._finish(seal=False)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self._finish(seal=False, write=exc_type is None)
 
     def take(self, seq: int, digest: str, segment: int, line: bytes) -> None:
         """Append one checked entry to the file of its segment."""
@@ -586,19 +592,34 @@ class _SegmentFiles:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                    | os.O_CLOEXEC, 0o600)
         assert self._fd is not None
-        write_all(self._fd, line)
+        self._buffer += line
+        if len(self._buffer) >= _WRITE_BUFFER:
+            self._write_out(self._fd)
         if not self.sealed and seal_payload(line) is not None:
             self.sealed = True
 
-    def _finish(self, seal: bool) -> None:
-        """Close the segment being written, sealing it when another one follows."""
+    def _write_out(self, fd: int) -> None:
+        """Write the entries gathered so far to ``fd``."""
+        write_all(fd, self._buffer)
+        # A new buffer, not clear(): after a failed write the traceback still holds a view
+        # of the old one, and a bytearray with views cannot be resized.
+        self._buffer = bytearray()
+
+    def _finish(self, seal: bool, write: bool = True) -> None:
+        """Write out and close the segment being written, sealing it when another one
+        follows; ``write=False`` (the restore failed) only closes it."""
         fd, path, self._fd = self._fd, self._path, None
         if fd is None or path is None:
             return
         try:
-            os.fsync(fd)
+            if write:
+                self._write_out(fd)
+                os.fsync(fd)
         finally:
+            self._buffer = bytearray()
             os.close(fd)
+        if not write:
+            return
         if seal:
             os.chmod(path, 0o444)
             compress_segment(path)  # syncs the directory too
