@@ -414,7 +414,7 @@ def restore_tenant(
     made_target = False
     moved: list[tuple[Path, Path]] = []  # every rename done, in order: undone on failure
     try:
-        loaded, sealed = _restore_streams(backend, tenant, streams, staging)
+        loaded, sealed, segments = _restore_streams(backend, tenant, streams, staging)
         problems = [p for r in loaded for p in r.problems]
         problems += lost_ends(backend, tenant, shipped, streams)
         if problems:
@@ -469,7 +469,7 @@ def restore_tenant(
         "directory": str(target),
         "streams": len(loaded),
         "entries": sum(r.entries for r in loaded),
-        "segments": sum(len(list_segments(target / r.stream)) for r in loaded),
+        "segments": segments,
         "verified": report.ok,
         "problems": [str(p) for p in report.problems],
         "sealed_streams": sealed,
@@ -495,11 +495,13 @@ def _move_back(moved: list[tuple[Path, Path]]) -> list[str]:
 
 def _restore_streams(
     backend: StorageBackend, tenant: str, streams: dict[str, list[BatchName]], staging: Path
-) -> tuple[list[RemoteStream], list[str]]:
+) -> tuple[list[RemoteStream], list[str], int]:
     """Check and write every stream of the replica under ``staging``; return what checking
-    found per stream, and the streams that hold seal entries."""
+    found per stream, the streams that hold seal entries, and how many segment files were
+    written."""
     loaded: list[RemoteStream] = []
     sealed: list[str] = []
+    segments = 0
     for stream, names in streams.items():
         stream_dir = staging / stream
         _write_stream_files(backend, stream_dir, tenant, stream)
@@ -510,9 +512,10 @@ def _restore_streams(
             remote.problems.append(RemoteProblem(f"{tenant}/{stream}", seq, "segment_order",
                                                  detail))
         loaded.append(remote)
+        segments += files.segments
         if files.sealed:
             sealed.append(stream)
-    return loaded, sealed
+    return loaded, sealed, segments
 
 
 def _replica_salt(backend: StorageBackend, tenant: str, streams: list[str]) -> bytes | None:
@@ -570,6 +573,7 @@ class _SegmentFiles:
         self._path: Path | None = None
         self._buffer = bytearray()
         self.sealed = False  #: whether a seal entry was seen
+        self.segments = 0  #: how many segment files were started
         self.backwards: tuple[int, str] | None = None  #: first entry of an earlier segment
 
     def __enter__(self) -> _SegmentFiles:
@@ -591,6 +595,7 @@ class _SegmentFiles:
                 self._path = self._dir / segment_name(segment)
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                    | os.O_CLOEXEC, 0o600)
+                self.segments += 1
         assert self._fd is not None
         self._buffer += line
         if len(self._buffer) >= _WRITE_BUFFER:
