@@ -368,15 +368,22 @@ def restore_tenant(
     raises :class:`RemoteIntegrityError` naming the object and sequence number. Sealed
     segments are gzip'ed and made read-only exactly as the writer does, so the result
     verifies clean and equals the original. The streams are written as their batches are
-    checked, into a directory ``.restoring-<tenant>-*`` under ``root`` that is moved into
-    place at the end (and removed on failure): memory holds one batch, not the tenant.
+    checked, into a directory ``.restoring-<tenant>-*`` under ``root``: memory holds one
+    batch, not the tenant. The tenant's own files (the passphrase salt, the note that the
+    log holds seals) are written there too, and everything is moved into place at the end,
+    those files first. The restore is all or nothing: if any step raises, what was already
+    moved is moved out again, and the staging directory (and ``root`` or the tenant's
+    directory, if the call made them) is removed. A crash between two moves is not undone:
+    the target then holds part of the log, and the staging directory the rest.
 
     Raises:
         ObjectNotFoundError: the replica holds no entry of ``tenant`` (nothing is created).
         RemoteIntegrityError: the replica is damaged (nothing is created).
-        ConfigurationError: the target already holds streams of ``tenant``, another
-            passphrase salt, or a seal state while the replica holds seals (nothing is
-            created).
+        ConfigurationError: the target already holds streams of ``tenant``, something else
+            where a stream of the replica goes, another passphrase salt, or a seal state
+            while the replica holds seals (nothing is created).
+        OSError: writing the restored log or moving it into place failed (nothing is
+            created; a note on the exception says if moves were undone).
     """
     target = tenant_dir(root, tenant)
     if list_streams(target):
@@ -388,6 +395,12 @@ def restore_tenant(
         # Checked before anything is written: restoring nothing must not look like success.
         raise ObjectNotFoundError(
             f"{backend.describe()} holds no entries of tenant {tenant!r}: nothing to restore")
+    for stream in streams:
+        if os.path.lexists(target / stream):  # not a stream (checked above): refused early
+            raise ConfigurationError(
+                f"restore needs an empty directory: {target / stream} is in the way of "
+                f"stream {stream!r} of the replica: remove it, or restore into another "
+                "directory")
     salt = _replica_salt(backend, tenant, list(streams))
     existing = target / SALT_FILE
     if salt is not None and existing.exists() and existing.read_bytes() != salt:
@@ -398,8 +411,10 @@ def restore_tenant(
     made_root = not root_path.exists()
     root_path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".restoring-{tenant}-", dir=root_path))
+    made_target = False
+    moved: list[tuple[Path, Path]] = []  # every rename done, in order: undone on failure
     try:
-        loaded, sealed = _restore_streams(backend, tenant, streams, staging)
+        loaded, sealed, segments = _restore_streams(backend, tenant, streams, staging)
         problems = [p for r in loaded for p in r.problems]
         problems += lost_ends(backend, tenant, shipped, streams)
         if problems:
@@ -415,42 +430,78 @@ def restore_tenant(
                 f"{', '.join(sealed)}): new seals would use another epoch grid, and verify "
                 "--seed could check only one of them. Remove it, or restore into another "
                 "directory")
+        # Moved in before the streams: a restored log is never in place without them.
+        tenant_files: list[str] = []
+        if salt is not None and not existing.exists():  # the restored log decrypts with it
+            atomic_write(staging / SALT_FILE, salt, 0o600)
+            tenant_files.append(SALT_FILE)
+        if sealed:  # see sealing.restored_seals_note: a handler opened here says so
+            atomic_write(staging / SEALS_RESTORED, orjson.dumps(
+                {"from": backend.describe(), "streams": sealed}), 0o600)
+            tenant_files.append(SEALS_RESTORED)
+        made_target = not target.exists()
         target.mkdir(exist_ok=True, mode=0o700)
-        for remote in loaded:
-            os.rename(staging / remote.stream, target / remote.stream)
+        if sealed and os.path.lexists(target / SEALS_RESTORED):  # an earlier restore's note
+            _move(moved, target / SEALS_RESTORED, staging / f"{SEALS_RESTORED}.replaced")
+        for name in [*tenant_files, *(remote.stream for remote in loaded)]:
+            _move(moved, staging / name, target / name)
         fsync_dir(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if made_root:
-            with contextlib.suppress(OSError):
-                root_path.rmdir()
+    except BaseException as exc:
+        left = _move_back(moved)
+        if left:  # the staging directory holds what was not put back: it is kept
+            exc.add_note(
+                f"restore of tenant {tenant!r} failed, and undoing the moves of "
+                f"{', '.join(left)} failed too: they stay there, and {staging} is kept")
+        else:
+            if moved:
+                exc.add_note(f"restore of tenant {tenant!r} failed: what was already moved "
+                             f"into {target} was moved out again, nothing is left there")
+            shutil.rmtree(staging, ignore_errors=True)
+            for made, path in ((made_target, target), (made_root, root_path)):
+                if made:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
         raise
-    os.rmdir(staging)
-    if salt is not None:  # the passphrase salt: the restored log decrypts with the passphrase
-        atomic_write(existing, salt, 0o600)
-    if sealed:  # see sealing.restored_seals_note: a handler opened here says so
-        atomic_write(target / SEALS_RESTORED, orjson.dumps(
-            {"from": backend.describe(), "streams": sealed}), 0o600)
+    shutil.rmtree(staging)  # empty, or holding the note an earlier restore left
     report = verify_tenant(root, tenant)
     return {
         "tenant": tenant,
         "directory": str(target),
         "streams": len(loaded),
         "entries": sum(r.entries for r in loaded),
-        "segments": sum(len(list_segments(target / r.stream)) for r in loaded),
+        "segments": segments,
         "verified": report.ok,
         "problems": [str(p) for p in report.problems],
         "sealed_streams": sealed,
     }
 
 
+def _move(moved: list[tuple[Path, Path]], source: Path, destination: Path) -> None:
+    """``os.rename`` ``source`` to ``destination`` and record it in ``moved``."""
+    os.rename(source, destination)
+    moved.append((source, destination))
+
+
+def _move_back(moved: list[tuple[Path, Path]]) -> list[str]:
+    """Undo the renames of ``moved``, last first; return the paths that could not be."""
+    left: list[str] = []
+    for source, destination in reversed(moved):
+        try:
+            os.rename(destination, source)
+        except OSError:
+            left.append(str(destination))
+    return left
+
+
 def _restore_streams(
     backend: StorageBackend, tenant: str, streams: dict[str, list[BatchName]], staging: Path
-) -> tuple[list[RemoteStream], list[str]]:
+) -> tuple[list[RemoteStream], list[str], int]:
     """Check and write every stream of the replica under ``staging``; return what checking
-    found per stream, and the streams that hold seal entries."""
+    found per stream, the streams that hold seal entries, and how many segment files were
+    written."""
     loaded: list[RemoteStream] = []
     sealed: list[str] = []
+    segments = 0
     for stream, names in streams.items():
         stream_dir = staging / stream
         _write_stream_files(backend, stream_dir, tenant, stream)
@@ -461,9 +512,10 @@ def _restore_streams(
             remote.problems.append(RemoteProblem(f"{tenant}/{stream}", seq, "segment_order",
                                                  detail))
         loaded.append(remote)
+        segments += files.segments
         if files.sealed:
             sealed.append(stream)
-    return loaded, sealed
+    return loaded, sealed, segments
 
 
 def _replica_salt(backend: StorageBackend, tenant: str, streams: list[str]) -> bytes | None:
@@ -504,24 +556,31 @@ def _write_stream_files(
             atomic_write(stream_dir / CHECKPOINT_DIR / f"{size}.note", backend.get(key), 0o644)
 
 
+#: Bytes of entries a restored segment gathers before it writes them, in one system call.
+_WRITE_BUFFER = 1 << 20
+
+
 class _SegmentFiles:
     """Writes a restored stream's entries into its segment files as they come (a
     :data:`LineSink`): a segment is sealed (read-only, gzip'ed) as the writer seals it once
-    the next one starts; the last one stays plain, as the active segment."""
+    the next one starts; the last one stays plain, as the active segment. Entries are
+    written :data:`_WRITE_BUFFER` bytes at a time, not one system call each."""
 
     def __init__(self, stream_dir: Path) -> None:
         self._dir = stream_dir
         self._fd: int | None = None
         self._number = -1
         self._path: Path | None = None
+        self._buffer = bytearray()
         self.sealed = False  #: whether a seal entry was seen
+        self.segments = 0  #: how many segment files were started
         self.backwards: tuple[int, str] | None = None  #: first entry of an earlier segment
 
     def __enter__(self) -> _SegmentFiles:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._finish(seal=False)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self._finish(seal=False, write=exc_type is None)
 
     def take(self, seq: int, digest: str, segment: int, line: bytes) -> None:
         """Append one checked entry to the file of its segment."""
@@ -536,20 +595,36 @@ class _SegmentFiles:
                 self._path = self._dir / segment_name(segment)
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                    | os.O_CLOEXEC, 0o600)
+                self.segments += 1
         assert self._fd is not None
-        write_all(self._fd, line)
+        self._buffer += line
+        if len(self._buffer) >= _WRITE_BUFFER:
+            self._write_out(self._fd)
         if not self.sealed and seal_payload(line) is not None:
             self.sealed = True
 
-    def _finish(self, seal: bool) -> None:
-        """Close the segment being written, sealing it when another one follows."""
+    def _write_out(self, fd: int) -> None:
+        """Write the entries gathered so far to ``fd``."""
+        write_all(fd, self._buffer)
+        # A new buffer, not clear(): after a failed write the traceback still holds a view
+        # of the old one, and a bytearray with views cannot be resized.
+        self._buffer = bytearray()
+
+    def _finish(self, seal: bool, write: bool = True) -> None:
+        """Write out and close the segment being written, sealing it when another one
+        follows; ``write=False`` (the restore failed) only closes it."""
         fd, path, self._fd = self._fd, self._path, None
         if fd is None or path is None:
             return
         try:
-            os.fsync(fd)
+            if write:
+                self._write_out(fd)
+                os.fsync(fd)
         finally:
+            self._buffer = bytearray()
             os.close(fd)
+        if not write:
+            return
         if seal:
             os.chmod(path, 0o444)
             compress_segment(path)  # syncs the directory too
