@@ -308,3 +308,20 @@ def test_a_failed_move_puts_back_the_seals_note_an_earlier_restore_left(
     assert result["verified"] and result["sealed_streams"] == [stream]
     assert json.loads(note.read_bytes())["streams"] == [stream]
     assert [p.name for p in root.iterdir()] == ["s"]
+
+
+@pytest.mark.parametrize("stream", ["bad name", "-x", "a..b"])
+def test_a_replica_stream_with_an_impossible_name_is_refused(
+    tmp_path: Path, stream: str
+) -> None:
+    """A stream name comes from the replica's keys, which anyone with write access to the
+    bucket may choose; restore makes directories of them, so one no writer could have made
+    is damage, named before anything is written."""
+    bucket, _ = _two_streams(tmp_path)
+    [key] = [k for k in bucket.list("default/a/batches/")][:1]
+    meta = bucket.head(key)
+    assert meta is not None
+    bucket.put_if_absent(key.replace("/a/", f"/{stream}/", 1), bucket.get(key), meta)
+    with pytest.raises(RemoteIntegrityError, match=f"stream named {stream!r}"):
+        restore_tenant(bucket, tmp_path / "restored", "default")
+    assert not (tmp_path / "restored").exists()

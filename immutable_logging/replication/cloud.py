@@ -34,6 +34,7 @@ from ..layout import (
     list_streams,
     segment_name,
     tenant_dir,
+    validate_stream_name,
 )
 from ..sealing import SEALS_RESTORED, TENANT_STATE, seal_payload, sealing_configured
 from ..verify import verify_tenant
@@ -378,7 +379,8 @@ def restore_tenant(
 
     Raises:
         ObjectNotFoundError: the replica holds no entry of ``tenant`` (nothing is created).
-        RemoteIntegrityError: the replica is damaged (nothing is created).
+        RemoteIntegrityError: the replica is damaged, or names a stream no writer makes
+            (nothing is created).
         ConfigurationError: the target already holds streams of ``tenant``, something else
             where a stream of the replica goes, another passphrase salt, or a seal state
             while the replica holds seals (nothing is created).
@@ -391,6 +393,14 @@ def restore_tenant(
     keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
     shipped = shipped_ends(backend, tenant, keys=keys)
     streams = remote_streams(backend, tenant, keys)
+    for stream, names in streams.items():  # directory names: only what a writer makes
+        try:
+            validate_stream_name(stream)
+        except ConfigurationError:
+            raise RemoteIntegrityError(
+                f"{backend.describe()}: replica of tenant {tenant!r} holds batches of a "
+                f"stream named {stream!r}, which no writer makes (object {names[0].key}): "
+                "nothing is restored") from None
     if not streams and not shipped:
         # Checked before anything is written: restoring nothing must not look like success.
         raise ObjectNotFoundError(
