@@ -11,6 +11,7 @@ import argparse
 import errno
 import io
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +36,7 @@ from .errors import (
     ImmutableLogError,
     KeyUnavailableError,
     RemoteIntegrityError,
+    SegmentReadError,
     location,
 )
 from .layout import (
@@ -58,7 +60,12 @@ from .query import (
     summarise,
 )
 from .replication.backend import StorageBackend
-from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
+from .replication.cloud import (
+    find_entry,
+    replica_tenants,
+    restore_tenant,
+    verify_cloud_backup,
+)
 from .replication.local import LocalDirectoryBackend
 from .seal import CheckpointSigner, encode_seed, generate_signing_key, private_key_to_pem
 from .sealing import TENANT_STATE, init_tenant_sealing, restored_seals_note
@@ -320,9 +327,12 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     missing = report.keys_missing
     if missing:  # the chain verified, but the entries asked to be authenticated were not
         kids = ", ".join(f"{kid} ({count} entries)" for kid, count in missing.items())
+        hint = ("pass their keys (--key-env, repeatable)" if not args.passphrase_env else
+                "a wrong passphrase, or a salt file (.salt.json in the tenant's directory) "
+                "other than the one they were written with, derives a key with another id")
         sys.stderr.write(
             f"immutable-log: KeyUnavailableError: no key given for key id {kids}: those "
-            "entries were not authenticated; pass their keys (--key-env, repeatable)\n")
+            f"entries were not authenticated; {hint}\n")
         return EXIT_USAGE
     return EXIT_OK
 
@@ -442,6 +452,8 @@ def _keygen(args: argparse.Namespace, out: TextIO) -> int:
     tdir = tenant_dir(args.directory, args.tenant or DEFAULT_TENANT)
     result: dict[str, Any] = {"tenant": tdir.name}
     key_path = Path(args.checkpoint_key) if args.checkpoint_key else None
+    if args.no_seal and key_path is None:
+        raise _UsageError("--no-seal without --checkpoint-key FILE leaves nothing to generate")
     if key_path is not None and key_path.exists():
         raise _UsageError(f"{key_path} exists; refusing to overwrite a signing key")
     if not args.no_seal:
@@ -550,6 +562,13 @@ def _backend(args: argparse.Namespace) -> StorageBackend:
                                  create=False)
 
 
+def _local_bucket_option(backend: StorageBackend) -> str:
+    """``--backup-directory D`` for a local bucket (restore has no default for it)."""
+    if isinstance(backend, LocalDirectoryBackend):
+        return f" --backup-directory {shlex.quote(str(backend.root))}"
+    return ""
+
+
 def _no_replica(exc: BucketNotFoundError, backend: StorageBackend) -> _UsageError:
     return _UsageError(f"replica not found ({backend.describe()}): {exc}")
 
@@ -560,12 +579,16 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError(f"no such log directory: {args.directory}")
     backend = _backend(args)
     try:
-        results = {t: verify_cloud_backup(backend, args.directory, t) for t in _tenants(args)}
+        # Without --tenant: the local tenants and the replica's (a local log lost with
+        # its disk is still reported, and named with the restore that rebuilds it).
+        tenants = _tenants(args) if args.tenant else sorted(
+            {*_tenants(args), *replica_tenants(backend)})
+        results = {t: verify_cloud_backup(backend, args.directory, t) for t in tenants}
     except BucketNotFoundError as exc:
         raise _no_replica(exc, backend) from None
     if not results:
-        raise _UsageError(f"{args.directory} holds no tenant; pass --tenant T to check the "
-                          "replica of a tenant whose local log is gone")
+        raise _UsageError(f"neither {args.directory} nor the replica ({backend.describe()}) "
+                          "holds a tenant")
     absent = {t: r for t, r in results.items() if r["remote_entries"] == 0 and not r["problems"]}
     shown = {t: r for t, r in results.items() if t not in absent}
     # A tenant the local log holds nothing of (a lost disk, before restoring) with a sound
@@ -581,8 +604,8 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(
             f"immutable-log: error: {args.directory} holds nothing of tenant {tenant!r}; the "
             f"replica ({backend.describe()}) holds {result['remote_entries']} of its entries "
-            "and verifies: `immutable-log restore NEWDIR --tenant "
-            f"{tenant}` with these replica options rebuilds the log\n")
+            f"and verifies: `immutable-log restore NEWDIR --tenant {tenant}"
+            f"{_local_bucket_option(backend)}` with these replica options rebuilds the log\n")
     for tenant, result in absent.items():
         local = (f"{args.directory} holds {result['local_blocks']} of its entries: "
                  "nothing was replicated yet, or the replica options point elsewhere"
@@ -654,7 +677,8 @@ def _restore(args: argparse.Namespace, out: TextIO) -> int:
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["local", "s3", "gcs"],
                    help="replica kind (default: BACKUP_PROVIDER or local)")
-    p.add_argument("--backup-directory", help="the local bucket (default: DIR-backup)")
+    p.add_argument("--backup-directory",
+                   help="the local bucket (sync-status: default DIR-backup; restore needs it)")
     p.add_argument("--bucket", help="S3 or GCS bucket (default: S3_BUCKET / GCS_BUCKET)")
     p.add_argument("--prefix", help="object name prefix in the bucket")
     p.add_argument("--region", help="S3 region (default: S3_REGION)")
@@ -870,7 +894,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except _UsageError as exc:
         sys.stderr.write(f"immutable-log: error: {exc}\n")
         return EXIT_USAGE
-    except RemoteIntegrityError as exc:  # the replica is damaged: as sync-status says it
+    except KeyUnavailableError as exc:  # a key not given: a usage error, no damage
+        sys.stderr.write(f"immutable-log: {type(exc).__name__}: {exc}\n")
+        return EXIT_USAGE
+    except (RemoteIntegrityError, DecryptionError, SegmentReadError) as exc:
+        # Damage, of the replica (as sync-status says it), of a ciphertext or of a
+        # segment: exit 1, as verify says it
         sys.stderr.write(f"immutable-log: {type(exc).__name__}: {exc}\n")
         return EXIT_TAMPERED
     except ImmutableLogError as exc:

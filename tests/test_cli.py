@@ -211,7 +211,7 @@ def test_corrupt_segment_is_a_clear_error_not_a_traceback(
     sealed = list_segments(list_streams(tmp_path / "default")[0])[0].path
     sealed.chmod(0o600)
     sealed.write_bytes(sealed.read_bytes()[:-30])  # truncated gzip
-    assert run("read", str(tmp_path), "--limit", "1000")[0] == 2
+    assert run("read", str(tmp_path), "--limit", "1000")[0] == 1  # damage, as verify says
     assert "SegmentReadError" in capsys.readouterr().err
     code, text = run("verify", str(tmp_path))
     assert code == 1 and "cannot read segment" in text
@@ -486,3 +486,48 @@ def test_verify_leaves_out_a_sequence_number_it_does_not_know(
     code, text = run("verify", str(tmp_path))
     assert code == 1 and "None" not in text
     assert f"FAIL malformed: file {stream / 'stream.json'}: " in text
+
+
+def test_keygen_with_nothing_to_generate_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("keygen", str(tmp_path), "--no-seal")[0] == 2
+    assert "leaves nothing to generate" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_tampered_ciphertext_exits_1_for_every_reading_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Damage exits 1 (as verify and read say it), a key not given 2."""
+    from immutable_logging.crypto import generate_key
+
+    key = generate_key()
+    with ImmutableLogger(tmp_path, tenantId="e", encryption_key=key) as log:
+        log.info("paid", {"amount": 3})
+    segment = list_segments(list_streams(tmp_path / "e")[0])[0].path
+    data = segment.read_bytes()
+    at = data.index(b'"enc":"A256GCM.') + 60  # inside the base64 of the ciphertext
+    segment.write_bytes(data[:at] + (b"B" if data[at:at + 1] != b"B" else b"C") + data[at + 1:])
+    monkeypatch.setenv("CLI_TAMPER_KEY", key)
+    for command in (["search", str(tmp_path), "paid"],
+                    ["query", str(tmp_path), '{"metadata.amount": 3}'],
+                    ["stats", str(tmp_path)]):
+        capsys.readouterr()
+        assert run(*command, "--key-env", "CLI_TAMPER_KEY")[0] == 1, command
+        assert "DecryptionError" in capsys.readouterr().err
+    monkeypatch.setenv("CLI_OTHER_KEY", generate_key())
+    assert run("search", str(tmp_path), "paid", "--key-env", "CLI_OTHER_KEY")[0] == 2
+    assert "KeyUnavailableError" in capsys.readouterr().err
+
+
+def test_verify_with_a_wrong_passphrase_names_the_salt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ImmutableLogger(tmp_path, tenantId="p", encryption_passphrase="right") as log:
+        log.info("secret")
+    monkeypatch.setenv("CLI_PASSPHRASE", "wrong")
+    capsys.readouterr()
+    assert run("verify", str(tmp_path), "--passphrase-env", "CLI_PASSPHRASE")[0] == 2
+    err = capsys.readouterr().err
+    assert "a wrong passphrase, or a salt file" in err and "--key-env" not in err

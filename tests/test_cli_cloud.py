@@ -77,8 +77,15 @@ def test_sync_status_of_a_lost_local_log_does_not_call_a_sound_replica_damaged(
     err = capsys.readouterr().err
     assert code == 2, (text, err)
     assert "holds nothing of tenant 'acme'; the replica" in err and "30 of its entries" in err
-    assert "restore NEWDIR --tenant acme" in err
+    assert f"restore NEWDIR --tenant acme --backup-directory {bucket}`" in err
     assert "local log gone" in text and "corrupted" not in text and "FAIL" not in text
+    # Without --tenant: the tenants of the replica are reported too, and the hint works.
+    code, text = run("sync-status", str(empty), "--backup-directory", str(bucket))
+    err = capsys.readouterr().err
+    assert code == 2 and "local log gone" in text and "restore NEWDIR --tenant acme" in err
+    code, _ = run("restore", str(tmp_path / "rebuilt"), "--tenant", "acme",
+                  "--backup-directory", str(bucket))
+    assert code == 0
 
 
 def test_restoring_from_a_damaged_replica_exits_1_like_sync_status(

@@ -77,6 +77,12 @@ class RemoteStream:
     batches: int = 0
 
 
+def replica_tenants(backend: StorageBackend) -> list[str]:
+    """The tenants the replica holds batches of (one listing of the whole replica)."""
+    return sorted({name.tenant for name in map(parse_batch_key, backend.list())
+                   if name is not None})
+
+
 def remote_streams(
     backend: StorageBackend, tenant: str, keys: Iterable[str] | None = None
 ) -> dict[str, list[BatchName]]:
