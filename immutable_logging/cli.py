@@ -52,7 +52,7 @@ from .matching import DocumentQuery, Match, TextSearch, find_entries
 from .query import (
     Decryptor,
     Entry,
-    LineFilter,
+    ReadDamage,
     disk_usage,
     iso_utc,
     iter_entries,
@@ -221,19 +221,32 @@ class _MarkingDecryptor:
 
 def _entries(
     args: argparse.Namespace,
-    line_filter: LineFilter | None = None,
+    damage: list[ReadDamage],
     failures: list[DecryptionError] | None = None,
 ) -> Iterator[Entry]:
-    """Every selected tenant's entries; with ``failures``, entries that fail decryption
-    are marked and collected there (see :class:`_MarkingDecryptor`)."""
+    """Every selected tenant's entries; what cannot be read is left out and collected in
+    ``damage``; with ``failures``, entries that fail decryption are marked and collected
+    there (see :class:`_MarkingDecryptor`)."""
     for tenant in _tenants(args):
         decrypt: Decryptor | None = _decryptor(args, tenant)
         if decrypt is not None and failures is not None:
             decrypt = _MarkingDecryptor(decrypt, failures)
-        yield from iter_entries(args.directory, tenant, decrypt=decrypt, line_filter=line_filter)
+        yield from iter_entries(args.directory, tenant, decrypt=decrypt, damage=damage)
 
 
-def _find(args: argparse.Namespace, match: Match) -> list[Entry]:
+def _report_damage(damage: list[ReadDamage]) -> int:
+    """Name on stderr what a reading command left out; its exit code (1 when any)."""
+    if not damage:
+        return EXIT_OK
+    for item in damage[:10]:
+        sys.stderr.write(f"immutable-log: left out: {item}\n")
+    more = f" ({len(damage) - 10} more not listed)" if len(damage) > 10 else ""
+    sys.stderr.write(f"immutable-log: {len(damage)} damaged lines or unreadable segments were "
+                     f"left out{more}; run `immutable-log verify`\n")
+    return EXIT_TAMPERED
+
+
+def _find(args: argparse.Namespace, match: Match, damage: list[ReadDamage]) -> list[Entry]:
     """Matches across the selected tenants, tenant by tenant, up to ``--limit``."""
     if args.limit is not None and args.limit < 0:
         raise _UsageError(f"--limit must be 0 or more, got {args.limit}")
@@ -243,7 +256,7 @@ def _find(args: argparse.Namespace, match: Match) -> list[Entry]:
         if remaining is not None and remaining <= 0:
             break
         found += find_entries(args.directory, tenant, match, decrypt=_decryptor(args, tenant),
-                              limit=remaining)
+                              limit=remaining, damage=damage)
     return found
 
 
@@ -348,8 +361,9 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError(f"--limit must be 0 or more, got {limit}")
     _require_streams(args)
     failures: list[DecryptionError] = []
+    damage: list[ReadDamage] = []
     entries = read_entries(  # one more than asked: tells whether the limit cut the output
-        _entries(args, failures=failures), limit=limit + 1, level=args.level,
+        _entries(args, damage, failures=failures), limit=limit + 1, level=args.level,
         newest_first=args.newest_first,
     )
     cut = len(entries) > limit
@@ -370,15 +384,15 @@ def _read(args: argparse.Namespace, out: TextIO) -> int:
             f"immutable-log: {len(failures)} entries failed authentication{more}: their "
             "ciphertext was altered or damaged; run `immutable-log verify` with the key\n"
         )
-        return EXIT_TAMPERED
-    return EXIT_OK
+    return max(_report_damage(damage), EXIT_TAMPERED if failures else EXIT_OK)
 
 
 @_command("search")
 def _search(args: argparse.Namespace, out: TextIO) -> int:
     _require_streams(args)
-    _print_entries(args, out, _find(args, TextSearch(args.text, args.case_sensitive)))
-    return EXIT_OK
+    damage: list[ReadDamage] = []
+    _print_entries(args, out, _find(args, TextSearch(args.text, args.case_sensitive), damage))
+    return _report_damage(damage)
 
 
 @_command("query")
@@ -388,20 +402,22 @@ def _query(args: argparse.Namespace, out: TextIO) -> int:
     except orjson.JSONDecodeError as exc:
         raise _UsageError(f"query must be a JSON object: {exc}") from None
     _require_streams(args)
-    _print_entries(args, out, _find(args, DocumentQuery(document)))
-    return EXIT_OK
+    damage: list[ReadDamage] = []
+    _print_entries(args, out, _find(args, DocumentQuery(document), damage))
+    return _report_damage(damage)
 
 
 @_command("stats")
 def _stats(args: argparse.Namespace, out: TextIO) -> int:
     _require_streams(args)
-    result = summarise(_entries(args))
+    damage: list[ReadDamage] = []
+    result = summarise(_entries(args, damage))
     usage = [disk_usage(args.directory, t) for t in _tenants(args)]
     result["bytes_on_disk"] = sum(u["bytes_on_disk"] for u in usage)
     result["segments"] = sum(u["segments"] for u in usage)
     if args.json:
         _json_out(out, result)
-        return EXIT_OK
+        return _report_damage(damage)
     rows: list[tuple[str, Any]] = [
         ("total entries", result["total_entries"]),
         ("first", result["first_timestamp"]),
@@ -412,7 +428,7 @@ def _stats(args: argparse.Namespace, out: TextIO) -> int:
     rows += [(f"level {k}", v) for k, v in sorted(result["by_level"].items())]
     rows += [(f"stream {k}", v) for k, v in sorted(result["by_stream"].items())]
     _table(out, ["stat", "value"], rows)
-    return EXIT_OK
+    return _report_damage(damage)
 
 
 # ------------------------------------------------------------ seals and checkpoints

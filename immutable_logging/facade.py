@@ -29,9 +29,10 @@ from .handler import ImmutableHandler
 from .layout import DEFAULT_TENANT
 from .levels import AUDIT, REVENUE, SECURITY, SYSTEM, register_level_names
 from .matching import DocumentQuery, Match, TextSearch, find_entries
+from .own_loggers import own_logger
 from .query import (
     Entry,
-    LineFilter,
+    ReadDamage,
     disk_usage,
     iter_entries,
     read_entries,
@@ -41,6 +42,8 @@ from .replication.backend import StorageBackend
 from .replication.cloud import find_entry, restore_tenant, verify_cloud_backup
 from .replication.replicator import Replicator
 from .verify import VerificationReport, verify_tenant
+
+_log = own_logger("immutable_logging.read")
 
 _instances = itertools.count(1)
 
@@ -76,6 +79,9 @@ class ImmutableLogger:
         self.handler = ImmutableHandler(self.directory, self.tenant, **handler_options)
         self.logger.addHandler(self.handler)
         self._closed = False
+        #: What the last read, search, query or stats left out (damaged lines, unreadable
+        #: segments); empty when nothing was.
+        self.last_read_damage: list[ReadDamage] = []
 
     # ------------------------------------------------------------------ writing
     def log(self, level: int, message: object, metadata: Mapping[str, Any] | None = None) -> None:
@@ -160,11 +166,18 @@ class ImmutableLogger:
             self.handler.flush()
         flush_live_writers(self.directory, self.tenant)
 
-    def _entries(self, line_filter: LineFilter | None = None) -> Iterator[Entry]:
+    def _entries(self, damage: list[ReadDamage]) -> Iterator[Entry]:
         self._flush_for_reading()
-        return iter_entries(
-            self.directory, self.tenant, decrypt=self._decryptor(), line_filter=line_filter
-        )
+        return iter_entries(self.directory, self.tenant, decrypt=self._decryptor(),
+                            damage=damage)
+
+    def _left_out(self, damage: list[ReadDamage]) -> None:
+        """Keep what the last read left out in :attr:`last_read_damage`, and warn."""
+        self.last_read_damage = damage
+        if damage:
+            _log.warning("%d damaged lines or unreadable segments of tenant %r were left out "
+                         "of the result (first: %s); run `immutable-log verify`",
+                         len(damage), self.tenant, damage[0])
 
     def read(
         self,
@@ -174,10 +187,16 @@ class ImmutableLogger:
         offset: int = 0,
         newest_first: bool = False,
     ) -> list[Entry]:
-        """Up to ``limit`` entries (oldest first from ``offset``, or newest first)."""
-        return read_entries(
-            self._entries(), limit=limit, level=level, offset=offset, newest_first=newest_first
-        )
+        """Up to ``limit`` entries (oldest first from ``offset``, or newest first).
+
+        Damaged lines and unreadable segments are left out, listed in
+        :attr:`last_read_damage` and warned about (as by :meth:`search`, :meth:`query` and
+        :meth:`stats`); :meth:`verify` says what happened to them."""
+        damage: list[ReadDamage] = []
+        entries = read_entries(self._entries(damage), limit=limit, level=level, offset=offset,
+                               newest_first=newest_first)
+        self._left_out(damage)
+        return entries
 
     def search(
         self, text: str, *, case_sensitive: bool = False, limit: int | None = None,
@@ -200,12 +219,17 @@ class ImmutableLogger:
 
     def _find(self, match: Match, limit: int | None, workers: int | None) -> list[Entry]:
         self._flush_for_reading()
-        return find_entries(self.directory, self.tenant, match,
-                            decrypt=self._decryptor(), limit=limit, workers=workers)
+        damage: list[ReadDamage] = []
+        found = find_entries(self.directory, self.tenant, match, decrypt=self._decryptor(),
+                             limit=limit, workers=workers, damage=damage)
+        self._left_out(damage)
+        return found
 
     def stats(self) -> dict[str, Any]:
         """Entry counts by level/logger/stream, time span, disk usage and handler health."""
-        result = summarise(self._entries())
+        damage: list[ReadDamage] = []
+        result = summarise(self._entries(damage))
+        self._left_out(damage)
         result.update(disk_usage(self.directory, self.tenant))
         writer = self.handler.writer
         result.update(

@@ -28,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .compression import READ_ERRORS
-from .errors import QueryError, SegmentReadError
+from .errors import QueryError
 from .layout import Segment, list_segments, list_streams, tenant_dir
 from .query import (
+    DamageList,
     Decryptor,
     Entry,
     LineFilter,
     Predicate,
+    ReadDamage,
     _entries_of,
     compile_query,
     iter_entries,
@@ -42,6 +44,7 @@ from .query import (
     reads_secret_fields,
     search_filter,
     text_predicate,
+    unreadable_segment,
     with_timestamp,
 )
 from .workers import in_workers, total_size, worker_count
@@ -102,32 +105,38 @@ class _Encrypted(Exception):
     """A worker met an encrypted entry: the parent must scan the segment."""
 
 
+class _Damaged(Exception):
+    """A worker met a damaged line: the parent scans the segment, and reports it."""
+
+
 def _scan(segment: Segment, stream: str, match: Match) -> list[Entry]:
     """Worker process side: the matching entries of one sealed segment, in order."""
     predicate = match.predicate()
     found = []
+    damage: list[ReadDamage] = []
     for entry in _entries_of(segment.chunks(), stream, str(segment.path), None,
-                             match.line_filter(), False):
+                             match.line_filter(), False, damage=damage):
         if "enc" in entry:
             raise _Encrypted
         if predicate(entry):
             found.append(entry)
+    if damage:
+        raise _Damaged
     return found
 
 
 def _scan_here(
     segment: Segment, stream: str, match: Match, predicate: Predicate,
-    decrypt: Decryptor | None,
+    decrypt: Decryptor | None, damage: DamageList,
 ) -> Iterator[Entry]:
     path = str(segment.path)
     try:
         for entry in _entries_of(segment.chunks(), stream, path, decrypt,
-                                 match.line_filter(), False, match.needs_secrets()):
+                                 match.line_filter(), False, match.needs_secrets(), damage):
             if predicate(entry):
                 yield entry
     except READ_ERRORS as exc:
-        raise SegmentReadError(
-            f"cannot read segment {path}: {exc}; run `immutable-log verify`") from exc
+        unreadable_segment(path, exc, damage)
 
 
 def _stream_matches(
@@ -137,6 +146,7 @@ def _stream_matches(
     match: Match,
     predicate: Predicate,
     decrypt: Decryptor | None,
+    damage: DamageList,
 ) -> Iterator[Entry]:
     """One stream's matches in order: a worker's result where it has one, else read here
     (a result is only asked for when the caller still wants entries)."""
@@ -150,7 +160,7 @@ def _stream_matches(
             else:
                 yield from found
                 continue
-        yield from _scan_here(segment, stream, match, predicate, decrypt)
+        yield from _scan_here(segment, stream, match, predicate, decrypt, damage)
 
 
 def find_entries(
@@ -161,6 +171,7 @@ def find_entries(
     decrypt: Decryptor | None = None,
     limit: int | None = None,
     workers: int | None = None,
+    damage: DamageList = None,
 ) -> list[Entry]:
     """The first ``limit`` entries of ``tenant`` that ``match``, in reading order.
 
@@ -174,10 +185,12 @@ def find_entries(
     An encrypted entry whose key is not available is matched on its clear fields (it is
     returned undecrypted, see :mod:`immutable_logging.query`) unless ``match`` needs the
     encrypted fields (:meth:`TextSearch.needs_secrets`, :meth:`DocumentQuery.needs_secrets`).
+    ``damage``: as for :func:`~immutable_logging.query.iter_entries` (damaged lines that
+    could have matched, and unreadable segments, are recorded there).
 
     Raises:
         QueryError: a bad search text, query document or limit.
-        SegmentReadError: a segment cannot be read.
+        SegmentReadError: a segment cannot be read (only without ``damage``).
         KeyUnavailableError: ``match`` needs the encrypted fields of an entry whose key is
             not available.
         DecryptionError: an encrypted entry fails to decrypt (wrong key, tampering).
@@ -190,12 +203,14 @@ def find_entries(
         found: Iterator[Entry] = (
             entry for entry in iter_entries(root, tenant, decrypt=decrypt,
                                             line_filter=match.line_filter(),
-                                            need_secrets=match.needs_secrets())
+                                            need_secrets=match.needs_secrets(),
+                                            damage=damage)
             if predicate(entry))
         return [with_timestamp(e) for e in itertools.islice(found, limit)]
     segments = list_segments(streams[0])
     sealed = segments[:-1]  # the last segment may still grow: always read here
     count = worker_count(workers, len(sealed), total_size(s.path for s in sealed))
     with in_workers(count, _scan, sealed, streams[0].name, match) as pending:
-        found = _stream_matches(streams[0], segments, pending, match, predicate, decrypt)
+        found = _stream_matches(streams[0], segments, pending, match, predicate, decrypt,
+                                damage)
         return [with_timestamp(e) for e in itertools.islice(found, limit)]

@@ -89,12 +89,42 @@ def reads_secret_fields(document: Mapping[str, Any]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class ReadDamage:
+    """What a reader left out: a line that is no JSON entry, or the rest of a segment
+    that cannot be read. ``immutable-log verify`` says more (it checks the chain too)."""
+
+    file: str
+    seq: int | None  #: the line's sequence number, when its start still says it
+    detail: str
+
+    def __str__(self) -> str:
+        where = self.file if self.seq is None else f"{self.file}, seq {self.seq}"
+        return f"{where}: {self.detail}"
+
+
+#: A reader's list of what it left out (see :func:`iter_entries`), or None.
+DamageList = list[ReadDamage] | None
+
+_SEQ_START = re.compile(rb'\{"seq":(\d{1,20}),')
+
+
+def unreadable_segment(path: str, exc: BaseException, damage: DamageList) -> None:
+    """Record that the rest of segment ``path`` cannot be read in ``damage``; without a
+    list, raise :class:`SegmentReadError`."""
+    if damage is None:
+        raise SegmentReadError(
+            f"cannot read segment {path}: {exc}; run `immutable-log verify`") from exc
+    damage.append(ReadDamage(path, None, f"the rest of the segment cannot be read: {exc}"))
+
+
 def _iter_stream(
     stream_dir: Path,
     decrypt: Decryptor | None,
     line_filter: LineFilter | None,
     include_system: bool,
     need_secrets: bool,
+    damage: DamageList,
 ) -> Iterator[Entry]:
     stream = stream_dir.name
     for segment in list_segments(stream_dir):
@@ -102,12 +132,10 @@ def _iter_stream(
         try:
             yield from _entries_of(
                 segment.chunks(), stream, path, decrypt, line_filter, include_system,
-                need_secrets,
+                need_secrets, damage,
             )
         except READ_ERRORS as exc:
-            raise SegmentReadError(
-                f"cannot read segment {path}: {exc}; run `immutable-log verify`"
-            ) from exc
+            unreadable_segment(path, exc, damage)
 
 
 def _entries_of(
@@ -118,8 +146,10 @@ def _entries_of(
     line_filter: LineFilter | None,
     include_system: bool,
     need_secrets: bool = False,
+    damage: DamageList = None,
 ) -> Iterator[Entry]:
-    """The entries of a segment's chunks; see :func:`iter_entries` for ``need_secrets``."""
+    """The entries of a segment's chunks; see :func:`iter_entries` for ``need_secrets``
+    and ``damage``."""
     loads, damaged = orjson.loads, orjson.JSONDecodeError
     for chunk in chunks:
         # In a block without encrypted lines the filter picks the candidate lines itself;
@@ -139,8 +169,14 @@ def _entries_of(
             try:
                 entry = loads(raw)
             except damaged:
-                continue  # damaged lines are verify's business, not the reader's
-            if type(entry) is not dict or (not include_system and "kind" in entry):
+                entry = None
+            if type(entry) is not dict:
+                if damage is not None:
+                    found = _SEQ_START.match(raw)
+                    damage.append(ReadDamage(path, int(found.group(1)) if found else None,
+                                             "the line is not a JSON entry"))
+                continue
+            if not include_system and "kind" in entry:
                 continue
             entry["stream"] = stream
             if "enc" in entry:
@@ -160,8 +196,14 @@ def iter_entries(
     include_system: bool = False,
     line_filter: LineFilter | None = None,
     need_secrets: bool = False,
+    damage: DamageList = None,
 ) -> Iterator[Entry]:
     """All entries of a tenant in time order, merged across streams.
+
+    A line that is no JSON entry, or the rest of a segment that cannot be read, is left
+    out and recorded in ``damage`` when a list is given (the reader reports it); without
+    one, damaged lines are skipped and an unreadable segment raises
+    :class:`~immutable_logging.errors.SegmentReadError`. ``verify`` checks the chain.
 
     ``line_filter(raw_line) -> bool`` may skip plain (unencrypted) lines before they are
     decoded; it must only reject lines that cannot match (see :func:`search_filter`).
@@ -175,7 +217,7 @@ def iter_entries(
     ``KeyUnavailableError`` instead.
     """
     streams = list_streams(tenant_dir(root, tenant))
-    iterators = [_iter_stream(s, decrypt, line_filter, include_system, need_secrets)
+    iterators = [_iter_stream(s, decrypt, line_filter, include_system, need_secrets, damage)
                  for s in streams]
     if len(iterators) == 1:
         return iterators[0]

@@ -211,10 +211,40 @@ def test_corrupt_segment_is_a_clear_error_not_a_traceback(
     sealed = list_segments(list_streams(tmp_path / "default")[0])[0].path
     sealed.chmod(0o600)
     sealed.write_bytes(sealed.read_bytes()[:-30])  # truncated gzip
-    assert run("read", str(tmp_path), "--limit", "1000")[0] == 1  # damage, as verify says
-    assert "SegmentReadError" in capsys.readouterr().err
+    code, text = run("read", str(tmp_path), "--limit", "1000", "--json")
+    assert code == 1  # damage, as verify says it; the other segments are still read
+    err = capsys.readouterr().err
+    assert f"left out: {sealed}" in err and "cannot be read" in err
+    messages = [e["message"] for e in orjson.loads(text)]
+    # What precedes the damage in that segment, and every later segment
+    assert messages[-1] == "entry 59" and len(messages) < 60 and messages[0] == "entry 0"
     code, text = run("verify", str(tmp_path))
     assert code == 1 and "cannot read segment" in text
+
+
+def test_a_damaged_line_is_named_not_silently_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line that is no JSON entry any more was left out of read, search, query and stats
+    without a word (exit 0): it is named on stderr, with its seq, and the exit is 1."""
+    with ImmutableLogger(tmp_path) as log:
+        for i in range(5):
+            log.info(f"paid {i}", {"n": i})
+    segment = list_segments(list_streams(tmp_path / "default")[0])[0].path
+    lines = segment.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"message"', b'{message"', 1)  # seq 3 breaks
+    segment.write_bytes(b"".join(lines))
+    for command in (["read"], ["search", "paid"], ["query", '{"metadata.n": {"$gte": 0}}'],
+                    ["stats"]):
+        capsys.readouterr()
+        code, text = run(command[0], str(tmp_path), *command[1:], "--json")
+        err = capsys.readouterr().err
+        assert code == 1, (command, err)
+        assert f"left out: {segment}, seq 3: the line is not a JSON entry" in err, command
+        if command[0] != "stats":
+            assert [e["seq"] for e in orjson.loads(text)] == [1, 2, 4, 5], command
+        else:
+            assert orjson.loads(text)["total_entries"] == 4
 
 
 def test_verify_workers_option(tmp_path: Path, logger_name: str) -> None:

@@ -351,3 +351,30 @@ def test_creating_a_facade_does_not_add_logger_methods() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=False)
     assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "False", "")
+
+
+def test_reads_name_what_they_leave_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from immutable_logging.layout import list_segments, list_streams
+
+    with ImmutableLogger(tmp_path, tenantId="dmg") as log:
+        for i in range(4):
+            log.info(f"paid {i}")
+        log.handler.flush()
+        segment = list_segments(list_streams(tmp_path / "dmg")[0])[0].path
+        lines = segment.read_bytes().splitlines(keepends=True)
+        lines[1] = b'{"seq":2,"message":"paid 1"\n'  # cut short: no JSON any more
+        segment.write_bytes(b"".join(lines))
+        with caplog.at_level(logging.WARNING, "immutable_logging.read"):
+            assert [e["message"] for e in log.read()] == ["paid 0", "paid 2", "paid 3"]
+        assert [str(d) for d in log.last_read_damage] == [
+            f"{segment}, seq 2: the line is not a JSON entry"]
+        assert "1 damaged lines or unreadable segments of tenant 'dmg' were left out" in (
+            caplog.text)
+        assert len(log.search("paid")) == 3 and len(log.last_read_damage) == 1
+        assert log.stats()["total_entries"] == 3 and len(log.last_read_damage) == 1
+        assert len(log.query({"message": {"$regex": "^paid"}})) == 3  # no pre-filter
+        assert len(log.last_read_damage) == 1
+        log.query({"level": "INFO"})  # the damaged line lacks it: it could not have matched
+        assert log.last_read_damage == []

@@ -184,3 +184,41 @@ def test_bad_input_is_a_query_error(tmp_path: Path) -> None:
     with pytest.raises(QueryError):
         find_entries(tmp_path, "default", TextSearch("x"), limit=-1)
     assert find_entries(tmp_path, "default", TextSearch("x")) == []  # no log yet
+
+
+_DAMAGE_RUN = """
+import json, sys
+from immutable_logging.matching import TextSearch, find_entries
+out = {}
+for label, workers in (("serial", 1), ("forked", 2)):
+    damage = []
+    found = find_entries(sys.argv[1], "default", TextSearch("event 3"), workers=workers,
+                         damage=damage)
+    out[label] = {"seqs": [e["seq"] for e in found], "damage": [str(d) for d in damage]}
+print(json.dumps(out))
+"""
+
+
+def test_a_damaged_line_in_a_sealed_segment_is_reported_by_forked_scans_too(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """A worker process cannot hand its damage list back: the segment is scanned again in
+    the parent, which records it."""
+    import gzip
+
+    write_log(tmp_path, logger_name, 600, max_bytes=12_000)
+    sealed = list_segments(list_streams(tmp_path / "default")[0])[1]
+    assert sealed.compressed
+    lines = gzip.decompress(sealed.path.read_bytes()).splitlines(keepends=True)
+    seq = json.loads(lines[3])["seq"]
+    lines[3] = lines[3].replace(b'"message"', b'{message"', 1)
+    sealed.path.chmod(0o644)
+    sealed.path.write_bytes(gzip.compress(b"".join(lines)))
+    done = subprocess.run([sys.executable, "-c", _DAMAGE_RUN, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["forked"] == result["serial"]
+    assert result["serial"]["damage"] == [
+        f"{sealed.path}, seq {seq}: the line is not a JSON entry"]
+    assert seq not in result["serial"]["seqs"] and len(result["serial"]["seqs"]) > 10

@@ -5,6 +5,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -464,3 +465,34 @@ def test_query_and_read_arguments_a_user_may_pass(tmp_path: Path) -> None:
             log.read(offset=None)  # type: ignore[arg-type]
         assert [e["message"] for e in log.read(level="25")] == ["audited"]
         assert [e["message"] for e in log.read(level=25)] == ["audited"]
+
+
+def test_iter_entries_records_what_it_leaves_out(tmp_path: Path) -> None:
+    """With a damage list: a line that is no JSON object and the rest of an unreadable
+    segment are recorded and reading goes on; without one, a damaged line is skipped
+    and an unreadable segment raises, as before."""
+    from immutable_logging.chain import ChainWriter
+    from immutable_logging.errors import SegmentReadError
+    from immutable_logging.layout import list_segments
+
+    writer = ChainWriter(tmp_path, max_bytes=2_000)
+    for i in range(60):
+        writer.append({"ts": time.time(), "level": "INFO", "message": f"e{i}"})
+    writer.close()
+    first, second, *_ = list_segments(writer.stream_dir)
+    second.path.chmod(0o600)
+    second.path.write_bytes(second.path.read_bytes()[:-30])  # a truncated gzip
+    plain = list_segments(writer.stream_dir)[-1].path
+    lines = plain.read_bytes().splitlines(keepends=True)
+    seq = orjson.loads(lines[0])["seq"]
+    lines[0], lines[1] = b'{"seq":%d,"cut' % seq + b"\n", b"[1, 2]\n"  # no object, no JSON
+    plain.write_bytes(b"".join(lines))
+    damage: list[Any] = []
+    seqs = [e["seq"] for e in iter_entries(tmp_path, damage=damage)]
+    assert [str(d) for d in damage] == [
+        str(damage[0]), f"{plain}, seq {seq}: the line is not a JSON entry",
+        f"{plain}: the line is not a JSON entry"]
+    assert str(damage[0]).startswith(f"{second.path}: the rest of the segment cannot be read")
+    assert seqs[-1] == 60 and seq not in seqs and seq + 1 not in seqs and 1 in seqs
+    with pytest.raises(SegmentReadError, match="cannot read segment"):
+        list(iter_entries(tmp_path))
