@@ -479,7 +479,7 @@ def test_iter_entries_records_what_it_leaves_out(tmp_path: Path) -> None:
     for i in range(60):
         writer.append({"ts": time.time(), "level": "INFO", "message": f"e{i}"})
     writer.close()
-    first, second, *_ = list_segments(writer.stream_dir)
+    _, second, *_ = list_segments(writer.stream_dir)
     second.path.chmod(0o600)
     second.path.write_bytes(second.path.read_bytes()[:-30])  # a truncated gzip
     plain = list_segments(writer.stream_dir)[-1].path
