@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,21 @@ def nonces_of_forked_child(draw: Callable[[], bytes], count: int = 5) -> list[by
         child = fh.read()
     os.waitpid(pid, 0)
     return [child[i : i + 12] for i in range(0, len(child), 12)]
+
+
+def sealed_replica(
+    tmp_path: Path, seed: str, count: int = 4, pause: float = 0.06
+) -> Path:
+    """Log ``count`` entries of tenant ``s`` under ``tmp_path/logs``, sealed with ``seed`` in
+    50 ms epochs (``pause`` seconds apart, so that seal entries are written), replicated to
+    the local bucket ``tmp_path/bucket``; return the bucket."""
+    from immutable_logging import ImmutableLogger
+
+    bucket = tmp_path / "bucket"
+    with ImmutableLogger(tmp_path / "logs", tenantId="s", seal_seed=seed,
+                         seal_epoch_seconds=0.05, enable_cloud_backup=True,
+                         backup_directory=str(bucket)) as log:
+        for i in range(count):
+            log.info(f"sealed {i}")
+            time.sleep(pause)  # epochs pass: seal entries
+    return bucket

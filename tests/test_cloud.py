@@ -29,6 +29,8 @@ from immutable_logging.replication.cloud import (
 from immutable_logging.replication.local import RESERVED_SUFFIX, LocalDirectoryBackend
 from immutable_logging.replication.replicator import Replicator
 
+from .helpers import sealed_replica
+
 _PAD = "x" * 200
 
 
@@ -284,13 +286,7 @@ def test_a_failed_move_puts_back_the_seals_note_an_earlier_restore_left(
     from immutable_logging.seal import generate_seed
     from immutable_logging.sealing import SEALS_RESTORED
 
-    bucket = tmp_path / "bucket"
-    with ImmutableLogger(tmp_path / "logs", tenantId="s", seal_seed=generate_seed(),
-                         seal_epoch_seconds=0.05, enable_cloud_backup=True,
-                         backup_directory=str(bucket)) as log:
-        for i in range(4):
-            log.info(f"sealed {i}")
-            time.sleep(0.06)  # epochs pass: seal entries
+    bucket = sealed_replica(tmp_path, generate_seed())
     [stream] = remote_streams(LocalDirectoryBackend(bucket), "s")
     root = tmp_path / "restored"
     note = root / "s" / SEALS_RESTORED

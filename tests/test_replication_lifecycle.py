@@ -24,6 +24,8 @@ from immutable_logging.replication.cloud import remote_streams, verify_cloud_bac
 from immutable_logging.replication.local import LocalDirectoryBackend
 from immutable_logging.replication.replicator import ReplicationStatus
 
+from .helpers import sealed_replica
+
 SCRIPT = textwrap.dedent(
     """
     import logging, logging.config, sys, time
@@ -384,13 +386,7 @@ def test_a_tenant_restored_with_seals_says_it_is_no_longer_sealed(
     from immutable_logging.verify import verify_tenant
 
     seed = generate_seed()
-    bucket = tmp_path / "bucket"
-    with ImmutableLogger(tmp_path / "logs", tenantId="s", seal_seed=seed,
-                         seal_epoch_seconds=0.05, enable_cloud_backup=True,
-                         backup_directory=str(bucket)) as log:
-        for i in range(6):
-            log.info(f"sealed {i}")
-            time.sleep(0.03)  # a few epochs pass: seal entries
+    bucket = sealed_replica(tmp_path, seed, count=6, pause=0.03)
     assert verify_tenant(tmp_path / "logs", "s", seed=seed).ok
     restored = tmp_path / "restored"
     assert main(["restore", str(restored), "--tenant", "s", "--backup-directory",
@@ -422,13 +418,7 @@ def test_restoring_seals_into_a_tenant_with_a_seal_state_is_refused(tmp_path: Pa
     from immutable_logging.seal import generate_seed
     from immutable_logging.sealing import init_tenant_sealing
 
-    bucket = tmp_path / "bucket"
-    with ImmutableLogger(tmp_path / "logs", tenantId="s", seal_seed=generate_seed(),
-                         seal_epoch_seconds=0.05, enable_cloud_backup=True,
-                         backup_directory=str(bucket)) as log:
-        for i in range(4):
-            log.info(f"sealed {i}")
-            time.sleep(0.06)  # epochs pass: seal entries
+    bucket = sealed_replica(tmp_path, generate_seed())
     with ImmutableLogger(tmp_path / "logs", tenantId="plain", enable_cloud_backup=True,
                          backup_directory=str(bucket)) as log:
         log.info("never sealed")
