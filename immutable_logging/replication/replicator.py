@@ -311,6 +311,12 @@ class Replicator(QueueListener):
             extra=dict(live.extra), in_flight_op=op, in_flight_seconds=age,
         )
 
+    def _head(self, key: str) -> dict[str, str]:
+        """The metadata of object ``key`` (empty when it has none or is gone), as a request
+        in flight (see :attr:`status`)."""
+        with self._request("head"):
+            return self.backend.head(key) or {}
+
     @contextlib.contextmanager
     def _request(self, op: str) -> Iterator[None]:
         """Mark a backend request ``op`` as in flight for its duration (see :attr:`status`)."""
@@ -864,8 +870,7 @@ class Replicator(QueueListener):
         for name in names:  # sorted by first_seq: the keys are zero-padded
             if name.first_seq != held + 1:
                 break
-            with self._request("head"):
-                meta = self.backend.head(name.key) or {}
+            meta = self._head(name.key)
             if meta.get("prev-hash") != held_hash or "last-hash" not in meta:
                 break
             held, held_hash = name.last_seq, meta["last-hash"]
@@ -937,8 +942,7 @@ class Replicator(QueueListener):
                         f"{self.backend.describe()}: batch {key} does not continue the "
                         f"replicated chain at seq {cursor.last_seq}"
                     )
-                with self._request("head"):
-                    meta = self.backend.head(key) or {}
+                meta = self._head(key)
                 if meta.get("prev-hash") != cursor.last_hash or "last-hash" not in meta:
                     raise RemoteIntegrityError(
                         f"{self.backend.describe()}: batch {key} does not link to the "
@@ -1001,10 +1005,8 @@ class Replicator(QueueListener):
         around it; return the number of batches. Raises :class:`LocalGap`."""
         prev: str | None = GENESIS_HASH
         if hole.before is not None:
-            with self._request("head"):
-                prev = (self.backend.head(hole.before.key) or {}).get("last-hash")
-        with self._request("head"):
-            after = (self.backend.head(hole.after.key) or {}).get("prev-hash")
+            prev = self._head(hole.before.key).get("last-hash")
+        after = self._head(hole.after.key).get("prev-hash")
         if prev is None or after is None:
             raise LocalGap("the batches around the hole carry no hashes")
 
