@@ -296,8 +296,7 @@ class Replicator(QueueListener):
         """
         live = self._status
         in_flight = self._in_flight  # one read: the op and its start belong together
-        replicated = live.replicated_seq
-        local = max(self._latest_seq, replicated)
+        local, pending = self._backlog(live.replicated_seq)
         op: str | None = None
         age: float | None = None
         state = live.state
@@ -307,7 +306,7 @@ class Replicator(QueueListener):
             if age >= self.stall_after and state in ("ok", "retrying"):
                 state = "stalled"
         return dataclasses.replace(
-            live, local_seq=local, pending_entries=local - replicated, state=state,
+            live, local_seq=local, pending_entries=pending, state=state,
             extra=dict(live.extra), in_flight_op=op, in_flight_seconds=age,
         )
 
@@ -480,11 +479,16 @@ class Replicator(QueueListener):
     def _forked(self) -> bool:
         return os.getpid() != self._pid
 
+    def _backlog(self, replicated: int) -> tuple[int, int]:
+        """The local sequence number known now, and how many entries after ``replicated``
+        wait to be shipped."""
+        local = max(self._latest_seq, replicated)
+        return local, local - replicated
+
     def _update_status(self) -> None:
         status = self._status
         status.replicated_seq = self.cursor.last_seq
-        status.local_seq = max(self._latest_seq, status.replicated_seq)
-        status.pending_entries = status.local_seq - status.replicated_seq
+        status.local_seq, status.pending_entries = self._backlog(status.replicated_seq)
 
     # ------------------------------------------------------------------ pumping
     def pump(self, force: bool = False, deadline: float | None = None) -> int:
