@@ -22,7 +22,9 @@ Query documents use MongoDB-style operators on dotted paths::
     {"level": "REVENUE", "metadata.amount": {"$gte": 1000}}
 
 Supported: ``$eq $ne $gt $gte $lt $lte $in $nin $contains $regex $exists``; a bare value
-means ``$eq``. Top-level ``$and`` / ``$or`` take lists of documents.
+means ``$eq``. Top-level ``$and`` / ``$or`` take lists of documents. As in MongoDB,
+``true``/``false`` are not the numbers 1/0: ``{"n": 1}`` and ``{"n": {"$gte": 1}}`` do not
+match ``"n": true``.
 """
 
 from __future__ import annotations
@@ -291,10 +293,69 @@ def _getter(parts: list[str]) -> Callable[[Entry], Any]:
     return lambda entry: _resolve_parts(entry, parts)
 
 
+def _same(value: Any, operand: Any) -> bool:
+    """JSON equality: ``true``/``false`` are not the numbers 1/0 (as in MongoDB), inside
+    arrays and objects too; ``1`` equals ``1.0``; a tuple operand is an array."""
+    kind, other = type(value), type(operand)
+    if kind is str:
+        return bool(value == operand)
+    if kind is bool or other is bool:
+        return kind is other and value == operand
+    if kind in _ARRAYS:
+        return other in _ARRAYS and len(value) == len(operand) and all(
+            map(_same, value, operand))
+    if isinstance(value, Mapping):
+        return isinstance(operand, Mapping) and value.keys() == operand.keys() and all(
+            _same(item, operand[key]) for key, item in value.items())
+    return bool(value == operand)
+
+
+_ARRAYS = (list, tuple)
+_SCALARS = frozenset((str, int, float, type(None)))
+
+
+def _scalar_key(item: Any) -> tuple[bool, Any] | None:
+    """(is it a bool, the plain value) for a scalar operand (subclasses such as ``StrEnum``
+    become the plain value they equal); None for anything else."""
+    if item is None:
+        return (False, None)
+    for kind in (bool, str, int, float):  # bool first: it is an int
+        if isinstance(item, kind):
+            return (kind is bool, kind(item) if kind is not str else str.__str__(item))
+    return None
+
+
+class _Members:
+    """The operand of ``$in``/``$nin``, compared as :func:`_same` compares: scalars by
+    (is it a bool, value) in a set, arrays and objects one by one."""
+
+    __slots__ = ("others", "scalars")
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        scalars: set[tuple[bool, Any]] = set()
+        others: list[Any] = []
+        for item in items:
+            key = _scalar_key(item)
+            if key is None:
+                others.append(item)
+            else:
+                scalars.add(key)
+        self.scalars = frozenset(scalars)
+        self.others = tuple(others)
+
+    def __contains__(self, value: Any) -> bool:
+        kind = type(value)
+        if kind is bool or kind in _SCALARS:
+            return (kind is bool, value) in self.scalars
+        return any(_same(value, item) for item in self.others)
+
+
 def _compare(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], bool]:
     def check(value: Any, operand: Any) -> bool:
         if value is _MISSING or value is None:
             return False
+        if (type(value) is bool) is not (type(operand) is bool):
+            return False  # true/false are not numbers here (nor in the line pre-filter)
         try:
             return bool(op(value, operand))
         except TypeError:  # e.g. "abc" > 5: different types never match
@@ -306,32 +367,22 @@ def _compare(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], bool]:
 def _contains(value: Any, operand: Any) -> bool:
     if isinstance(value, str):
         return isinstance(operand, str) and operand in value
-    try:
-        if isinstance(value, list | tuple | Mapping):
-            return operand in value
-    except TypeError:  # an unhashable operand against a mapping
-        return False
+    if isinstance(value, list | tuple):
+        return any(_same(item, operand) for item in value)
+    if isinstance(value, Mapping):
+        return isinstance(operand, str) and operand in value  # JSON keys are strings
     return False
 
 
-def _member(value: Any, operand: Any) -> bool:
-    """``value in operand``; a set operand cannot hold a dict or list value (unhashable):
-    then compare it with each item."""
-    try:
-        return value in operand
-    except TypeError:
-        return any(value == item for item in operand)
-
-
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
-    "$eq": lambda v, o: v is not _MISSING and v == o,
-    "$ne": lambda v, o: v is _MISSING or v != o,
+    "$eq": lambda v, o: v is not _MISSING and _same(v, o),
+    "$ne": lambda v, o: v is _MISSING or not _same(v, o),
     "$gt": _compare(operator.gt),
     "$gte": _compare(operator.ge),
     "$lt": _compare(operator.lt),
     "$lte": _compare(operator.le),
-    "$in": lambda v, o: v is not _MISSING and _member(v, o),
-    "$nin": lambda v, o: v is _MISSING or not _member(v, o),
+    "$in": lambda v, o: v is not _MISSING and v in o,
+    "$nin": lambda v, o: v is _MISSING or v not in o,
     "$contains": _contains,
     "$regex": lambda v, o: isinstance(v, str) and o.search(v) is not None,
     "$exists": lambda v, o: (v is not _MISSING) == o,
@@ -350,6 +401,7 @@ def _field_predicate(path: str, spec: Any) -> Predicate:
         if op in ("$in", "$nin"):
             if not isinstance(operand, list | tuple | set | frozenset):
                 raise QueryError(f"{op} for field {path!r} needs a list, got {operand!r}")
+            operand = _Members(operand)
         elif op == "$exists":
             if not (isinstance(operand, int | float) and operand in (0, 1)):  # bools too
                 raise QueryError(f"$exists for field {path!r} needs true or false (or 1/0), "
@@ -498,19 +550,17 @@ def _metadata_text_of(entry: Entry) -> str:
     return orjson.dumps(meta, default=str).decode("utf-8", "replace") if meta else ""
 
 
-#: A JSON number, or ``true``/``false`` (which compare as 1/0), right after a key.
-_NUMBER_VALUE = rb"(-?[0-9][0-9.eE+-]*|true|false)"
+#: A JSON number right after a key (``true``/``false`` never match a number condition).
+_NUMBER_VALUE = rb"(-?[0-9][0-9.eE+-]*)"
 
 
 #: Integers orjson decodes as ``int``; beyond this range it gives the nearest ``float``.
 _INT_MIN, _INT_END = -(1 << 63), 1 << 64
 
 
-def _number(token: bytes) -> int | float | bool | None:
+def _number(token: bytes) -> int | float | None:
     """The value of a token matched by ``_NUMBER_VALUE``, as orjson decodes it (None when
     it is not a valid number: the decoder then decides)."""
-    if token == b"true" or token == b"false":
-        return token == b"true"
     try:
         value = int(token)
     except ValueError:
@@ -526,8 +576,8 @@ def _number(token: bytes) -> int | float | bool | None:
 
 @dataclass(frozen=True)
 class NumberBound:
-    """A line can only match if a number (or ``true``/``false``) right after ``key`` (the
-    key's JSON bytes plus ``:``) passes every ``(operator, operand)`` check.
+    """A line can only match if a number right after ``key`` (the key's JSON bytes plus
+    ``:``) passes every ``(operator, operand)`` check.
 
     A key name can occur at several depths, and also as the tail of a longer key (``"a\\"b"``
     ends in ``"b"``); the bound admits a line when any occurrence passes, so it only ever
@@ -561,7 +611,7 @@ class NumberBound:
         tokens = pieces[1::2]
         try:
             values = list(map(int, tokens))
-        except ValueError:  # a float, true/false: one call per token
+        except ValueError:  # a float: one call per token
             values = []
         if len(values) != len(tokens) or (
                 values and (min(values) < _INT_MIN or max(values) >= _INT_END)):

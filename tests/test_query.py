@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import io
 import logging
 import random
@@ -139,7 +140,7 @@ def numbers_dir(tmp_path: Path) -> Path:
         {"metadata.amount": {"$gt": 0, "$lt": 1}},
         {"metadata.amount": {"$lte": 0}},  # false, 0, -0.0 and negatives
         {"metadata.amount": 5000},
-        {"metadata.amount": {"$eq": 1}},  # 1, 1.0 and true
+        {"metadata.amount": {"$eq": 1}},  # 1 and 1.0, not true
         {"metadata.amount": 1e20},
         {"metadata.amount": {"$lt": 1e-6}},
         {"metadata.amount": {"$gte": 2**63 - 1}},
@@ -148,8 +149,8 @@ def numbers_dir(tmp_path: Path) -> Path:
         {"metadata.amount": {"$gte": 4990}, "level": "INFO"},
         {"metadata.i": {"$gte": 5}, "metadata.amount": {"$lt": 100}},
         {"metadata.amount": {"$in": [4990, 5000]}},
-        {"metadata.amount": {"$in": [1, -3, 0.5]}},  # 1 is also 1.0 and true
-        {"metadata.amount": {"$in": (0,)}},  # 0, -0.0 and false
+        {"metadata.amount": {"$in": [1, -3, 0.5]}},  # 1 is also 1.0, not true
+        {"metadata.amount": {"$in": (0,)}},  # 0 and -0.0, not false
         {"metadata.amount": {"$in": [9999, 7000]}},  # in the text, a longer key, deeper
         {"metadata.amount": {"$in": [5000, 12], "$gte": 100}},
         {"metadata.amount": {"$in": []}},  # matches nothing: admits no line
@@ -158,6 +159,51 @@ def numbers_dir(tmp_path: Path) -> Path:
 )
 def test_number_bounds_never_change_results(numbers_dir: Path, document: dict[str, object]) -> None:
     _assert_filter_keeps_results(numbers_dir, document)
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"metadata.amount": 1}, [1.0, 1]),
+        ({"metadata.amount": {"$gte": 0, "$lte": 1}}, [0, -0.0, 0.5, 1.0, 1]),
+        ({"metadata.amount": {"$gt": 0.5, "$lt": 12}}, [1.0, 1]),
+        ({"metadata.amount": True}, [True]),
+        ({"metadata.amount": {"$gte": False}}, [True, False]),
+        ({"metadata.amount": {"$in": [0, None]}}, [0, -0.0, None]),
+        ({"metadata.amount": {"$in": [False, 12]}}, [False, 12]),
+        ({"metadata.amount": {"$nin": [1, 0, "5000"], "$lt": 1}},
+         [-3, 0.5, -2.5e-7]),
+        ({"metadata.amount": [5000]}, [[5000]]),
+        ({"metadata.amount": {"$contains": 5000}}, [[5000]]),
+        ({"metadata.amount": {"$in": [{"amount": 5000}, (5000,)]}}, [[5000], {"amount": 5000}]),
+    ],
+)
+def test_true_and_false_are_not_the_numbers_one_and_zero(
+    numbers_dir: Path, document: dict[str, object], expected: list[object]
+) -> None:
+    """As in MongoDB; the line pre-filter (which never admits true/false for a number
+    condition) and decoding every line agree."""
+    for line_filter in (None, query_filter(document)):
+        found = query_entries(iter_entries(numbers_dir, line_filter=line_filter), document)
+        # The first of the three rounds of _TRICKY_AMOUNTS, then the entries after them.
+        amounts = [e["metadata"]["amount"] for e in found
+                   if e["metadata"].get("i", -1) < len(_TRICKY_AMOUNTS)]
+        assert amounts == expected
+        assert all(type(a) is type(b) for a, b in zip(amounts, expected, strict=True))
+
+
+def test_in_takes_enum_members_as_the_values_they_equal(logdir: Path) -> None:
+    class Level(enum.StrEnum):
+        REVENUE = "REVENUE"
+
+    class Amount(enum.IntEnum):
+        BIG = 1999
+
+    plain = query_entries(iter_entries(logdir), {"level": {"$in": ["REVENUE"]},
+                                                 "metadata.amount": {"$nin": [1999]}})
+    members = query_entries(iter_entries(logdir), {"level": {"$in": [Level.REVENUE]},
+                                                   "metadata.amount": {"$nin": [Amount.BIG]}})
+    assert plain and [e["hash"] for e in members] == [e["hash"] for e in plain]
 
 
 def _assert_filter_keeps_results(directory: Path, document: dict[str, object]) -> None:
@@ -273,14 +319,14 @@ def test_a_token_that_is_no_number_is_left_to_the_decoder() -> None:
     assert line_filter is not None
     bound = line_filter.bounds[0]
     assert bound.admits(b"1-2") and bound.admits(b"1e") and bound.admits(b"99")
-    assert not bound.admits(b"9") and not bound.admits(b"true")
+    assert not bound.admits(b"9")
+    assert not bound.in_line(b'{"metadata":{"amount":true}}')  # true is no number
 
 
 @pytest.mark.parametrize("token", [
     b"0", b"-0", b"7", b"-12", b"1.5", b"-2.5e-7", b"1e20", b"1E3", b"0.1",
     b"9223372036854775807", b"-9223372036854775808", b"-9223372036854775809",
     b"18446744073709551615", b"18446744073709551616", b"123456789012345678901234567890",
-    b"true", b"false",
 ])
 def test_number_tokens_read_as_orjson_decodes_them(token: bytes) -> None:
     from immutable_logging.query import _number
