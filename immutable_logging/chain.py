@@ -51,7 +51,7 @@ import orjson
 from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
-from .fileio import atomic_write, fsync_dir, open_file
+from .fileio import atomic_write, fsync_dir, make_log_directory, open_file
 from .journal import JOURNAL_BYTES, Journal, pending_lines
 from .layout import (
     JOURNAL_FILE,
@@ -357,7 +357,7 @@ class ChainWriter:
         self._sealer_thread: threading.Thread | None = None
 
         tdir = tenant_dir(root, tenant)
-        tdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_log_directory(tdir)
         self.root = Path(root)
         self.stream_dir, self._lock_fd = self._acquire_stream(tdir, stream)
         self.stream = self.stream_dir.name

@@ -39,7 +39,7 @@ from .crypto import (
 )
 from .entry import canonical_payload
 from .errors import ConfigurationError, DecryptionError
-from .fileio import open_file
+from .fileio import make_log_directory, open_file
 from .layout import Segment, list_segments, list_streams
 
 SECRET_FIELDS = ("message", "metadata", "exc", "stack")
@@ -80,7 +80,7 @@ def build_keyring(
     if encryption_key_env is not None:
         ring = Keyring.from_env(encryption_key_env)
     elif encryption_passphrase is not None:
-        tenant_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_log_directory(tenant_directory)
         ring = Keyring([key_from_passphrase(encryption_passphrase, tenant_directory / SALT_FILE)])
     elif isinstance(encryption_key, Keyring):
         ring = encryption_key

@@ -1,6 +1,6 @@
 """Writing a whole buffer to a file descriptor, replacing a file atomically, making a
-directory entry durable, opening files at interpreter shutdown, and releasing a file
-lock."""
+directory entry durable, creating a log directory, opening files at interpreter shutdown,
+and releasing a file lock."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import itertools
 import os
 import sys
 from pathlib import Path
+
+from .errors import ConfigurationError
 
 if sys.platform != "win32":
     import fcntl
@@ -60,6 +62,24 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def make_log_directory(path: Path) -> None:
+    """``mkdir -p`` with mode 0700 for a tenant directory and its parents.
+
+    Raises:
+        ConfigurationError: a file is in the way (``path`` or one of its parents is not a
+            directory); the message names it.
+        OSError: any other failure (permissions, a full or read-only file system).
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((part for part in (*reversed(path.parents), path)
+                        if part.exists() and not part.is_dir()), path)
+        raise ConfigurationError(
+            f"cannot use {str(path)!r} as a log directory: {str(blocker)!r} is a file, "
+            "not a directory") from None
 
 
 #: ``open``, bound at import. At interpreter shutdown the builtin is removed before the

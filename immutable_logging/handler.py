@@ -45,6 +45,7 @@ from .encryption import (
 )
 from .entry import record_payload
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
+from .fileio import make_log_directory
 from .layout import validate_tenant
 from .levels import register_level_names
 from .own_loggers import holding_back, own_logger, release, report_unheard
@@ -174,6 +175,7 @@ class ImmutableHandler(logging.Handler):
         seal = None if seal is None else as_bool(seal, "seal")
         if seal_epoch_seconds is not None:
             seal_epoch_seconds = as_positive(seal_epoch_seconds, "seal_epoch_seconds")
+        make_log_directory(Path(self.directory) / self.tenant)  # a file in the way: say so
         self.keyring = build_keyring(
             Path(self.directory) / self.tenant,
             encryption_key=encryption_key,

@@ -180,7 +180,7 @@ def list_streams(tdir: Path) -> list[Path]:
     """Stream directories of a tenant, sorted by name."""
     try:
         entries = sorted(os.scandir(tdir), key=lambda e: e.name)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no tenant (a file in the way)
         return []
     return [Path(e.path) for e in entries if e.is_dir() and _is_stream_dir(Path(e.path))]
 

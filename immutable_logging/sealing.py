@@ -52,7 +52,7 @@ from typing import Any
 from .compression import READ_ERRORS
 from .entry import split_line
 from .errors import ConfigurationError, ImmutableLogError, SealError
-from .fileio import atomic_write, unlock_and_close
+from .fileio import atomic_write, make_log_directory, unlock_and_close
 from .layout import list_segments
 from .own_loggers import own_logger
 from .seal import (
@@ -247,7 +247,7 @@ def init_tenant_sealing(
         raise ConfigurationError("epoch_seconds must be a number")
     if not math.isfinite(epoch_seconds) or epoch_seconds <= 0:
         raise ConfigurationError(f"epoch_seconds must be positive, got {epoch_seconds!r}")
-    tdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_log_directory(tdir)
     seconds = float(epoch_seconds)
     t0 = float(clock()) - seconds
     grid = EpochGrid(t0, seconds, genesis_tag(raw_seed, t0, seconds))

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from immutable_logging import fileio
+from immutable_logging.errors import ConfigurationError
 from immutable_logging.fileio import write_all
 
 
@@ -56,3 +57,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_make_log_directory_names_the_file_in_the_way(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    for wanted in (tmp_path / "file", tmp_path / "file" / "tenant", tmp_path / "file" / "a" / "b"):
+        with pytest.raises(ConfigurationError, match=r"'[^']*/file' is a file, not a direc"):
+            fileio.make_log_directory(wanted)
+    fileio.make_log_directory(tmp_path / "new" / "tenant")
+    fileio.make_log_directory(tmp_path / "new" / "tenant")  # already there: fine
+    assert (tmp_path / "new" / "tenant").stat().st_mode & 0o777 == 0o700

@@ -454,6 +454,18 @@ def test_a_bad_option_value_is_a_configuration_error_naming_it(
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("options", [{}, {"encryption_passphrase": "pw"}, {"seal": True}])
+def test_a_file_given_as_the_directory_is_a_configuration_error(
+    tmp_path: Path, options: dict[str, object]
+) -> None:
+    """It was a bare NotADirectoryError from deep inside the stream set-up."""
+    (tmp_path / "app.log").write_text("an old log file")
+    for directory in (tmp_path / "app.log", tmp_path / "app.log" / "logs"):
+        with pytest.raises(ConfigurationError, match="is a file, not a directory"):
+            ImmutableHandler(directory, **options)  # type: ignore[arg-type]
+    assert (tmp_path / "app.log").read_text() == "an old log file"
+
+
 def test_options_given_as_text_mean_what_they_say(tmp_path: Path, logger_name: str) -> None:
     """dictConfig, Django and INI settings often hold text: "false" used to be true (a
     non-empty string), so allow_cleartext="false" wrote cleartext into an encrypted
