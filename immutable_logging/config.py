@@ -22,7 +22,8 @@ default ``<log directory>-backup``), ``backup_prefix``, ``aws_access_key_id``,
 ``s3_object_lock_days``, ``gcs_endpoint_url``, ``gcs_credentials``, ``backup_close_timeout``
 (seconds ``close()`` may spend shipping), ``backup_max_batch_factor`` (while a backlog
 waits, batches may hold up to this many times ``backup_batch_size`` entries: fewer PUTs,
-never more; 1 keeps every batch exact).
+never more; 1 keeps every batch exact), ``backup_stall_after`` (seconds one request may hang
+before the replication status says ``"stalled"``, default 10).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .replication.backend import StorageBackend
-from .replication.replicator import DEFAULT_MAX_BATCH_FACTOR
+from .replication.replicator import DEFAULT_MAX_BATCH_FACTOR, DEFAULT_STALL_AFTER
 from .replication.s3 import SSE_VALUES
 
 PROVIDERS = ("local", "s3", "gcs")
@@ -77,6 +78,7 @@ class BackupConfig:
     backup_flush_interval: float = 5.0
     backup_max_batch_factor: int = DEFAULT_MAX_BATCH_FACTOR
     backup_close_timeout: float = 10.0
+    backup_stall_after: float = DEFAULT_STALL_AFTER
     backup_directory: str | None = None
     backup_prefix: str = ""
     s3_bucket: str | None = None
@@ -134,6 +136,7 @@ class BackupConfig:
                                                  "backup_flush_interval")
         self.backup_close_timeout = as_positive(self.backup_close_timeout,
                                                 "backup_close_timeout")
+        self.backup_stall_after = as_positive(self.backup_stall_after, "backup_stall_after")
         self.s3_sse = _sse_option(self.s3_sse)
         if self.s3_object_lock_days is not None:
             self.s3_object_lock_days = as_int(self.s3_object_lock_days, "s3_object_lock_days", 1)

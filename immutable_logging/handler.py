@@ -263,6 +263,7 @@ class ImmutableHandler(logging.Handler):
                 batch_size=self.backup.backup_batch_size,
                 flush_interval=self.backup.backup_flush_interval,
                 max_batch_factor=self.backup.backup_max_batch_factor,
+                stall_after=self.backup.backup_stall_after,
             )
             writer.add_commit_listener(self.replicator.notify)
             if self.backup.backup_async and threads:  # else shipped by the next start

@@ -444,6 +444,7 @@ def test_reopening_logs_only_after_our_locks_are_released(
     ({"compress": 2}, "compress must be true or false, got 2"),
     ({"backup_batch_size": float("inf")}, "backup_batch_size must be an integer, got inf"),
     ({"backup_flush_interval": float("nan")}, "backup_flush_interval must be a positive"),
+    ({"backup_stall_after": "soon"}, "backup_stall_after must be a positive"),
     ({"encryption_key": generate_key(), "previous_keys": ["not a key!"]}, "previous_keys[0]"),
 ])
 def test_a_bad_option_value_is_a_configuration_error_naming_it(
@@ -452,6 +453,16 @@ def test_a_bad_option_value_is_a_configuration_error_naming_it(
     with pytest.raises(ConfigurationError) as info:
         ImmutableHandler(tmp_path, **options)  # type: ignore[arg-type]
     assert message in str(info.value)
+
+
+def test_backup_stall_after_reaches_the_replicator(tmp_path: Path) -> None:
+    handler = ImmutableHandler(tmp_path / "logs", enable_cloud_backup=True,
+                               backup_directory=str(tmp_path / "bucket"),
+                               backup_stall_after="0.25")  # as text, from a settings file
+    try:
+        assert handler.replicator is not None and handler.replicator.stall_after == 0.25
+    finally:
+        handler.close()
 
 
 @pytest.mark.parametrize("options", [{}, {"encryption_passphrase": "pw"}, {"seal": True}])
