@@ -65,6 +65,7 @@ from .layout import (
     tenant_dir,
     validate_stream_name,
 )
+from .locks import owned_rlock
 from .own_loggers import own_logger
 
 _log = own_logger("immutable_logging.chain")
@@ -332,7 +333,7 @@ class ChainWriter:
         self.compress = compress
         self.payload_transform: PayloadTransform | None = None
         self.stats = WriterStats()
-        self._lock = threading.RLock()
+        self._lock = owned_rlock()
         #: Payloads appended by the thread that is inside the writer (see append()).
         self._reentered: list[dict[str, Any]] = []
         self._buf = bytearray()
@@ -659,7 +660,7 @@ class ChainWriter:
                 held ``64 x buffer_bytes`` of unwritten entries: then it is refused.
         """
         # _inside() spelled out: this runs for every entry, and a call costs more than it
-        if self._lock._is_owned():  # type: ignore[attr-defined]  # C RLock has it
+        if self._lock._is_owned():
             self._reentered.append(payload)
             return 0, ""
         try:
@@ -671,7 +672,7 @@ class ChainWriter:
     def _inside(self) -> bool:
         """Whether this thread is inside the writer already (holds its lock): a call now
         comes from a signal handler or a finalizer that interrupted it."""
-        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+        return self._lock._is_owned()
 
     def _append_reentered(self) -> None:
         """Append the payloads kept by :meth:`append`, in order (in one loop: one level of
@@ -1213,7 +1214,7 @@ class ChainWriter:
             with contextlib.suppress(Exception):
                 self._journal.map.close()
         self._journal = self._jmap = None
-        self._lock = threading.RLock()
+        self._lock = owned_rlock()
         self._reentered = []  # the parent appends what it kept
         self._flusher = None
         if self._sealer is not None:  # the parent keeps sealing its stream: wipe our copy

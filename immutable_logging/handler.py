@@ -48,6 +48,7 @@ from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
 from .fileio import make_log_directory
 from .layout import validate_tenant
 from .levels import register_level_names
+from .locks import owned_rlock
 from .own_loggers import holding_back, own_logger, release, report_unheard
 from .replication.replicator import ReplicationStatus, Replicator
 from .seal import CheckpointSigner
@@ -200,7 +201,7 @@ class ImmutableHandler(logging.Handler):
                 _log.error("%s", self.cleartext_refusal)
         self.decryptor = EntryDecryptor(self.keyring, self.tenant)
         self.error_count = 0
-        self._open_lock = threading.RLock()
+        self._open_lock = owned_rlock()
         # --- cloud backup: the replicator ships this process's stream from disk.
         self.backup = BackupConfig.from_options(backup_options, log_directory=self.directory)
         self.backend = self.backup.build_backend() if self.backup.enable_cloud_backup else None
@@ -373,7 +374,7 @@ class ImmutableHandler(logging.Handler):
         # Called by logging in a forked child: a lock held by another parent thread at fork
         # time would never be released in the child.
         super()._at_fork_reinit()  # type: ignore[misc]  # exists at runtime, not in typeshed
-        self._open_lock = threading.RLock()
+        self._open_lock = owned_rlock()
         # The parent's stream stays the parent's: its replicator and checkpointer must not
         # ship or sign it from here. Logging here opens the child's own stream, with its own.
         self.replicator = None
@@ -387,7 +388,7 @@ class ImmutableHandler(logging.Handler):
         """
         writer = self.writer
         if writer.closed:
-            if self._open_lock._is_owned():  # type: ignore[attr-defined]  # an RLock's
+            if self._open_lock._is_owned():
                 # A signal handler (or a finalizer) logging while this very thread opens
                 # the writer: waiting would deadlock, opening twice would leak a stream.
                 raise ImmutableLogError(

@@ -57,6 +57,7 @@ from ..layout import (
     list_segments,
     segment_name,
 )
+from ..locks import owned_rlock
 from ..own_loggers import own_logger
 from .backend import StorageBackend
 from .holes import Hole, LocalEntry, LocalGap, find_holes, local_run
@@ -245,7 +246,7 @@ class Replicator(QueueListener):
         #: None. Replaced as a whole (one atomic store), read by :attr:`status` from any
         #: thread while the thread that made the request is blocked in it.
         self._in_flight: tuple[str, float] | None = None
-        self._lock = threading.RLock()
+        self._lock = owned_rlock()
         self._signaled = False
         self._woken_at = 0  # seq of the notification that last woke the thread
         # Woken once the largest batch could be filled: a fast producer gets few, large
@@ -505,7 +506,7 @@ class Replicator(QueueListener):
             raise ReplicationError(
                 f"replicator of {self.stream_dir} is closed: the stream was released, and "
                 "the process that writes it now ships it")
-        if self._lock._is_owned():  # type: ignore[attr-defined]
+        if self._lock._is_owned():
             return 0  # called from inside a pump (a signal handler): that pump ships it
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
