@@ -561,9 +561,11 @@ class ChainWriter:
         """Move a torn tail (bytes after the last newline) aside and find the chain head.
 
         A crash can only leave a line without its newline (every entry is one ``O_APPEND``
-        write). A *complete* line that does not parse is damage, not a crash: it stays where
-        it is for ``verify`` to report, the head is the last entry that parses, and new
-        entries go to a new segment.
+        write). A *complete* line whose chain fields cannot be read (:func:`split_line`) is
+        damage, not a crash: it stays where it is for ``verify`` to report, the head is the
+        last entry whose chain fields can be read, and new entries go to a new segment. A
+        last line with intact chain fields is the head even if the rest of it was changed:
+        the next entry links to its stated hash, and ``verify`` reports that line alone.
         """
         events: list[TornTail] = []
         size = os.path.getsize(seg.path)

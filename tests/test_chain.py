@@ -142,6 +142,28 @@ def test_complete_damaged_last_line_is_kept_for_verify_and_logging_moves_on(
     assert (problems[0].reason, problems[0].seq, problems[0].file) == ("malformed", 5, str(active))
 
 
+@pytest.mark.parametrize(("old", "new"), [(b'"m3"', b'"mX"'), (b'"m3"', b'"m3')])
+def test_a_changed_last_entry_with_intact_chain_fields_is_continued_from(
+    tmp_path: Path, old: bytes, new: bytes
+) -> None:
+    """Changed text, or no longer JSON: the next entry links to its stated hash, in the
+    same segment, and verify reports that one entry (as the README says)."""
+    writer = ChainWriter(tmp_path)
+    _append(writer, 4)
+    writer.close()
+    active = list_segments(writer.stream_dir)[-1].path
+    data = active.read_bytes()
+    assert data.count(old) == 1
+    active.write_bytes(data.replace(old, new))
+    again = ChainWriter(tmp_path)
+    assert (again.seq, again.segment_number) == (4, 1)
+    _append(again, 2)
+    again.close()
+    assert len(list_segments(writer.stream_dir)) == 1
+    problems = verify_tenant(tmp_path).problems
+    assert [(p.reason, p.seq, p.file) for p in problems] == [("hash_mismatch", 4, str(active))]
+
+
 def test_rotated_read_only_segment_is_not_reopened_for_writing(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path, compress=False)
     _append(writer, 3)
