@@ -26,6 +26,7 @@ from immutable_logging.replication.cloud import (
     restore_tenant,
     verify_cloud_backup,
 )
+from immutable_logging.replication.holes import local_run
 from immutable_logging.replication.local import RESERVED_SUFFIX, LocalDirectoryBackend
 from immutable_logging.replication.replicator import Replicator
 
@@ -201,6 +202,65 @@ def test_verify_cloud_backup_compares_entry_by_entry(tmp_path: Path) -> None:
     [stream_dir] = list_streams(tmp_path / "logs" / "default")
     assert check["streams"] == {stream_dir.name: {"local": 500, "cloud": 500,
                                                   "remote_entries": 500}}
+
+
+def _log_of(tmp_path: Path, text: str) -> ChainWriter:
+    """Stream ``s`` of tenant ``default`` under ``tmp_path``: 30 entries in one segment."""
+    writer = ChainWriter(tmp_path, stream="s")
+    for i in range(30):
+        writer.append({"ts": time.time(), "level": "INFO", "message": f"{text} {i}",
+                       "tenant": "default"})
+    writer.close()
+    return writer
+
+
+def _ship_again(bucket: LocalDirectoryBackend, writer: ChainWriter, first: int, last: int) -> None:
+    """Ship the local entries ``first..last`` as one more batch, as a second shipper of the
+    stream would: a request still in flight when ``close()`` gave up lands after the next
+    writer of the stream shipped the same entries cut into other batches."""
+    replicator = Replicator(bucket, writer.stream_dir, "default")
+    for piece in local_run(writer.stream_dir, first, last, max_entries=1000, max_bytes=1 << 20):
+        replicator._put_batch(piece)
+
+
+def test_batches_repeating_entries_already_present_are_no_problem(tmp_path: Path) -> None:
+    """Each repeated entry equals the one taken: nothing is reported, and a batch reaching
+    past the others (16-25 over 16-20 and 21-25) is taken from where they stop. They were
+    each an "overlap" problem, which made restore refuse the replica."""
+    writer = _log_of(tmp_path / "logs", "event")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    Replicator(bucket, writer.stream_dir, "default", batch_size=5,
+               max_batch_factor=1).pump(force=True)
+    for first, last in ((11, 20), (16, 25), (6, 8), (28, 30)):
+        _ship_again(bucket, writer, first, last)
+    names = remote_streams(bucket, "default")["s"]
+    assert len(names) == 10
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == []
+    assert (check["sync_status"], check["cloud_blocks"]) == ("synced", 30)
+    restored = restore_tenant(bucket, tmp_path / "restored", "default")
+    assert restored["verified"], restored["problems"]
+    [segment] = list_segments(tmp_path / "restored" / "default" / "s")
+    [local] = list_segments(writer.stream_dir)
+    assert list(segment.lines()) == list(local.lines())
+
+
+def test_a_batch_differing_from_the_entries_it_repeats_is_an_overlap(tmp_path: Path) -> None:
+    writer = _log_of(tmp_path / "logs", "event")
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+               max_batch_factor=1).pump(force=True)
+    other = _log_of(tmp_path / "other", "forged")  # a chain of its own, linked in itself
+    _ship_again(bucket, other, 5, 10)
+    _ship_again(bucket, other, 25, 30)
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    overlaps = [(p["seq"], p["detail"]) for p in check["problems"]]
+    assert overlaps == [
+        (5, "batch overlaps entries already present (up to seq 10) and differs from them"),
+        (25, "batch overlaps entries already present (up to seq 30) and differs from them")]
+    assert check["cloud_blocks"] == 30
+    with pytest.raises(RemoteIntegrityError, match="seq 5: overlap"):
+        restore_tenant(bucket, tmp_path / "restored", "default")
 
 
 def test_something_in_the_way_of_a_stream_is_refused_before_anything_is_written(

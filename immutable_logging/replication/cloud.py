@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +156,24 @@ def load_remote_stream(
     """Download and check every batch of a stream, in order (never raises for bad content).
 
     Each entry taken goes to ``sink`` as soon as its batch is checked, so that no more than
-    one batch is held in memory, however long the stream."""
+    one batch is held in memory, however long the stream.
+
+    A batch that overlaps entries already taken (two shippers of the stream cut the same
+    entries into different batches: a request still in flight when ``close()`` gave up
+    lands after the next writer shipped) is no problem when its repeated entries are the
+    ones taken: its newer entries, if any, are taken too. One that differs from them is an
+    ``overlap`` problem, and none of its entries is taken."""
     result = RemoteStream(stream)
     expected_seq, prev = 1, GENESIS_HASH
+    remembered: dict[int, str] = {}  # hashes of entries a later batch repeats up to
+    wanted = _repeated_ends(names)
+    take = sink
+    if wanted:
+        def take(seq: int, digest: str, segment: int, line: bytes) -> None:
+            if seq in wanted:
+                remembered[seq] = digest
+            if sink is not None:
+                sink(seq, digest, segment, line)
     for name in names:
         result.batches += 1
         if name.first_seq > expected_seq:
@@ -166,25 +181,71 @@ def load_remote_stream(
                 name.key, expected_seq, "gap",
                 f"entries {expected_seq}..{name.first_seq - 1} are not in the replica"))
             expected_seq, prev = name.first_seq, ""  # one problem for one gap
-        elif name.first_seq < expected_seq:
-            result.problems.append(RemoteProblem(
-                name.key, name.first_seq, "overlap",
-                f"batch overlaps entries already present (up to seq {expected_seq - 1})"))
-            continue
         try:
             raw = decompress(backend.get(name.key))
         except READ_ERRORS as exc:
             result.problems.append(RemoteProblem(name.key, name.first_seq, "corrupt_object",
                                                  f"cannot decompress: {exc}"))
-            expected_seq, prev = name.last_seq + 1, ""
+            if name.last_seq >= expected_seq:
+                expected_seq, prev = name.last_seq + 1, ""
             continue
         meta = backend.head(name.key) or {}
         segment = int(meta["segment"]) if meta.get("segment", "").isdigit() else 0
         if meta.get("content-sha256") not in (None, hashlib.sha256(raw).hexdigest()):
             result.problems.append(RemoteProblem(name.key, name.first_seq, "hash_mismatch",
                                                  "object content does not match its metadata"))
-        expected_seq, prev = _check_batch(result, name, raw, segment, expected_seq, prev, sink)
+        if name.first_seq < expected_seq:
+            newer = _newer_than_repeated(result, name, raw, expected_seq, prev, remembered)
+            if newer is None or name.last_seq < expected_seq:  # differs, or only repeats
+                continue
+            name, raw = newer
+        expected_seq, prev = _check_batch(result, name, raw, segment, expected_seq, prev, take)
     return result
+
+
+def _repeated_ends(names: list[BatchName]) -> set[int]:
+    """The last seqs of the batches (in listing order) that end before an earlier batch
+    does: checking them needs the hash of the entry taken at that seq."""
+    wanted: set[int] = set()
+    reach = 0
+    for name in names:
+        if name.last_seq < reach:
+            wanted.add(name.last_seq)
+        reach = max(reach, name.last_seq)
+    return wanted
+
+
+def _newer_than_repeated(
+    result: RemoteStream, name: BatchName, raw: bytes, expected_seq: int, prev: str,
+    remembered: dict[int, str],
+) -> tuple[BatchName, bytes] | None:
+    """A batch starting before ``expected_seq``: the part after the entries it repeats
+    (``name`` and content), or None after reporting an ``overlap`` problem.
+
+    Its repeated lines must be chain entries, numbered and linked one after the other, and
+    the last one must have the hash of the entry taken at its seq: the hash chain then
+    makes every repeated line equal to the one taken.
+    """
+    lines = raw.splitlines(keepends=True)
+    repeated = min(expected_seq, name.last_seq + 1) - name.first_seq
+    last_repeated = name.first_seq + repeated - 1
+    digest: str | None = None
+    for offset, line in enumerate(lines[:repeated]):
+        parsed = split_line(line[:-1]) if line.endswith(b"\n") else None
+        if (parsed is None or parsed[0] != name.first_seq + offset
+                or (digest is not None and parsed[1] != digest)
+                or entry_hash(parsed[3]) != parsed[2]):
+            digest = None
+            break
+        digest = parsed[2]
+    known = prev if last_repeated == expected_seq - 1 else remembered.get(last_repeated)
+    if len(lines) < repeated or digest is None or not known or digest != known:
+        result.problems.append(RemoteProblem(
+            name.key, name.first_seq, "overlap",
+            f"batch overlaps entries already present (up to seq {expected_seq - 1}) and "
+            + ("differs from them" if known else "cannot be compared with them")))
+        return None
+    return replace(name, first_seq=expected_seq), b"".join(lines[repeated:])
 
 
 def _check_batch(
