@@ -25,7 +25,7 @@ from ..compression import READ_ERRORS, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
-from ..fileio import atomic_write, fsync_dir, write_all
+from ..fileio import atomic_write, fsync_dir, make_log_directory, write_all
 from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,
@@ -486,7 +486,7 @@ def restore_tenant(
             f"there with a passphrase made it): remove it, or restore into another directory")
     root_path = Path(root)
     made_root = not root_path.exists()
-    root_path.mkdir(parents=True, exist_ok=True)
+    make_log_directory(root_path)
     staging = Path(tempfile.mkdtemp(prefix=f".restoring-{tenant}-", dir=root_path))
     made_target = False
     moved: list[tuple[Path, Path]] = []  # every rename done, in order: undone on failure
