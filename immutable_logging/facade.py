@@ -189,6 +189,11 @@ class ImmutableLogger:
     ) -> list[Entry]:
         """Up to ``limit`` entries (oldest first from ``offset``, or newest first).
 
+        Every stream of the tenant is read (this logger's and other processes'), including
+        the entries that a process killed before it closed left only in its stream's journal,
+        as the stream's next writer will append them (see :mod:`~immutable_logging.query`);
+        so are those of :meth:`search`, :meth:`query` and :meth:`stats`.
+
         Damaged lines and unreadable segments are left out, listed in
         :attr:`last_read_damage` and warned about (as by :meth:`search`, :meth:`query` and
         :meth:`stats`); :meth:`verify` says what happened to them."""

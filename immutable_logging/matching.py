@@ -8,7 +8,9 @@ single-stream tenant are scanned by forked worker processes (see
 order, and the parent takes them in segment order, asking for a segment's result only
 while it still wants entries. A segment a worker cannot finish on its own (a read error,
 or encrypted entries, which only the parent may decrypt) is scanned again by the parent,
-which then decrypts it or raises exactly what the serial reader raises.
+which then decrypts it or raises exactly what the serial reader raises. After the last
+segment the parent reads the journal entries that continue the chain (see
+:mod:`immutable_logging.query`), from where the last segment, its own or a worker's, ended.
 
 Without the key (see :mod:`immutable_logging.query`), a query on clear fields only
 (level, logger, time, seq, ...) still matches encrypted entries; a text search, or a query
@@ -27,16 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compression import READ_ERRORS
 from .errors import QueryError
 from .layout import Segment, list_segments, list_streams, tenant_dir
 from .query import (
+    ChainHead,
     DamageList,
     Decryptor,
     Entry,
     LineFilter,
     Predicate,
     ReadDamage,
+    StreamReader,
     _entries_of,
     compile_query,
     iter_entries,
@@ -44,7 +47,6 @@ from .query import (
     reads_secret_fields,
     search_filter,
     text_predicate,
-    unreadable_segment,
     with_timestamp,
 )
 from .workers import in_workers, total_size, worker_count
@@ -109,12 +111,18 @@ class _Damaged(Exception):
     """A worker met a damaged line: the parent scans the segment, and reports it."""
 
 
-def _scan(segment: Segment, stream: str, match: Match) -> list[Entry]:
+#: What a worker returns for one sealed segment: its matching entries, in order, and its
+#: last complete line (None when it is empty), where the chain stands after it.
+Scanned = tuple[list[Entry], bytes | None]
+
+
+def _scan(segment: Segment, stream: str, match: Match) -> Scanned:
     """Worker process side: the matching entries of one sealed segment, in order."""
     predicate = match.predicate()
     found = []
     damage: list[ReadDamage] = []
-    for entry in _entries_of(segment.chunks(), stream, str(segment.path), None,
+    head = ChainHead()
+    for entry in _entries_of(head.track(segment.chunks()), stream, str(segment.path), None,
                              match.line_filter(), False, damage=damage):
         if "enc" in entry:
             raise _Encrypted
@@ -122,45 +130,35 @@ def _scan(segment: Segment, stream: str, match: Match) -> list[Entry]:
             found.append(entry)
     if damage:
         raise _Damaged
-    return found
-
-
-def _scan_here(
-    segment: Segment, stream: str, match: Match, predicate: Predicate,
-    decrypt: Decryptor | None, damage: DamageList,
-) -> Iterator[Entry]:
-    path = str(segment.path)
-    try:
-        for entry in _entries_of(segment.chunks(), stream, path, decrypt,
-                                 match.line_filter(), False, match.needs_secrets(), damage):
-            if predicate(entry):
-                yield entry
-    except READ_ERRORS as exc:
-        unreadable_segment(path, exc, damage)
+    return found, head.line
 
 
 def _stream_matches(
     stream_dir: Path,
     segments: list[Segment],
-    pending: list[Future[list[Entry]]],
+    pending: list[Future[Scanned]],
     match: Match,
     predicate: Predicate,
     decrypt: Decryptor | None,
     damage: DamageList,
 ) -> Iterator[Entry]:
     """One stream's matches in order: a worker's result where it has one, else read here
-    (a result is only asked for when the caller still wants entries)."""
-    stream = stream_dir.name
+    (a result is only asked for when the caller still wants entries); then the matches
+    among the journal entries that continue the chain (see :class:`StreamReader`)."""
+    reader = StreamReader(stream_dir, decrypt, match.line_filter(), False,
+                          match.needs_secrets(), damage)
     for index, segment in enumerate(segments):
         if index < len(pending):
             try:
-                found = pending[index].result()
+                found, last_line = pending[index].result()
             except Exception:  # read error, encrypted entries, a broken pool: do it here
                 pass
             else:
+                reader.head.passed(last_line)
                 yield from found
                 continue
-        yield from _scan_here(segment, stream, match, predicate, decrypt, damage)
+        yield from filter(predicate, reader.segment(segment))
+    yield from filter(predicate, reader.journal())
 
 
 def find_entries(
@@ -176,7 +174,8 @@ def find_entries(
     """The first ``limit`` entries of ``tenant`` that ``match``, in reading order.
 
     Exactly ``search_entries``/``query_entries`` over
-    :func:`~immutable_logging.query.iter_entries`. ``workers``: the sealed segments of a
+    :func:`~immutable_logging.query.iter_entries` (each stream's journal entries that
+    continue its chain included, after its segments). ``workers``: the sealed segments of a
     tenant with one stream may be scanned by up to this many forked processes (``None``:
     one per CPU for 8 MiB or more of sealed segments; ``1``: never). A tenant with several
     streams is always read here: its streams are merged entry by entry, and which

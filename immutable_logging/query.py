@@ -5,6 +5,12 @@ Entries are returned as plain dicts: the stored members (``seq``, ``prev``, ``ha
 ``timestamp`` (ISO-8601, UTC). A tenant's reader only ever opens files under that tenant's
 directory. Encrypted entries are decrypted when a ``decrypt`` function is given.
 
+A stream's entries are those of its segments, then those of its ``flush`` journal that
+continue the chain after them (:func:`journal_tail`): entries a writer logged but has not
+written to a segment yet, such as the last ones of a process killed before it closed its
+handler. They are read as the stream's next writer will append them, so a reader shows
+them before that writer runs, in the same order and with the same content.
+
 Without a key (no ``decrypt`` function), an encrypted entry is yielded *undecrypted*:
 its clear members (``seq``, ``ts``, ``level``, ``levelno``, ``logger``, source location,
 ``host``, ``pid``, ...) plus the ``enc`` member exactly as stored, and no
@@ -48,8 +54,18 @@ import orjson
 
 from .compression import READ_ERRORS
 from .encryption import SECRET_FIELDS
+from .entry import GENESIS_HASH, split_line
 from .errors import KeyUnavailableError, QueryError, SegmentReadError
-from .layout import list_segments, list_streams, tenant_dir
+from .journal import pending_lines
+from .layout import (
+    JOURNAL_FILE,
+    Segment,
+    last_seq_on_disk,
+    list_segments,
+    list_streams,
+    segment_name,
+    tenant_dir,
+)
 
 Entry = dict[str, Any]
 Decryptor = Callable[[Entry, str, str], Entry]
@@ -120,24 +136,117 @@ def unreadable_segment(path: str, exc: BaseException, damage: DamageList) -> Non
     damage.append(ReadDamage(path, None, f"the rest of the segment cannot be read: {exc}"))
 
 
-def _iter_stream(
-    stream_dir: Path,
-    decrypt: Decryptor | None,
-    line_filter: LineFilter | None,
-    include_system: bool,
-    need_secrets: bool,
-    damage: DamageList,
-) -> Iterator[Entry]:
-    stream = stream_dir.name
-    for segment in list_segments(stream_dir):
+class ChainHead:
+    """The last complete line a reader has read of one stream, segment after segment: where
+    the chain stood when it got there, which the journal entries it shows must continue
+    (:func:`journal_tail`)."""
+
+    __slots__ = ("line",)
+
+    def __init__(self) -> None:
+        #: None: nothing read yet (the chain starts at genesis); ``b""``: not known (a
+        #: segment could not be read to its end), so no journal entry can follow it.
+        self.line: bytes | None = None
+
+    def track(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Pass the chunks of one segment through, keeping their last complete line."""
+        for chunk in chunks:
+            end = chunk.rfind(b"\n")
+            if end >= 0:
+                self.line = chunk[chunk.rfind(b"\n", 0, end) + 1 : end]
+            yield chunk
+
+    def passed(self, line: bytes | None) -> None:
+        """A segment was read elsewhere (a worker process); it ended with ``line`` (None:
+        it was empty)."""
+        if line is not None:
+            self.line = line
+
+    def lost(self) -> None:
+        """The rest of a segment could not be read: where the chain stands is not known."""
+        self.line = b""
+
+
+def journal_tail(stream_dir: Path, head: ChainHead) -> tuple[bytes, str]:
+    """The entries of a stream's ``flush`` journal that continue the chain after ``head``,
+    as one block of lines, and the name they are read under; ``(b"", "")`` for none.
+
+    These are entries a writer logged but has not written to its segment yet: a live
+    writer's last 50 ms, or everything a writer killed before closing left behind. They
+    are taken exactly as its next writer would append them
+    (:func:`~immutable_logging.journal.pending_lines`: each checked against its own hash,
+    the first linked to ``head``), so they are never entries the reader read in a segment.
+    Their name is ``<stream>/.journal -> <segment>``: the journal and the segment they go
+    to, whose number an encrypted entry's authentication binds. When the stream's segments
+    moved past ``head`` meanwhile (a live writer wrote a batch), none are taken: the
+    reader did not read those segments to their end.
+    """
+    if head.line is None:
+        seq, link = 0, GENESIS_HASH
+    else:
+        parsed = split_line(head.line)
+        if parsed is None:  # no chain entry (damage, or a segment not read to its end)
+            return b"", ""
+        seq, link = parsed[0], parsed[2]
+    journal = stream_dir / JOURNAL_FILE
+    try:
+        data = journal.read_bytes()
+    except OSError:  # no journal (no writer, or one that closed), or not ours to read
+        return b"", ""
+    # An entry that does not continue the chain ends the tail. It is no damage of what was
+    # read: a live writer's batch write looks the same to a reader, and verify notes it.
+    lines, _ = pending_lines(data, seq, link)
+    if not lines:
+        return b"", ""
+    # The writer journals an entry only once its segment file exists, and writes the
+    # batch before it opens the next one: while the chain on disk still ends at ``seq``,
+    # the last segment listed is the one these entries go to.
+    segments = list_segments(stream_dir)
+    if not segments or last_seq_on_disk(stream_dir) != seq:
+        return b"", ""
+    return b"".join(lines), f"{journal} -> {segment_name(segments[-1].number)}"
+
+
+class StreamReader:
+    """Reads one stream: its segments in order (:meth:`segment`), then the journal entries
+    that continue the chain after them (:meth:`journal`); iterating it does both. The
+    arguments are those of :func:`iter_entries`."""
+
+    def __init__(
+        self,
+        stream_dir: Path,
+        decrypt: Decryptor | None,
+        line_filter: LineFilter | None,
+        include_system: bool,
+        need_secrets: bool,
+        damage: DamageList,
+    ) -> None:
+        self.stream_dir = stream_dir
+        self.head = ChainHead()
+        self._damage = damage
+        self._read = (decrypt, line_filter, include_system, need_secrets, damage)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for segment in list_segments(self.stream_dir):
+            yield from self.segment(segment)
+        yield from self.journal()
+
+    def segment(self, segment: Segment) -> Iterator[Entry]:
+        """The entries of one segment; an unreadable rest is recorded in ``damage`` (or
+        raises :class:`SegmentReadError` without a list)."""
         path = str(segment.path)
         try:
-            yield from _entries_of(
-                segment.chunks(), stream, path, decrypt, line_filter, include_system,
-                need_secrets, damage,
-            )
+            yield from _entries_of(self.head.track(segment.chunks()), self.stream_dir.name,
+                                   path, *self._read)
         except READ_ERRORS as exc:
-            unreadable_segment(path, exc, damage)
+            self.head.lost()
+            unreadable_segment(path, exc, self._damage)
+
+    def journal(self) -> Iterator[Entry]:
+        """The entries of :func:`journal_tail` after the segments read so far."""
+        block, name = journal_tail(self.stream_dir, self.head)
+        if block:
+            yield from _entries_of(iter((block,)), self.stream_dir.name, name, *self._read)
 
 
 def _entries_of(
@@ -202,10 +311,15 @@ def iter_entries(
 ) -> Iterator[Entry]:
     """All entries of a tenant in time order, merged across streams.
 
+    Each stream ends with the entries of its journal that continue its chain (see the
+    module doc and :func:`journal_tail`).
+
     A line that is no JSON entry, or the rest of a segment that cannot be read, is left
     out and recorded in ``damage`` when a list is given (the reader reports it); without
     one, damaged lines are skipped and an unreadable segment raises
     :class:`~immutable_logging.errors.SegmentReadError`. ``verify`` checks the chain.
+    Journal entries that do not continue the chain are left out and not recorded: they
+    are no part of what was read (``verify`` notes them).
 
     ``line_filter(raw_line) -> bool`` may skip plain (unencrypted) lines before they are
     decoded; it must only reject lines that cannot match (see :func:`search_filter`).
@@ -219,8 +333,9 @@ def iter_entries(
     ``KeyUnavailableError`` instead.
     """
     streams = list_streams(tenant_dir(root, tenant))
-    iterators = [_iter_stream(s, decrypt, line_filter, include_system, need_secrets, damage)
-                 for s in streams]
+    iterators: list[Iterator[Entry]] = [
+        iter(StreamReader(s, decrypt, line_filter, include_system, need_secrets, damage))
+        for s in streams]
     if len(iterators) == 1:
         return iterators[0]
     return heapq.merge(*iterators, key=_sort_key)

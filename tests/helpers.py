@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +34,49 @@ def write_log(
         logger.removeHandler(handler)
         handler.close()
     return handler
+
+
+_KILLED_APP = """
+import json, logging, os, signal, sys
+from immutable_logging import ImmutableHandler, chain
+# Batches are written by size and at rotation only, never by the 50 ms timer: the last
+# batch is in the journal alone when the kill comes, however slow the machine.
+chain.JOURNAL_WRITE_INTERVAL = 3600.0
+directory, tenant, name, count, written, options = sys.argv[1:]
+handler = ImmutableHandler(directory, tenant, **json.loads(options))
+logger = logging.getLogger(name)
+logger.propagate = False
+logger.setLevel(logging.DEBUG)
+logger.addHandler(handler)
+count, written = int(count), int(written)
+for i in range(count):
+    if written and i == written:
+        handler.flush()
+    logger.info("event %d", i, extra={"index": i, "user": f"u{i % 7}"})
+os.kill(os.getpid(), signal.SIGKILL)  # no close(), no atexit: nothing more is written
+"""
+
+
+def write_log_and_kill(
+    directory: Path, name: str, count: int, tenant: str = "default", *, written: int = 0,
+    **options: Any,
+) -> Path:
+    """Log ``count`` records as :func:`write_log` does, in a child process that is then
+    killed (SIGKILL) before it closes its handler; return the stream directory.
+
+    The handler runs with the default ``durability="flush"``, so the entries logged since
+    its last batch write (the flush after the first ``written`` records, or a rotation)
+    are only in the stream's journal. ``options`` (JSON values) go to the handler; pass
+    ``stream`` to know the stream's name.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_APP, str(directory), tenant, name, str(count),
+         str(written), json.dumps(options)],
+        capture_output=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    stream = options.get("stream")
+    return directory / tenant / stream if stream else only_stream(directory, tenant)
 
 
 def only_stream(directory: Path, tenant: str = "default") -> Path:

@@ -13,7 +13,7 @@ from immutable_logging import ImmutableLogger
 from immutable_logging.cli import main
 from immutable_logging.layout import list_segments, list_streams
 
-from .helpers import read_lines, write_lines
+from .helpers import read_lines, write_lines, write_log_and_kill
 
 
 @pytest.fixture
@@ -561,3 +561,23 @@ def test_verify_with_a_wrong_passphrase_names_the_salt(
     assert run("verify", str(tmp_path), "--passphrase-env", "CLI_PASSPHRASE")[0] == 2
     err = capsys.readouterr().err
     assert "a wrong passphrase, or a salt file" in err and "--key-env" not in err
+
+
+def test_reading_commands_show_what_a_killed_process_left_in_its_journal(
+    tmp_path: Path, logger_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A kill right after a rotation: the active segment is empty on disk, its entries are
+    # only in the journal.
+    stream_dir = write_log_and_kill(tmp_path, logger_name, 40, stream="app", max_bytes=3_000)
+    assert list_segments(stream_dir)[-1].path.stat().st_size == 0
+    code, text = run("read", str(tmp_path), "--limit", "100", "--json")
+    assert code == 0 and [e["seq"] for e in orjson.loads(text)] == list(range(1, 41))
+    code, text = run("read", str(tmp_path), "--newest-first", "--limit", "1")
+    assert code == 0 and "event 39" in text
+    code, text = run("search", str(tmp_path), "event 39", "--json")
+    assert code == 0 and [e["seq"] for e in orjson.loads(text)] == [40]
+    code, text = run("query", str(tmp_path), '{"metadata.index": {"$gte": 38}}', "--json")
+    assert code == 0 and [e["message"] for e in orjson.loads(text)] == ["event 38", "event 39"]
+    code, text = run("stats", str(tmp_path), "--json")
+    assert code == 0 and orjson.loads(text)["total_entries"] == 40
+    assert "left out" not in capsys.readouterr().err  # nothing is damage

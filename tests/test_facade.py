@@ -21,7 +21,7 @@ from immutable_logging.errors import (
 )
 from immutable_logging.layout import list_segments, list_streams
 
-from .helpers import read_lines, write_lines
+from .helpers import read_lines, write_lines, write_log_and_kill
 
 
 @pytest.fixture
@@ -377,4 +377,24 @@ def test_reads_name_what_they_leave_out(
         assert len(log.query({"message": {"$regex": "^paid"}})) == 3  # no pre-filter
         assert len(log.last_read_damage) == 1
         log.query({"level": "INFO"})  # the damaged line lacks it: it could not have matched
+        assert log.last_read_damage == []
+
+
+def test_reads_include_what_a_killed_process_left_in_its_journal(
+    tmp_path: Path, logger_name: str
+) -> None:
+    key = generate_key()
+    # 20 entries reached the segment; the other 10 were only in the journal at the kill.
+    write_log_and_kill(tmp_path, logger_name, 30, stream="app", written=20,
+                       encryption_key=key)
+    # This logger writes its own stream: "app" stays as the killed process left it.
+    with ImmutableLogger(tmp_path, encryption_key=key) as log:
+        entries = log.read(limit=None)
+        assert [e["metadata"]["index"] for e in entries] == list(range(30))
+        assert {e["stream"] for e in entries} == {"app"} and all(e["encrypted"] for e in entries)
+        assert [e["seq"] for e in log.search("event 2")] == [3, *range(21, 31)]
+        assert [e["message"] for e in log.query({"metadata.index": {"$gte": 28}})] == [
+            "event 28", "event 29"]
+        stats = log.stats()
+        assert (stats["total_entries"], stats["by_stream"]) == (30, {"app": 30})
         assert log.last_read_damage == []

@@ -18,7 +18,7 @@ from immutable_logging.errors import QueryError
 from immutable_logging.layout import list_segments, list_streams
 from immutable_logging.matching import DocumentQuery, TextSearch, find_entries
 
-from .helpers import write_log
+from .helpers import write_log, write_log_and_kill
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -222,3 +222,27 @@ def test_a_damaged_line_in_a_sealed_segment_is_reported_by_forked_scans_too(
     assert result["serial"]["damage"] == [
         f"{sealed.path}, seq {seq}: the line is not a JSON entry"]
     assert seq not in result["serial"]["seqs"] and len(result["serial"]["seqs"]) > 10
+
+
+def test_forked_scans_end_with_the_journal_of_a_killed_writer(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """The journal's entries follow the sealed segments the workers scanned: the parent
+    takes where the chain stands from the last worker's segment (the active one is empty:
+    its entries are only in the journal)."""
+    stream_dir = write_log_and_kill(tmp_path, logger_name, 200, max_bytes=6_000)
+    segments = list_segments(stream_dir)
+    assert len(segments) >= 4 and segments[-1].path.stat().st_size == 0
+    matches: list[tuple[str, Any, int | None]] = [
+        ("query", {"metadata.index": {"$gte": 195}}, None),
+        ("search", "event 19", None),
+        ("search", "event", 200),
+    ]
+    run = _run(tmp_path, matches)
+    assert run["pools"] == [2] * len(matches)
+    for (kind, arg, _), result in zip(matches, run["results"], strict=True):
+        assert result["forked"] == result["serial"] == result["reader"], (kind, arg)
+    late, nineteen, every = (r["serial"] for r in run["results"])
+    assert [e["seq"] for e in late] == [196, 197, 198, 199, 200]
+    assert [e["metadata"]["index"] for e in nineteen] == [19, *range(190, 200)]
+    assert [e["seq"] for e in every] == list(range(1, 201))

@@ -16,6 +16,7 @@ from immutable_logging.cli import main
 from immutable_logging.crypto import Key, Keyring, decode_key_b64, generate_key
 from immutable_logging.encryption import EntryDecryptor
 from immutable_logging.errors import DecryptionError, KeyUnavailableError, QueryError
+from immutable_logging.layout import list_segments
 from immutable_logging.query import (
     LineFilter,
     compile_query,
@@ -27,6 +28,9 @@ from immutable_logging.query import (
     search_filter,
     summarise,
 )
+from immutable_logging.verify import verify_tenant
+
+from .helpers import active_segment, read_lines, write_lines, write_log_and_kill
 
 
 @pytest.fixture
@@ -542,3 +546,88 @@ def test_iter_entries_records_what_it_leaves_out(tmp_path: Path) -> None:
     assert seqs[-1] == 60 and seq not in seqs and seq + 1 not in seqs and 1 in seqs
     with pytest.raises(SegmentReadError, match="cannot read segment"):
         list(iter_entries(tmp_path))
+
+
+def test_readers_show_what_a_killed_writer_left_in_its_journal(
+    tmp_path: Path, logger_name: str
+) -> None:
+    """After a kill -9 the last batch is only in the stream's journal: readers show it
+    after the segment's entries, exactly as the stream's next writer appends it."""
+    from immutable_logging.chain import ChainWriter
+
+    # 24 entries written; the journal starts again with 6 more, the older bytes after them.
+    stream_dir = write_log_and_kill(tmp_path, logger_name, 30, stream="app", written=24)
+    assert len(read_lines(active_segment(stream_dir))) == 24
+    damage: list[Any] = []
+    before = list(iter_entries(tmp_path, damage=damage))
+    assert [e["seq"] for e in before] == list(range(1, 31)) and damage == []
+    assert [e["message"] for e in before] == [f"event {i}" for i in range(30)]
+    assert summarise(iter_entries(tmp_path))["total_entries"] == 30
+    assert [e["seq"] for e in query_entries(iter_entries(tmp_path), {"seq": {"$gt": 28}})] == [
+        29, 30]
+    ChainWriter(tmp_path, stream="app").close()  # appends the journal's entries
+    assert list(iter_entries(tmp_path)) == before
+
+
+def test_journal_entries_that_do_not_continue_the_chain_are_left_out_as_verify_notes(
+    tmp_path: Path, logger_name: str
+) -> None:
+    stream_dir = write_log_and_kill(tmp_path, logger_name, 30, stream="app", written=24)
+    assert len(list(iter_entries(tmp_path))) == 30
+    segment = active_segment(stream_dir)
+    write_lines(segment, read_lines(segment)[:-2])  # the journal's first entry links to none
+    damage: list[Any] = []
+    seqs = [e["seq"] for e in iter_entries(tmp_path, damage=damage)]
+    assert seqs == list(range(1, 23))
+    # verify notes such a journal (a live writer's batch write looks the same to a
+    # reader): it is no damage of what was read.
+    assert damage == []
+    assert "does not continue the chain" in verify_tenant(tmp_path).warnings[0]
+
+
+def test_journal_entries_decrypt_with_the_segment_they_go_to(
+    tmp_path: Path, logger_name: str
+) -> None:
+    from immutable_logging.chain import ChainWriter
+
+    key = generate_key()
+    stream_dir = write_log_and_kill(tmp_path, logger_name, 40, stream="app",
+                                    encryption_key=key, max_bytes=3_000)
+    segments = list_segments(stream_dir)
+    # Batches are written at rotation: the entries of the active segment (bound to its
+    # number by their encryption) are only in the journal, after the sealed segments.
+    assert len(segments) >= 3 and segments[-1].path.stat().st_size == 0
+    decrypt = EntryDecryptor(Keyring([Key(decode_key_b64(key))]), "default")
+    entries = list(iter_entries(tmp_path, decrypt=decrypt))
+    assert [e["message"] for e in entries] == [f"event {i}" for i in range(40)]
+    assert all(e["encrypted"] for e in entries)
+    assert [e["seq"] for e in iter_entries(tmp_path)] == list(range(1, 41))  # keyless
+    found = search_entries(iter_entries(tmp_path, decrypt=decrypt), "event 39")
+    assert [e["seq"] for e in found] == [40]
+    ChainWriter(tmp_path, stream="app").close()
+    assert list(iter_entries(tmp_path, decrypt=decrypt)) == entries
+
+
+def test_a_live_writers_journal_is_read_and_never_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from immutable_logging import chain
+    from immutable_logging.query import ChainHead, journal_tail
+
+    monkeypatch.setattr(chain, "JOURNAL_WRITE_INTERVAL", 3600.0)  # batches by flush() only
+    writer = chain.ChainWriter(tmp_path, stream="live")
+    try:
+        for i in range(10):
+            if i == 5:
+                writer.flush()
+            writer.append({"message": f"m{i}", "level": "INFO"})
+        # The writer's last entries are in its journal (durable), not yet in the segment.
+        assert [e["message"] for e in iter_entries(tmp_path)] == [f"m{i}" for i in range(10)]
+        head = ChainHead()  # a reader that read the segment (entries 1-5) ...
+        for _ in head.track(list_segments(writer.stream_dir)[0].chunks()):
+            pass
+        writer.flush()  # ... before the writer wrote 6-10 there (the journal still has them)
+        assert journal_tail(writer.stream_dir, head) == (b"", "")
+        assert [e["seq"] for e in iter_entries(tmp_path)] == list(range(1, 11))
+    finally:
+        writer.close()
