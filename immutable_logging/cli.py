@@ -609,8 +609,7 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     shown = {t: r for t, r in results.items() if t not in absent}
     # A tenant the local log holds nothing of (a lost disk, before restoring) with a sound
     # replica: every entry is "missing locally", which is no damage of the replica.
-    gone = {t: r for t, r in shown.items() if r["remote_ok"]
-            and not list_streams(tenant_dir(args.directory, t))}
+    gone = {t: r for t, r in shown.items() if r["sync_status"] == "local_lost"}
     if args.json:  # every tenant, so that a script sees the ones the replica lacks too
         _json_out(out, {t: {**r, "in_replica": t not in absent} for t, r in results.items()})
     elif shown:  # the tenants the replica holds are reported, whatever follows
@@ -633,20 +632,31 @@ def _sync_status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE if absent or gone else EXIT_OK
 
 
+#: The columns of ``sync-status``'s table and the fields of ``--json`` they show.
+_SYNC_COLUMNS = {
+    "local": "local_blocks",
+    "in replica": "remote_entries",
+    "matching": "cloud_blocks",
+    "differing": "differing_blocks",
+    "not in replica": "missing_blocks",
+    "only in replica": "remote_only_blocks",
+    "synced": "sync_percentage",
+    "status": "sync_status",
+}
+
+
 def _print_sync_status(
     out: TextIO, results: dict[str, Any], backend: StorageBackend, gone: Iterable[str] = ()
 ) -> None:
-    """The table of ``results`` and their problems; a tenant of ``gone`` (no local log, a
-    sound replica: its entries are all "missing locally") is shown as such, not as a
-    damaged replica (the caller says what to run)."""
+    """The table of ``results`` (the fields of ``--json``, see :data:`_SYNC_COLUMNS`) and
+    their problems; those of a tenant of ``gone`` (``local_lost``: its entries are all
+    "missing locally", which is no damage of the replica) are left to the caller, which
+    says what to run."""
     gone = set(gone)
-    rows = [
-        (t, r["local_blocks"], r["remote_entries"], r["cloud_blocks"], r["missing_blocks"],
-         f"{r['sync_percentage']:.1f}%", "local log gone" if t in gone else r["sync_status"])
-        for t, r in results.items()
-    ]
-    _table(out, ["tenant", "local", "in replica", "matching", "missing", "synced", "status"],
-           rows)
+    rows = [(t, *(f"{r[f]}%" if f == "sync_percentage" else r[f]
+                  for f in _SYNC_COLUMNS.values()))
+            for t, r in results.items()]
+    _table(out, ["tenant", *_SYNC_COLUMNS], rows)
     for tenant, result in results.items():
         for problem in result["problems"] if tenant not in gone else ():
             where = location(problem["key"], problem["seq"], kind="object")
@@ -707,6 +717,35 @@ def _add_key_env(p: argparse.ArgumentParser, what: str = "decrypt") -> None:
                    help=f"{what} with the base64 AES-256 key in environment variable VAR; "
                    "repeatable after a key rotation (every key decrypts; retired keys may "
                    "also be listed in IMMUTABLE_LOG_PREVIOUS_KEYS)")
+
+
+_SYNC_STATUS_HELP = """\
+Compare the replica with the local log, tenant by tenant, entry by entry
+(sequence number and hash), and verify the replica's own chain. Counts are
+entries; each column of the table is a field of --json:
+
+  local            local_blocks        entries the local log holds
+  in replica       remote_entries      entries the replica holds
+  matching         cloud_blocks        entries both hold, identical
+  differing        differing_blocks    seqs both hold, with other entries
+  not in replica   missing_blocks      local entries the replica does not
+                                       hold identically: local - matching
+  only in replica  remote_only_blocks  replica entries the local log lacks:
+                                       in replica - matching - differing
+  synced           sync_percentage     matching as a share of local + only
+                                       in replica, rounded down (100.0: all)
+  status           sync_status         synced, partial (the replica lacks
+                                       the newest entries), not_synced (it
+                                       holds none of them), local_lost (the
+                                       local log holds none, the replica
+                                       verifies: restore it) or corrupted
+                                       (a problem: see the FAIL lines)
+
+--json adds remote_ok (the replica verifies on its own), problems, the counts
+per stream and in_replica. Exit 1 when a replica is damaged or disagrees with
+the local log, else 2 when a tenant is in only one of them (or no replica is
+found), else 0.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -788,7 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--new", type=int, help="new tree size (default: all entries)")
 
     p = sub.add_parser("sync-status", help="compare the replica with the local log "
-                       "(exit 1 when the replica is damaged)")
+                       "(exit 1 when the replica is damaged)",
+                       description=_SYNC_STATUS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", help="the log directory")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")

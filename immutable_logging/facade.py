@@ -323,7 +323,10 @@ class ImmutableLogger:
         """Compare the replica with the local log and verify the replica's chain.
 
         Returns ``local_blocks``, ``cloud_blocks``, ``missing_blocks``, ``sync_status``,
-        ``sync_percentage`` (blocks are entries) plus ``remote_ok`` and ``problems``.
+        ``sync_percentage`` (blocks are entries) plus ``remote_entries``,
+        ``differing_blocks``, ``remote_only_blocks``, ``remote_ok`` and ``problems``; see
+        :func:`~immutable_logging.replication.cloud.verify_cloud_backup` for what each
+        means.
         """
         backend = self._backend()
         self._flush_for_reading()

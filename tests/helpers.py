@@ -139,3 +139,27 @@ def sealed_replica(
             log.info(f"sealed {i}")
             time.sleep(pause)  # epochs pass: seal entries
     return bucket
+
+
+def assert_sync_fields_agree(result: dict[str, Any]) -> None:
+    """The counts, percentage and state of a ``verify_cloud_backup()`` result (or of one
+    tenant of ``sync-status --json``) say one thing, whatever the situation."""
+    local, cloud, remote = result["local_blocks"], result["cloud_blocks"], result["remote_entries"]
+    differing, remote_only = result["differing_blocks"], result["remote_only_blocks"]
+    assert local == cloud + result["missing_blocks"], result
+    assert remote == cloud + differing + remote_only, result
+    for total, per_stream in [(local, "local"), (cloud, "cloud"), (remote, "remote_entries"),
+                              (differing, "differing"), (remote_only, "remote_only")]:
+        assert total == sum(s[per_stream] for s in result["streams"].values()), result
+    known = local + remote_only
+    assert result["sync_percentage"] == (10_000 * cloud // known / 100 if known else 100.0)
+    state = result["sync_status"]
+    assert (state == "synced") == (result["sync_percentage"] == 100.0
+                                   and not result["problems"]), result
+    assert (state == "local_lost") == (result["remote_ok"] and local == 0 < remote), result
+    assert (state == "corrupted") == (bool(result["problems"]) and state != "local_lost")
+    assert result["remote_ok"] or state == "corrupted", result
+    if state == "partial":
+        assert 0 < cloud < local and not result["problems"], result
+    if state == "not_synced":
+        assert cloud == remote == 0 < local and not result["problems"], result

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import shutil
 from pathlib import Path
 
 import orjson
@@ -11,6 +13,7 @@ import pytest
 from immutable_logging import ImmutableLogger
 from immutable_logging.cli import main
 
+from .helpers import assert_sync_fields_agree
 from .servers import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, MotoServer, create_s3_bucket
 
 pytest_plugins = ["tests.servers"]
@@ -78,14 +81,79 @@ def test_sync_status_of_a_lost_local_log_does_not_call_a_sound_replica_damaged(
     assert code == 2, (text, err)
     assert "holds nothing of tenant 'acme'; the replica" in err and "30 of its entries" in err
     assert f"restore NEWDIR --tenant acme --backup-directory {bucket}`" in err
-    assert "local log gone" in text and "corrupted" not in text and "FAIL" not in text
+    assert "local_lost" in text and "corrupted" not in text and "FAIL" not in text
     # Without --tenant: the tenants of the replica are reported too, and the hint works.
     code, text = run("sync-status", str(empty), "--backup-directory", str(bucket))
     err = capsys.readouterr().err
-    assert code == 2 and "local log gone" in text and "restore NEWDIR --tenant acme" in err
+    assert code == 2 and "local_lost" in text and "restore NEWDIR --tenant acme" in err
     code, _ = run("restore", str(tmp_path / "rebuilt"), "--tenant", "acme",
                   "--backup-directory", str(bucket))
     assert code == 0
+
+
+#: The columns of sync-status's table and the --json fields they show (see --help).
+_COLUMNS = {"local": "local_blocks", "in replica": "remote_entries",
+            "matching": "cloud_blocks", "differing": "differing_blocks",
+            "not in replica": "missing_blocks", "only in replica": "remote_only_blocks",
+            "synced": "sync_percentage", "status": "sync_status"}
+
+
+def _rows(text: str) -> dict[str, dict[str, str]]:
+    """sync-status's table: for each tenant, its cells by column."""
+    header, _, *rows = [line for line in text.splitlines()
+                        if not line.startswith(("FAIL", "replica:"))]
+    columns = re.split(r"\s{2,}", header)
+    return {cells[0]: dict(zip(columns, cells, strict=True))
+            for cells in (re.split(r"\s{2,}", row) for row in rows)}
+
+
+@pytest.mark.parametrize(("situation", "code", "state"), [
+    ("in sync", 0, "synced"), ("behind", 0, "partial"), ("local lost", 2, "local_lost"),
+    ("diverged", 1, "corrupted"),
+])
+def test_sync_status_text_and_json_say_the_same(
+    replicated: tuple[Path, Path, str], tmp_path: Path, situation: str, code: int,
+    state: str,
+) -> None:
+    """Found by review: with the local log lost, --json said "corrupted" and 100 % synced
+    while the table said "local log gone", and cloud_blocks 0 next to remote_entries 33
+    explained nothing. Each field means one thing, the table shows the same values, and
+    the help names the field behind each column (below)."""
+    logs, bucket, _ = replicated
+    if situation == "behind":
+        with ImmutableLogger(logs, tenantId="acme") as log:  # not replicated
+            for i in range(3):
+                log.audit(f"later {i}")
+    elif situation in ("local lost", "diverged"):
+        shutil.rmtree(logs / "acme")
+    if situation == "diverged":  # a new log on the lost disk, same stream name
+        with ImmutableLogger(logs, tenantId="acme") as log:
+            for i in range(12):
+                log.audit(f"other {i}")
+    options = [str(logs), "--backup-directory", str(bucket)]
+    text_code, text = run("sync-status", *options)
+    json_code, output = run("sync-status", *options, "--json")
+    result = orjson.loads(output)["acme"]
+    assert text_code == json_code == code and result["sync_status"] == state, result
+    assert_sync_fields_agree(result)
+    row = _rows(text)["acme"]
+    shown = {column: str(result[field]) + ("%" if field == "sync_percentage" else "")
+             for column, field in _COLUMNS.items()}
+    assert row == {"tenant": "acme", **shown}
+    if situation == "local lost":  # what review found, in numbers
+        assert (result["remote_entries"], result["remote_only_blocks"]) == (30, 30)
+        assert (result["cloud_blocks"], result["sync_percentage"]) == (0, 0.0)
+
+
+def test_sync_status_help_names_the_field_of_each_column(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        run("sync-status", "--help")
+    help_text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert all(f"{column} {field}" in help_text for column, field in _COLUMNS.items())
+    assert all(state in help_text for state in
+               ("synced", "partial", "not_synced", "local_lost", "corrupted"))
 
 
 def test_restoring_from_a_damaged_replica_exits_1_like_sync_status(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import time
 import tracemalloc
 from pathlib import Path
@@ -30,7 +31,7 @@ from immutable_logging.replication.holes import local_run
 from immutable_logging.replication.local import RESERVED_SUFFIX, LocalDirectoryBackend
 from immutable_logging.replication.replicator import Replicator
 
-from .helpers import sealed_replica
+from .helpers import assert_sync_fields_agree, read_lines, sealed_replica, write_lines
 
 _PAD = "x" * 200
 
@@ -201,7 +202,74 @@ def test_verify_cloud_backup_compares_entry_by_entry(tmp_path: Path) -> None:
         "synced", 500, 500)
     [stream_dir] = list_streams(tmp_path / "logs" / "default")
     assert check["streams"] == {stream_dir.name: {"local": 500, "cloud": 500,
-                                                  "remote_entries": 500}}
+                                                  "remote_entries": 500, "differing": 0,
+                                                  "remote_only": 0}}
+
+
+_FIELDS = ("local_blocks", "cloud_blocks", "missing_blocks", "remote_entries",
+           "differing_blocks", "remote_only_blocks", "sync_percentage", "sync_status",
+           "remote_ok")
+
+
+def _append(writer: ChainWriter, count: int, text: str) -> None:
+    for i in range(count):
+        writer.append({"ts": time.time(), "level": "INFO", "message": f"{text}{i}",
+                       "tenant": "default"})
+
+
+def _situation(tmp_path: Path, situation: str) -> LocalDirectoryBackend:
+    """33 entries of tenant ``default`` in ``tmp_path/logs``, replicated in batches of 10
+    to a local bucket, then changed into ``situation``."""
+    logs, bucket = tmp_path / "logs", LocalDirectoryBackend(tmp_path / "bucket")
+    writer = ChainWriter(logs)
+    _append(writer, 33, "m")
+    writer.flush()
+    if situation != "replica empty":
+        Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                   max_batch_factor=1).close()
+    if situation == "behind":
+        _append(writer, 7, "later")
+    writer.close()
+    if situation in ("local lost", "diverged"):  # (a new log, same stream name)
+        shutil.rmtree(logs / "default")
+    if situation == "diverged":
+        other = ChainWriter(logs)
+        _append(other, 12, "other")
+        other.close()
+    elif situation == "replica ahead":  # the local log rolled back to seq 20
+        segment = list_segments(writer.stream_dir)[-1].path
+        write_lines(segment, read_lines(segment)[:20])
+    elif situation == "altered entry":  # seq 15's bytes changed, its hash kept
+        [batch] = (tmp_path / "bucket").rglob("*000000000011-000000000020.jsonl.gz")
+        raw = gzip.decompress(batch.read_bytes())
+        batch.chmod(0o600)
+        batch.write_bytes(gzip.compress(raw.replace(b'"m14"', b'"m99"')))
+    return bucket
+
+
+@pytest.mark.parametrize(("situation", "expected", "reasons"), [
+    ("in sync", (33, 33, 0, 33, 0, 0, 100.0, "synced", True), []),
+    ("behind", (40, 33, 7, 33, 0, 0, 82.5, "partial", True), []),
+    ("replica empty", (33, 0, 33, 0, 0, 0, 0.0, "not_synced", True), []),
+    ("local lost", (0, 0, 0, 33, 0, 33, 0.0, "local_lost", True), ["missing_locally"]),
+    ("replica ahead", (20, 20, 0, 33, 0, 13, 60.6, "corrupted", True), ["missing_locally"]),
+    ("diverged", (12, 0, 12, 33, 12, 21, 0.0, "corrupted", True),
+     ["differs_from_local", "missing_locally"]),
+    ("altered entry", (33, 32, 1, 32, 0, 0, 96.96, "corrupted", False),
+     ["hash_mismatch", "hash_mismatch"]),
+])
+def test_verify_cloud_backup_fields_agree_in_every_situation(
+    tmp_path: Path, situation: str, expected: tuple[object, ...], reasons: list[str]
+) -> None:
+    """Found by review: with the local log lost, the result said 100 % synced next to
+    "corrupted", and an entry altered in the replica counted as held by it. Each field
+    means one thing: the counts add up, the percentage is of every entry either side
+    holds, and the state follows from them (see ``assert_sync_fields_agree``)."""
+    bucket = _situation(tmp_path, situation)
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert tuple(check[field] for field in _FIELDS) == expected, check
+    assert sorted(p["reason"] for p in check["problems"]) == reasons
+    assert_sync_fields_agree(check)
 
 
 def _log_of(tmp_path: Path, text: str) -> ChainWriter:

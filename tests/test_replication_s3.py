@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from immutable_logging import ImmutableLogger
 from immutable_logging.errors import RemoteIntegrityError
+from immutable_logging.replication.replicator import cursor_path
 from immutable_logging.replication.s3 import S3Backend
 
 from .servers import (
@@ -139,6 +140,39 @@ def test_server_down_mid_stream_then_back(moto_server: MotoServer, tmp_path: Pat
         check = log.verify_cloud_backup()
         assert check["problems"] == [] and check["sync_status"] == "synced", check
         assert (check["missing_blocks"], check["cloud_blocks"]) == (0, 200)
+
+
+def test_a_hole_in_the_bucket_is_filled_without_a_cursor(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A batch deleted from the bucket and the replication cursor lost: the next start
+    ships the hole again from the local log and goes on (it stopped at the hole)."""
+    create_s3_bucket(moto_server, "holey")
+    options = _options(moto_server, "holey", backup_batch_size=10)
+    with ImmutableLogger(tmp_path / "logs", **options) as log:
+        for i in range(30):
+            log.info(f"before {i}")
+        assert log.flush_backup()
+        replicator = log.handler.replicator
+        assert replicator is not None
+        stream, cursor = replicator.stream, cursor_path(replicator.stream_dir,
+                                                        replicator.backend)
+    key = f"default/{stream}/batches/000000000011-000000000020.jsonl.gz"
+    s3_client(moto_server).delete_object(Bucket="holey", Key=key)
+    cursor.unlink()
+    with ImmutableLogger(tmp_path / "logs", **options) as log:
+        assert log.handler.writer.stream == stream
+        log.info("after")
+        assert log.flush_backup(), log.sync_status()
+        status = log.sync_status()
+        check = log.verify_cloud_backup()
+    assert (status["state"], status["replicated_seq"]) == ("ok", 31)
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    names = sorted(o["Key"] for o in s3_client(moto_server).list_objects_v2(
+        Bucket="holey", Prefix=f"default/{stream}/batches/")["Contents"])
+    assert [n.rsplit("/", 1)[1][:25] for n in names] == [
+        "000000000001-000000000010", "000000000011-000000000020",
+        "000000000021-000000000030", "000000000031-000000000031"]
 
 
 def test_object_lock_prevents_deleting_a_replicated_batch(

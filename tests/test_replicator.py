@@ -157,33 +157,70 @@ def _lose_batches(bucket: LocalDirectoryBackend, first_seqs: set[int]) -> None:
             path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
 
 
-def _replicated(tmp_path: Path, entries: int) -> tuple[ChainWriter, LocalDirectoryBackend]:
-    """A log of ``entries`` entries replicated in batches of 10 to a local bucket."""
-    writer = ChainWriter(tmp_path / "logs")
+def _replicated(
+    tmp_path: Path, entries: int, batch_size: int = 10, **writer_options: Any
+) -> tuple[ChainWriter, LocalDirectoryBackend]:
+    """A log of ``entries`` entries replicated in batches of ``batch_size`` to a local
+    bucket."""
+    writer = ChainWriter(tmp_path / "logs", **writer_options)
     bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=batch_size,
                             max_batch_factor=1)
     _write(writer, entries)
     replicator.close()
     return writer, bucket
 
 
+def _lose_cursor(stream_dir: Path, bucket: LocalDirectoryBackend, how: str) -> None:
+    """Leave the replication cursor as it is (``"kept"``), delete it (``"missing"``), make
+    it unreadable (``"unreadable"``) or put back the one saved after the first 10 entries
+    of the first segment (``"older"``: newer saves lost to a power cut): a reconcile must
+    do the same in every case."""
+    path = cursor_path(stream_dir, bucket)
+    if how == "missing":
+        path.unlink()
+    elif how == "unreadable":
+        path.write_bytes(b'{"target": "torn')
+    elif how == "older":
+        lines = list_segments(stream_dir)[0].path.read_bytes().splitlines(keepends=True)
+        tenth = orjson.loads(lines[9])["hash"]
+        saved = orjson.loads(path.read_bytes())
+        saved.update(segment=1, offset=sum(map(len, lines[:10])), last_seq=10,
+                     last_hash=tenth, position_hash=tenth, checkpoints_through=0)
+        path.write_bytes(orjson.dumps(saved))
+
+
+CURSORS = ["kept", "missing", "unreadable"]
+
+
+def _start_again(writer: ChainWriter, bucket: LocalDirectoryBackend,
+                 caplog: pytest.LogCaptureFixture, batch_size: int = 10,
+                 max_batch_factor: int = 1) -> Replicator:
+    """The next start: a new replicator of ``writer``'s stream ships everything (its
+    warnings go to ``caplog``)."""
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=batch_size,
+                       max_batch_factor=max_batch_factor)
+    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
+        again.pump(force=True)
+    return again
+
+
+@pytest.mark.parametrize("cursor", [*CURSORS, "older"])
 @pytest.mark.parametrize("lost", [{11}, {1}, {11, 21}])
 def test_a_hole_in_the_replica_is_filled_again_exactly(
-    tmp_path: Path, lost: set[int], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, lost: set[int], cursor: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Batches lost between others the replica still holds are shipped again from the
     local log at the next start, as batches covering exactly the hole: nothing overlaps,
-    and the replica verifies whole again."""
+    and the replica verifies whole again. Without a cursor too: the reconcile from the
+    remote listing stopped at the hole ("does not continue"), and replication with it."""
     writer, bucket = _replicated(tmp_path, 40)
     assert _batches(bucket) == [(1, 10), (11, 20), (21, 30), (31, 40)]
     _lose_batches(bucket, lost)
+    _lose_cursor(writer.stream_dir, bucket, cursor)
     assert verify_cloud_backup(bucket, tmp_path / "logs", "default")["problems"]
     _write(writer, 5)
-    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
-                       max_batch_factor=3)
-    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
-        again.pump(force=True)
+    again = _start_again(writer, bucket, caplog, max_batch_factor=3)
     holes = [(min(lost), max(lost) + 9)]
     assert f"lost the entries seq {holes[0][0]}-{holes[0][1]}" in caplog.text
     expected = {(1, 10), (11, 20), (21, 30), (31, 40), (41, 45)} - {(f, f + 9) for f in lost}
@@ -196,12 +233,7 @@ def test_a_hole_in_the_replica_is_filled_again_exactly(
 
 
 def test_a_hole_across_segments_is_filled_one_segment_per_batch(tmp_path: Path) -> None:
-    writer = ChainWriter(tmp_path / "logs", max_bytes=3_000)
-    bucket = LocalDirectoryBackend(tmp_path / "bucket")
-    replicator = Replicator(bucket, writer.stream_dir, "default", batch_size=5,
-                            max_batch_factor=1)
-    _write(writer, 60)
-    replicator.close()
+    writer, bucket = _replicated(tmp_path, 60, batch_size=5, max_bytes=3_000)
     shipped = _batches(bucket)
     inner = {first for first, last in shipped[1:-1]}
     _lose_batches(bucket, inner)  # everything but the first and the last batch
@@ -217,13 +249,16 @@ def test_a_hole_across_segments_is_filled_one_segment_per_batch(tmp_path: Path) 
     writer.close()
 
 
+@pytest.mark.parametrize("cursor", CURSORS)
 def test_a_hole_the_local_log_cannot_fill_is_left_to_verify(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, cursor: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Entries that do not link to the batches around the hole (the replica is not quite
-    this log's) are not shipped into it: the hole stays, reported."""
+    this log's) are not shipped into it: the hole stays, reported, with the cursor or
+    without it."""
     writer, bucket = _replicated(tmp_path, 30)
     _lose_batches(bucket, {11})
+    _lose_cursor(writer.stream_dir, bucket, cursor)
     [after] = [k for k in bucket.list("default/")
                if (n := parse_batch_key(k)) is not None and n.first_seq == 21]
     sidecar = bucket.root / (after + ".meta.json")
@@ -231,16 +266,61 @@ def test_a_hole_the_local_log_cannot_fill_is_left_to_verify(
     meta["prev-hash"] = "0" * 64
     sidecar.chmod(0o644)
     sidecar.write_bytes(orjson.dumps(meta))
-    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
-                       max_batch_factor=1)
-    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
-        again.pump(force=True)
+    again = _start_again(writer, bucket, caplog)
     assert "local log cannot ship them again" in caplog.text
     assert "seq 20 does not link to batch" in caplog.text
     assert _batches(bucket) == [(1, 10), (21, 30)]
+    assert (again.status.state, again.status.replicated_seq) == ("ok", 30)
     check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
     assert check["problems"] and check["missing_blocks"] == 10
     writer.close()
+
+
+@pytest.mark.parametrize("cursor", CURSORS)
+def test_a_hole_whose_local_entries_are_gone_stays_and_later_entries_ship(
+    tmp_path: Path, cursor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The oldest segment deleted locally (retention) and a batch of it lost by the
+    replica: the hole cannot be filled and stays, with a warning, while the entries
+    written since are shipped, with the cursor or without it."""
+    writer, bucket = _replicated(tmp_path, 40, batch_size=5, max_bytes=3_000)
+    oldest = list_segments(writer.stream_dir)[0]
+    assert oldest.compressed and len(list_segments(writer.stream_dir)) > 2
+    oldest.path.unlink()
+    _lose_batches(bucket, {6})  # entries 6-10, in the deleted segment
+    _lose_cursor(writer.stream_dir, bucket, cursor)
+    _write(writer, 5)
+    again = _start_again(writer, bucket, caplog, batch_size=5)
+    assert "lost the entries seq 6-10" in caplog.text
+    assert "the local log cannot ship them again" in caplog.text
+    assert (again.status.state, again.status.replicated_seq) == ("ok", 45)
+    assert (6, 10) not in _batches(bucket) and _batches(bucket)[-1] == (41, 45)
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert [p["reason"] for p in check["problems"]] == ["gap", "missing_locally"], check
+    writer.close()
+
+
+def test_without_a_cursor_batches_past_a_hole_must_still_be_this_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Moving past a hole checks nothing across it, so the local entries that end the
+    batches after it must be the replicated ones: another log with the same stream name
+    (a fresh disk, the bucket of the old one) is not taken for its continuation."""
+    writer, bucket = _replicated(tmp_path, 40)
+    _lose_batches(bucket, {11})
+    other = ChainWriter(tmp_path / "other-logs")
+    _write(other, 50)
+    assert other.stream == writer.stream
+    again = Replicator(bucket, other.stream_dir, "default", batch_size=10,
+                       max_batch_factor=1)
+    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
+        assert again.try_pump(force=True) is False
+    assert again.status.state == "stopped" and again.status.replicated_seq == 0
+    assert "differs from the replicated one" in str(again.status.last_error)
+    assert "local entry seq 11 does not link to batch" in caplog.text  # nothing filled
+    assert _batches(bucket) == [(1, 10), (21, 30), (31, 40)]
+    writer.close()
+    other.close()
 
 
 def test_time_based_flush_of_a_partial_batch(tmp_path: Path) -> None:

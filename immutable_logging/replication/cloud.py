@@ -261,7 +261,8 @@ def _check_batch(
             expected_seq, prev = expected_seq + 1, ""
             continue
         seq, entry_prev, digest, hashed = parsed
-        if entry_hash(hashed) != digest:
+        altered = entry_hash(hashed) != digest
+        if altered:
             result.problems.append(RemoteProblem(name.key, seq, "hash_mismatch",
                                                  "entry bytes do not match the stored hash"))
         elif seq != expected_seq:
@@ -273,9 +274,10 @@ def _check_batch(
                                                  "entry does not link to the previous entry"))
         if seq < expected_seq:  # a repeated or older entry: counted once, not as a new one
             continue
-        result.entries += 1
-        if sink is not None:
-            sink(seq, digest, segment, line)
+        if not altered:  # bytes that do not match their hash are no copy of the entry
+            result.entries += 1
+            if sink is not None:
+                sink(seq, digest, segment, line)
         expected_seq, prev = seq + 1, digest
     if len(lines) != name.last_seq - name.first_seq + 1:
         result.problems.append(RemoteProblem(
@@ -338,10 +340,25 @@ def verify_cloud_backup(
 ) -> dict[str, Any]:
     """Compare the replica with the local log and verify the replica's own chain.
 
-    Returns the seed's keys ``local_blocks``, ``cloud_blocks``, ``missing_blocks``,
-    ``sync_status`` (``synced``, ``partial``, ``not_synced`` or ``corrupted``) and
-    ``sync_percentage`` (blocks are entries), plus ``remote_entries``, ``remote_ok``,
-    ``problems`` (key, seq, reason, detail) and per-stream counts.
+    Blocks are entries, compared by sequence number and hash, stream by stream; an entry
+    of the replica whose bytes do not match its hash counts as not held by it. Returns:
+
+    * ``local_blocks``: entries the local log holds;
+    * ``remote_entries``: entries the replica holds;
+    * ``cloud_blocks``: entries both hold, identical;
+    * ``missing_blocks``: local entries the replica does not hold identically
+      (``local_blocks - cloud_blocks``: not shipped yet, lost by the replica, or differing);
+    * ``differing_blocks``: sequence numbers both hold with different entries;
+    * ``remote_only_blocks``: replica entries the local log lacks (it lost them), so that
+      ``remote_entries == cloud_blocks + differing_blocks + remote_only_blocks``;
+    * ``sync_percentage``: ``cloud_blocks`` as a share of every entry known to either
+      side (``local_blocks + remote_only_blocks``), rounded down to 0.01, so 100.0 means
+      all of them (and 100.0 when neither side holds any);
+    * ``sync_status``: :func:`sync_state` of the above;
+    * ``remote_ok``: the replica's own chain verifies (no problem found in it alone);
+    * ``problems`` (key, seq, reason, detail), ``streams`` (the counts per stream:
+      ``local``, ``cloud``, ``remote_entries``, ``differing``, ``remote_only``) and
+      ``target`` (the replica).
     """
     local = _local_hashes(root, tenant)
     keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
@@ -353,8 +370,6 @@ def verify_cloud_backup(
     problems = [p for r in remote.values() for p in r.problems]
     problems += lost_ends(backend, tenant, shipped, names)
     remote_ok = not problems  # what follows compares the replica with the local log
-    local_blocks = sum(len(h) for h in local.values())
-    cloud_blocks = 0
     per_stream: dict[str, dict[str, int]] = {}
     for stream in sorted(set(local) | set(remote)):
         comparison = compared.get(stream) or _Comparison(local[stream])
@@ -372,31 +387,55 @@ def verify_cloud_backup(
                 f"{only_remote.count} entries (seq {only_remote.first}..{only_remote.last}) "
                 "are in the replica but not in the local log: it was truncated or deleted "
                 "locally"))
-        cloud_blocks += comparison.matched
         per_stream[stream] = {
             "local": len(comparison.hashes),
             "cloud": comparison.matched,
             "remote_entries": remote[stream].entries if stream in remote else 0,
+            "differing": differing.count,
+            "remote_only": only_remote.count,
         }
-    missing = local_blocks - cloud_blocks
-    if problems:
-        status = "corrupted"
-    elif missing == 0:
-        status = "synced"
-    else:
-        status = "partial" if cloud_blocks else "not_synced"
+    local_blocks, cloud_blocks, remote_entries, differing_blocks, remote_only_blocks = (
+        sum(counts[name] for counts in per_stream.values())
+        for name in ("local", "cloud", "remote_entries", "differing", "remote_only"))
+    known = local_blocks + remote_only_blocks
     return {
         "local_blocks": local_blocks,
         "cloud_blocks": cloud_blocks,
-        "missing_blocks": missing,
-        "sync_status": status,
-        "sync_percentage": round(100.0 * cloud_blocks / local_blocks, 2) if local_blocks else 100.0,
-        "remote_entries": sum(r.entries for r in remote.values()),
+        "missing_blocks": local_blocks - cloud_blocks,
+        "sync_status": sync_state(local_blocks, cloud_blocks, remote_entries, remote_ok,
+                                  bool(problems)),
+        "sync_percentage": 10_000 * cloud_blocks // known / 100 if known else 100.0,
+        "remote_entries": remote_entries,
+        "differing_blocks": differing_blocks,
+        "remote_only_blocks": remote_only_blocks,
         "remote_ok": remote_ok,
         "problems": [asdict(p) for p in problems],
         "streams": per_stream,
         "target": backend.describe(),
     }
+
+
+def sync_state(local: int, cloud: int, remote: int, remote_ok: bool, problems: bool) -> str:
+    """The ``sync_status`` of a comparison (see :func:`verify_cloud_backup`), from the
+    entries the local log holds (``local``), those both hold identically (``cloud``), those
+    the replica holds (``remote``), whether the replica verifies on its own, and whether
+    any problem was found:
+
+    * ``"corrupted"``: a problem: the replica is damaged (``remote_ok`` is false), it and
+      the local log differ, or the local log lost some of the replica's entries;
+    * ``"local_lost"``: the local log holds none of the tenant's entries, the replica
+      holds some and verifies (restoring from it rebuilds the log);
+    * ``"synced"``: both hold the same entries (also when neither holds any);
+    * ``"partial"``: the replica holds the local log's first entries, not all of them;
+    * ``"not_synced"``: the replica holds none of the local log's entries.
+    """
+    if remote_ok and not local and remote:
+        return "local_lost"
+    if problems:
+        return "corrupted"
+    if cloud == local:
+        return "synced"
+    return "partial" if cloud else "not_synced"
 
 
 def find_entry(

@@ -9,8 +9,10 @@ is sealed, and on ``close()``.
 
 Resuming: after a crash, an outage or an ambiguous failure the replicator lists the remote
 batches once and moves its cursor past every batch that continues the chain, so nothing is
-lost and nothing is uploaded twice. A batch found under the same name with different bytes
-stops replication for the stream with :class:`RemoteIntegrityError`.
+lost and nothing is uploaded twice. Batches the replica lost between others it holds (a
+hole) are shipped again from the local log, the same whether the cursor was saved or
+lost. A batch found under the same name with different bytes stops replication for the
+stream with :class:`RemoteIntegrityError`.
 
 :class:`Replicator` is a :class:`logging.handlers.QueueListener`: its queue carries wake-up
 notifications (never records), its thread wakes on each one or every ``tick`` seconds.
@@ -928,7 +930,16 @@ class Replicator(QueueListener):
 
     def _reconcile(self) -> None:
         """Check the read position, then move the cursor past remote batches that continue
-        it (after a crash/outage)."""
+        it (after a crash/outage), and fill the holes up to there (:meth:`_fill_holes`).
+
+        A batch that starts after the next sequence number continues the chain past a hole
+        (batches the replica lost): the cursor moves past it as past the batches below a
+        saved cursor, whether the cursor was lost, unreadable or older than the hole. What
+        links across the hole is checked where it can be, as with a saved cursor: the
+        entries that fill it must link to the batches on both sides (else the hole stays,
+        with a warning), and the local entries that end the remote batches are compared
+        with them when the local log is read again (:meth:`_take`).
+        """
         self._check_position()
         with self._request("list"):  # the listing pages are fetched while it is consumed
             names = [name for name in map(parse_batch_key, self.backend.list(
@@ -942,13 +953,15 @@ class Replicator(QueueListener):
                 key = name.key
                 if name.last_seq <= cursor.last_seq:
                     continue
-                if name.first_seq != cursor.last_seq + 1:
+                if name.first_seq <= cursor.last_seq:
                     raise RemoteIntegrityError(
-                        f"{self.backend.describe()}: batch {key} does not continue the "
-                        f"replicated chain at seq {cursor.last_seq}"
+                        f"{self.backend.describe()}: batch {key} overlaps the replicated "
+                        f"chain, which ends at seq {cursor.last_seq}"
                     )
                 meta = self._head(key)
-                if meta.get("prev-hash") != cursor.last_hash or "last-hash" not in meta:
+                after_hole = name.first_seq > cursor.last_seq + 1
+                if "last-hash" not in meta or (
+                        meta.get("prev-hash") != cursor.last_hash and not after_hole):
                     raise RemoteIntegrityError(
                         f"{self.backend.describe()}: batch {key} does not link to the "
                         f"replicated entry seq {cursor.last_seq}"
