@@ -16,6 +16,7 @@ from typing import Any
 
 from immutable_logging.handler import ImmutableHandler
 from immutable_logging.layout import list_segments, list_streams
+from immutable_logging.replication.backend import StorageBackend
 
 
 def write_log(
@@ -163,3 +164,17 @@ def assert_sync_fields_agree(result: dict[str, Any]) -> None:
         assert 0 < cloud < local and not result["problems"], result
     if state == "not_synced":
         assert cloud == remote == 0 < local and not result["problems"], result
+
+
+def ship_again(bucket: StorageBackend, stream_dir: Path, first: int, last: int,
+               tenant: str = "default") -> None:
+    """Ship the local entries ``first..last`` of ``stream_dir`` once more, as one batch per
+    segment, as a second shipper of the stream would: a request still in flight when
+    ``close()`` gave up lands after the next writer shipped the same entries cut into
+    other batches."""
+    from immutable_logging.replication.holes import local_run
+    from immutable_logging.replication.replicator import Replicator
+
+    replicator = Replicator(bucket, stream_dir, tenant)
+    for piece in local_run(stream_dir, first, last, max_entries=1000, max_bytes=1 << 20):
+        replicator._put_batch(piece)

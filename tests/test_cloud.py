@@ -27,11 +27,16 @@ from immutable_logging.replication.cloud import (
     restore_tenant,
     verify_cloud_backup,
 )
-from immutable_logging.replication.holes import local_run
 from immutable_logging.replication.local import RESERVED_SUFFIX, LocalDirectoryBackend
 from immutable_logging.replication.replicator import Replicator
 
-from .helpers import assert_sync_fields_agree, read_lines, sealed_replica, write_lines
+from .helpers import (
+    assert_sync_fields_agree,
+    read_lines,
+    sealed_replica,
+    ship_again,
+    write_lines,
+)
 
 _PAD = "x" * 200
 
@@ -282,15 +287,6 @@ def _log_of(tmp_path: Path, text: str) -> ChainWriter:
     return writer
 
 
-def _ship_again(bucket: LocalDirectoryBackend, writer: ChainWriter, first: int, last: int) -> None:
-    """Ship the local entries ``first..last`` as one more batch, as a second shipper of the
-    stream would: a request still in flight when ``close()`` gave up lands after the next
-    writer of the stream shipped the same entries cut into other batches."""
-    replicator = Replicator(bucket, writer.stream_dir, "default")
-    for piece in local_run(writer.stream_dir, first, last, max_entries=1000, max_bytes=1 << 20):
-        replicator._put_batch(piece)
-
-
 def test_batches_repeating_entries_already_present_are_no_problem(tmp_path: Path) -> None:
     """Each repeated entry equals the one taken: nothing is reported, and a batch reaching
     past the others (16-25 over 16-20 and 21-25) is taken from where they stop. They were
@@ -300,7 +296,7 @@ def test_batches_repeating_entries_already_present_are_no_problem(tmp_path: Path
     Replicator(bucket, writer.stream_dir, "default", batch_size=5,
                max_batch_factor=1).pump(force=True)
     for first, last in ((11, 20), (16, 25), (6, 8), (28, 30)):
-        _ship_again(bucket, writer, first, last)
+        ship_again(bucket, writer.stream_dir, first, last)
     names = remote_streams(bucket, "default")["s"]
     assert len(names) == 10
     check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
@@ -319,8 +315,8 @@ def test_a_batch_differing_from_the_entries_it_repeats_is_an_overlap(tmp_path: P
     Replicator(bucket, writer.stream_dir, "default", batch_size=10,
                max_batch_factor=1).pump(force=True)
     other = _log_of(tmp_path / "other", "forged")  # a chain of its own, linked in itself
-    _ship_again(bucket, other, 5, 10)
-    _ship_again(bucket, other, 25, 30)
+    ship_again(bucket, other.stream_dir, 5, 10)
+    ship_again(bucket, other.stream_dir, 25, 30)
     check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
     overlaps = [(p["seq"], p["detail"]) for p in check["problems"]]
     assert overlaps == [

@@ -29,6 +29,8 @@ from immutable_logging.replication.replicator import (
     cursor_path,
 )
 
+from .helpers import ship_again
+
 
 def _payload(i: int) -> dict[str, object]:
     return {"ts": time.time(), "level": "INFO", "message": f"m{i}", "tenant": "default"}
@@ -321,6 +323,53 @@ def test_without_a_cursor_batches_past_a_hole_must_still_be_this_logs(
     assert _batches(bucket) == [(1, 10), (21, 30), (31, 40)]
     writer.close()
     other.close()
+
+
+@pytest.mark.parametrize("cursor", CURSORS)
+def test_batches_repeating_replicated_entries_do_not_stop_replication(
+    tmp_path: Path, cursor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two shippers cut the same entries into other batches (a request still in flight when
+    close() gave up landed later): 11-20 and 16-25 over 11-15, 16-20 and 21-25. Without a
+    cursor the reconcile met 16-25 after 11-20 and stopped replication ("overlaps the
+    replicated chain")."""
+    writer, bucket = _replicated(tmp_path, 30, batch_size=5)
+    for first, last in ((11, 20), (16, 25)):
+        ship_again(bucket, writer.stream_dir, first, last)
+    _lose_cursor(writer.stream_dir, bucket, cursor)
+    _write(writer, 5)
+    again = _start_again(writer, bucket, caplog, batch_size=5)
+    status = again.status
+    assert (status.state, status.replicated_seq, status.failures) == ("ok", 35, 0)
+    assert _batches(bucket)[-1] == (31, 35) and len(_batches(bucket)) == 9
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    writer.close()
+
+
+@pytest.mark.parametrize("cursor", CURSORS)
+def test_an_overlapping_batch_of_another_log_stops_replication(
+    tmp_path: Path, cursor: str
+) -> None:
+    """The cursor moves past a batch over the replicated entries only as far as the local
+    entry that ends it is the one it holds."""
+    writer, bucket = _replicated(tmp_path, 30)
+    other = ChainWriter(tmp_path / "other-logs")
+    _write(other, 35)
+    other.close()
+    assert other.stream == writer.stream
+    ship_again(bucket, other.stream_dir, 21, 35)
+    _lose_cursor(writer.stream_dir, bucket, cursor)
+    _write(writer, 10)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                       max_batch_factor=1)
+    assert again.try_pump(force=True) is False
+    assert again.status.state == "stopped"
+    assert "differs from the replicated one" in str(again.status.last_error)
+    assert _batches(bucket) == [(1, 10), (11, 20), (21, 30), (21, 35)]  # nothing shipped
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert {"overlap", "differs_from_local"} <= {p["reason"] for p in check["problems"]}
+    writer.close()
 
 
 def test_time_based_flush_of_a_partial_batch(tmp_path: Path) -> None:

@@ -939,6 +939,13 @@ class Replicator(QueueListener):
         entries that fill it must link to the batches on both sides (else the hole stays,
         with a warning), and the local entries that end the remote batches are compared
         with them when the local log is read again (:meth:`_take`).
+
+        A batch that starts before the next sequence number and reaches past it repeats
+        entries of the batches before it: a request still in flight when a ``close()``
+        gave up landed after the stream's next writer shipped the same entries cut
+        otherwise. The cursor moves past it too, checked the same way at its end (readers
+        of the replica check its repeated entries: see
+        :func:`~immutable_logging.replication.cloud.load_remote_stream`).
         """
         self._check_position()
         with self._request("list"):  # the listing pages are fetched while it is consumed
@@ -953,15 +960,10 @@ class Replicator(QueueListener):
                 key = name.key
                 if name.last_seq <= cursor.last_seq:
                     continue
-                if name.first_seq <= cursor.last_seq:
-                    raise RemoteIntegrityError(
-                        f"{self.backend.describe()}: batch {key} overlaps the replicated "
-                        f"chain, which ends at seq {cursor.last_seq}"
-                    )
                 meta = self._head(key)
-                after_hole = name.first_seq > cursor.last_seq + 1
+                joined = name.first_seq == cursor.last_seq + 1  # else after a hole, or over
                 if "last-hash" not in meta or (
-                        meta.get("prev-hash") != cursor.last_hash and not after_hole):
+                        meta.get("prev-hash") != cursor.last_hash and joined):
                     raise RemoteIntegrityError(
                         f"{self.backend.describe()}: batch {key} does not link to the "
                         f"replicated entry seq {cursor.last_seq}"
