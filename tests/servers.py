@@ -269,6 +269,10 @@ def fake_gcs_binary() -> str:
     return path
 
 
+#: Where fake-gcs-server's filesystem backend keeps an object's metadata.
+_METADATA_XATTR = "user.metadata"
+
+
 class FakeGcsServer(ServerProcess):
     """fake-gcs-server over plain HTTP on a fixed port.
 
@@ -300,6 +304,22 @@ class FakeGcsServer(ServerProcess):
         else:
             argv += ["-backend", "filesystem", "-filesystem-root", str(self.root)]
         return argv
+
+    def stop(self) -> None:
+        """Stop the server; with a ``root``, then drop the objects the stop tore.
+
+        The filesystem backend writes an object's file, then its metadata (the
+        ``user.metadata`` extended attribute): a server stopped in between leaves a file
+        without it, and after the restart every listing of that bucket answers 404. Real
+        object stores make a write visible whole or not at all; a write the stop tore was
+        never acknowledged, so its file is removed, as if it had not happened.
+        """
+        super().stop()
+        if self.root is not None:
+            for bucket in (p for p in self.root.iterdir() if p.is_dir()):
+                for path in (p for p in bucket.rglob("*") if p.is_file()):
+                    if _METADATA_XATTR not in os.listxattr(path):
+                        path.unlink()
 
     def reset(self) -> None:
         """Drop every bucket and object (a restart; the filesystem root is emptied)."""
