@@ -327,6 +327,40 @@ def test_a_batch_differing_from_the_entries_it_repeats_is_an_overlap(tmp_path: P
         restore_tenant(bucket, tmp_path / "restored", "default")
 
 
+@pytest.mark.parametrize("extra", ["forged entries", "not entries", "another segment"])
+def test_a_repeating_batch_is_checked_whole(tmp_path: Path, extra: str) -> None:
+    """Found by review: a batch named 5-10 holding the real entries 5..10 and then forged
+    entries 11'.. linked to 10 was taken for a mere repeat: the replica verified as
+    synced, and `restore --block-hash` handed out a forged entry. Its line count, and the
+    segment its metadata names, are checked too now."""
+    logs, fork = tmp_path / "logs", tmp_path / "fork"
+    writer = ChainWriter(logs, stream="s")
+    for i in range(10):
+        writer.append({"ts": 1.0, "level": "INFO", "message": f"real {i}", "tenant": "t"})
+    writer.close()
+    shutil.copytree(logs, fork)
+    forked = ChainWriter(fork, stream="s")
+    for i in range(3):
+        forked.append({"ts": 2.0, "level": "INFO", "message": f"FORGED {i}", "tenant": "t"})
+    forked.close()
+    writer = ChainWriter(logs, stream="s")
+    for i in range(10, 30):
+        writer.append({"ts": 2.0, "level": "INFO", "message": f"real {i}", "tenant": "t"})
+    writer.close()
+    bucket = LocalDirectoryBackend(tmp_path / "bucket")
+    Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+               max_batch_factor=1).pump(force=True)
+    real = read_lines(list_segments(writer.stream_dir)[0].path)
+    tail = {"forged entries": read_lines(list_segments(forked.stream_dir)[0].path)[10:],
+            "not entries": [b"garbage\n"], "another segment": []}[extra]
+    bucket.put_if_absent("default/s/batches/000000000005-000000000010.jsonl.gz",
+                         gzip.compress(b"".join(real[4:10] + tail)),
+                         {"segment": "7" if extra == "another segment" else "1"})
+    check = verify_cloud_backup(bucket, logs, "default")
+    assert [(p["seq"], p["reason"]) for p in check["problems"]] == [(5, "overlap")]
+    assert check["sync_status"] == "corrupted" and check["cloud_blocks"] == 30
+
+
 def test_something_in_the_way_of_a_stream_is_refused_before_anything_is_written(
     tmp_path: Path
 ) -> None:

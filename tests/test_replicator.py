@@ -714,7 +714,7 @@ def test_a_damaged_replica_is_reported_once_per_cause(tmp_path: Path, damage: st
         path.write_bytes(gzip.compress(b"".join(lines[:5] + lines[4:])))
     else:
         bucket.put_if_absent(key.replace("000000000020", "000000000015"),
-                             gzip.compress(b"".join(lines[:5])), {})
+                             gzip.compress(b"".join(lines[:5])), {"segment": "1"})
     check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
     reasons = sorted(p["reason"] for p in check["problems"])
     expected = {"batch deleted": ["gap"],

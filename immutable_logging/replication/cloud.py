@@ -164,14 +164,15 @@ def load_remote_stream(
     ones taken: its newer entries, if any, are taken too. One that differs from them is an
     ``overlap`` problem, and none of its entries is taken."""
     result = RemoteStream(stream)
-    expected_seq, prev = 1, GENESIS_HASH
-    remembered: dict[int, str] = {}  # hashes of entries a later batch repeats up to
+    expected_seq, prev, prev_segment = 1, GENESIS_HASH, 0
+    # (hash, segment) of the entries a later batch repeats up to
+    remembered: dict[int, tuple[str, int]] = {}
     wanted = _repeated_ends(names)
     take = sink
     if wanted:
         def take(seq: int, digest: str, segment: int, line: bytes) -> None:
             if seq in wanted:
-                remembered[seq] = digest
+                remembered[seq] = digest, segment
             if sink is not None:
                 sink(seq, digest, segment, line)
     for name in names:
@@ -195,11 +196,15 @@ def load_remote_stream(
             result.problems.append(RemoteProblem(name.key, name.first_seq, "hash_mismatch",
                                                  "object content does not match its metadata"))
         if name.first_seq < expected_seq:
-            newer = _newer_than_repeated(result, name, raw, expected_seq, prev, remembered)
+            last_repeated = min(expected_seq - 1, name.last_seq)
+            known = ((prev, prev_segment) if last_repeated == expected_seq - 1
+                     else remembered.get(last_repeated))
+            newer = _newer_than_repeated(result, name, raw, segment, expected_seq, known)
             if newer is None or name.last_seq < expected_seq:  # differs, or only repeats
                 continue
             name, raw = newer
         expected_seq, prev = _check_batch(result, name, raw, segment, expected_seq, prev, take)
+        prev_segment = segment
     return result
 
 
@@ -216,19 +221,26 @@ def _repeated_ends(names: list[BatchName]) -> set[int]:
 
 
 def _newer_than_repeated(
-    result: RemoteStream, name: BatchName, raw: bytes, expected_seq: int, prev: str,
-    remembered: dict[int, str],
+    result: RemoteStream, name: BatchName, raw: bytes, segment: int, expected_seq: int,
+    known: tuple[str, int] | None,
 ) -> tuple[BatchName, bytes] | None:
     """A batch starting before ``expected_seq``: the part after the entries it repeats
     (``name`` and content), or None after reporting an ``overlap`` problem.
 
-    Its repeated lines must be chain entries, numbered and linked one after the other, and
-    the last one must have the hash of the entry taken at its seq: the hash chain then
-    makes every repeated line equal to the one taken.
+    It must hold as many lines as its name says. Its repeated lines must be chain
+    entries, numbered and linked one after the other, and the last one must have the hash
+    and the segment (``segment``, from the batch's metadata) of the entry taken at its seq
+    (``known``; None or an empty hash when that is not known): the hash chain then makes
+    every repeated line equal to the one taken.
     """
     lines = raw.splitlines(keepends=True)
+    if len(lines) != name.last_seq - name.first_seq + 1:
+        result.problems.append(RemoteProblem(
+            name.key, name.first_seq, "overlap",
+            f"batch overlaps entries already present (up to seq {expected_seq - 1}) and "
+            f"holds {len(lines)} entries, its name says {name.last_seq - name.first_seq + 1}"))
+        return None
     repeated = min(expected_seq, name.last_seq + 1) - name.first_seq
-    last_repeated = name.first_seq + repeated - 1
     digest: str | None = None
     for offset, line in enumerate(lines[:repeated]):
         parsed = split_line(line[:-1]) if line.endswith(b"\n") else None
@@ -238,12 +250,12 @@ def _newer_than_repeated(
             digest = None
             break
         digest = parsed[2]
-    known = prev if last_repeated == expected_seq - 1 else remembered.get(last_repeated)
-    if len(lines) < repeated or digest is None or not known or digest != known:
+    comparable = known is not None and bool(known[0])
+    if not comparable or (digest, segment) != known:
         result.problems.append(RemoteProblem(
             name.key, name.first_seq, "overlap",
             f"batch overlaps entries already present (up to seq {expected_seq - 1}) and "
-            + ("differs from them" if known else "cannot be compared with them")))
+            + ("differs from them" if comparable else "cannot be compared with them")))
         return None
     return replace(name, first_seq=expected_seq), b"".join(lines[repeated:])
 
