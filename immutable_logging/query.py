@@ -460,8 +460,9 @@ class _Members:
 
     def __contains__(self, value: Any) -> bool:
         kind = type(value)
-        if kind is bool or kind in _SCALARS:
-            return (kind is bool, value) in self.scalars
+        if (kind is bool or kind in _SCALARS) and (kind is bool, value) in self.scalars:
+            return True
+        # Arrays and objects, and numbers of other types (Decimal, Fraction, numpy's)
         return any(_same(value, item) for item in self.others)
 
 

@@ -5,6 +5,8 @@ import io
 import logging
 import random
 import time
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -196,13 +198,17 @@ def test_true_and_false_are_not_the_numbers_one_and_zero(
         assert all(type(a) is type(b) for a, b in zip(amounts, expected, strict=True))
 
 
-def test_in_takes_enum_members_as_the_values_they_equal(logdir: Path) -> None:
+def test_in_takes_enums_and_other_number_types_as_the_values_they_equal(logdir: Path) -> None:
     class Level(enum.StrEnum):
         REVENUE = "REVENUE"
 
     class Amount(enum.IntEnum):
         BIG = 1999
 
+    for number in (Decimal(1999), Fraction(1999)):  # as $eq and $ne compare them
+        assert compile_query({"n": {"$in": [number]}})({"n": 1999})
+        assert not compile_query({"n": {"$nin": [number]}})({"n": 1999})
+        assert not compile_query({"n": {"$in": [number]}})({"n": 1998})
     plain = query_entries(iter_entries(logdir), {"level": {"$in": ["REVENUE"]},
                                                  "metadata.amount": {"$nin": [1999]}})
     members = query_entries(iter_entries(logdir), {"level": {"$in": [Level.REVENUE]},
