@@ -52,7 +52,7 @@ from .compression import compress_fd
 from .entry import GENESIS_HASH, HOSTNAME, canonical_payload, make_line, split_line
 from .errors import ConfigurationError, ImmutableLogError, StreamLockedError
 from .fileio import atomic_write, fsync_dir, make_log_directory, open_file
-from .journal import JOURNAL_BYTES, Journal, pending_lines
+from .journal import JOURNAL_BYTES, Journal, pending_lines, read_journal
 from .layout import (
     JOURNAL_FILE,
     LOCK_FILE,
@@ -491,9 +491,8 @@ class ChainWriter:
         Returns the recovery events to record in the chain.
         """
         path = self.stream_dir / JOURNAL_FILE
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = read_journal(path)
+        if data is None:
             return []
         events: list[dict[str, Any]] = []
         lines, anomaly = pending_lines(data, self.seq, self.head)

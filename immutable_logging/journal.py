@@ -23,9 +23,11 @@ as for any memory-mapped file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
+import stat
 from pathlib import Path
 
 from .entry import split_line
@@ -71,6 +73,35 @@ class Journal:
         if remove:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+def read_journal(path: Path) -> bytes | None:
+    """The bytes of the journal at ``path`` (at most :data:`JOURNAL_BYTES`, its size), or
+    None when there is none: no such file, or no regular file there (a FIFO or device
+    would block or never end a read, a symbolic link is no writer's journal).
+
+    Raises:
+        OSError: there is one, but it cannot be read (permissions, I/O).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        left = JOURNAL_BYTES
+        while left and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def pending_lines(data: bytes, seq: int, head: str) -> tuple[list[bytes], str | None]:

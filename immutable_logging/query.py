@@ -56,7 +56,7 @@ from .compression import READ_ERRORS
 from .encryption import SECRET_FIELDS
 from .entry import GENESIS_HASH, split_line
 from .errors import KeyUnavailableError, QueryError, SegmentReadError
-from .journal import pending_lines
+from .journal import pending_lines, read_journal
 from .layout import (
     JOURNAL_FILE,
     Segment,
@@ -190,8 +190,10 @@ def journal_tail(stream_dir: Path, head: ChainHead) -> tuple[bytes, str]:
         seq, link = parsed[0], parsed[2]
     journal = stream_dir / JOURNAL_FILE
     try:
-        data = journal.read_bytes()
-    except OSError:  # no journal (no writer, or one that closed), or not ours to read
+        data = read_journal(journal)
+    except OSError:  # not ours to read
+        return b"", ""
+    if data is None:  # no journal: no writer, or one that closed
         return b"", ""
     # An entry that does not continue the chain ends the tail. It is no damage of what was
     # read: a live writer's batch write looks the same to a reader, and verify notes it.

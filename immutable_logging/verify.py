@@ -65,7 +65,7 @@ from .errors import (
     TruncationError,
     VerificationError,
 )
-from .journal import pending_lines
+from .journal import pending_lines, read_journal
 from .layout import (
     CHECKPOINT_DIR,
     JOURNAL_FILE,
@@ -723,8 +723,10 @@ def _check_journal(stream_dir: Path, state: _StreamVerifier) -> None:
     """Report entries that are in the stream's ``flush`` journal but not in a segment."""
     path = stream_dir / JOURNAL_FILE
     try:
-        data = path.read_bytes()
-    except OSError:  # no journal: no writer, or one that closed cleanly
+        data = read_journal(path)
+    except OSError:  # not readable here: the writer's next open reports what it holds
+        return
+    if data is None:  # no journal: no writer, or one that closed cleanly
         return
     lines, reason = pending_lines(data, state.expected_seq - 1, state.prev)
     if lines:

@@ -19,7 +19,7 @@ import pytest
 
 from immutable_logging import ImmutableLogger
 from immutable_logging.chain import ChainWriter
-from immutable_logging.journal import JOURNAL_BYTES, pending_lines
+from immutable_logging.journal import JOURNAL_BYTES, pending_lines, read_journal
 from immutable_logging.layout import JOURNAL_FILE, segment_name
 from immutable_logging.query import iter_entries
 from immutable_logging.verify import verify_tenant
@@ -331,3 +331,31 @@ def test_forked_pool_workers_that_end_with_os_exit_lose_nothing(tmp_path: Path) 
     assert sorted(jobs) == sorted(f"job {i} line {k}" for i in range(6) for k in range(5))
     report = verify_tenant(tmp_path)
     assert report.ok and report.warnings == [], (report.problems, report.warnings)
+
+
+def test_a_journal_that_is_no_regular_file_is_no_journal(tmp_path: Path) -> None:
+    """Readers used to read `.journal` whole: a FIFO there hung `read`, `stats` and
+    `verify` (and the next writer's open), and a huge file was read into memory whole."""
+    writer = ChainWriter(tmp_path, stream="s")
+    writer.append({"message": "m1", "level": "INFO"})
+    writer.close()
+    journal = writer.stream_dir / JOURNAL_FILE
+    os.mkfifo(journal)
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.extend(
+        [_messages(tmp_path), verify_tenant(tmp_path).ok, ChainWriter(tmp_path, stream="s")]),
+        daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "reading a FIFO named .journal blocked"
+    assert done[:2] == [["m1"], True]
+    reopened = done[2]
+    assert isinstance(reopened, ChainWriter)
+    reopened.close()
+    assert read_journal(journal) is None  # the writer made its own journal, then removed it
+    journal.write_bytes(b"x" * (3 * JOURNAL_BYTES))
+    data = read_journal(journal)
+    assert data is not None and len(data) == JOURNAL_BYTES
+    journal.unlink()
+    journal.symlink_to(tmp_path / "elsewhere")
+    assert read_journal(journal) is None
