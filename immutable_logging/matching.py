@@ -122,8 +122,9 @@ def _scan(segment: Segment, stream: str, match: Match) -> Scanned:
     found = []
     damage: list[ReadDamage] = []
     head = ChainHead()
-    for entry in _entries_of(head.track(segment.chunks()), stream, str(segment.path), None,
-                             match.line_filter(), False, damage=damage):
+    chunks = head.track(segment.chunks(), segment.number)
+    for entry in _entries_of(chunks, stream, str(segment.path), None, match.line_filter(),
+                             False, damage=damage):
         if "enc" in entry:
             raise _Encrypted
         if predicate(entry):
@@ -154,7 +155,7 @@ def _stream_matches(
             except Exception:  # read error, encrypted entries, a broken pool: do it here
                 pass
             else:
-                reader.head.passed(last_line)
+                reader.head.passed(last_line, segment.number)
                 yield from found
                 continue
         yield from filter(predicate, reader.segment(segment))

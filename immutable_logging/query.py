@@ -139,37 +139,51 @@ def unreadable_segment(path: str, exc: BaseException, damage: DamageList) -> Non
 class ChainHead:
     """The last complete line a reader has read of one stream, segment after segment: where
     the chain stood when it got there, which the journal entries it shows must continue
-    (:func:`journal_tail`)."""
+    (:func:`journal_tail`); and how far into which segment that was, so that a reader
+    can go on from there (:meth:`StreamReader.journal`)."""
 
-    __slots__ = ("line",)
+    __slots__ = ("end", "line", "segment")
 
     def __init__(self) -> None:
         #: None: nothing read yet (the chain starts at genesis); ``b""``: not known (a
         #: segment could not be read to its end), so no journal entry can follow it.
         self.line: bytes | None = None
+        #: The number of the last segment read (0: none).
+        self.segment = 0
+        #: Its (uncompressed) bytes read up to the end of its last complete line; None
+        #: when it was read elsewhere, whole (a sealed segment, by a worker process).
+        self.end: int | None = 0
 
-    def track(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """Pass the chunks of one segment through, keeping their last complete line."""
+    def track(self, chunks: Iterable[bytes], segment: int, start: int = 0) -> Iterator[bytes]:
+        """Pass through the chunks of segment number ``segment`` from its byte ``start``
+        (a line's start; chunks hold whole lines but perhaps the last), keeping their last
+        complete line and where it ends."""
+        self.segment, self.end = segment, start
+        position = start  # of the chunk in the segment
         for chunk in chunks:
             end = chunk.rfind(b"\n")
             if end >= 0:
                 self.line = chunk[chunk.rfind(b"\n", 0, end) + 1 : end]
+                self.end = position + end + 1
+            position += len(chunk)
             yield chunk
 
-    def passed(self, line: bytes | None) -> None:
-        """A segment was read elsewhere (a worker process); it ended with ``line`` (None:
-        it was empty)."""
+    def passed(self, line: bytes | None, segment: int) -> None:
+        """Segment number ``segment`` was read elsewhere (a worker process), whole; it
+        ended with ``line`` (None: it was empty)."""
         if line is not None:
             self.line = line
+        self.segment, self.end = segment, None
 
     def lost(self) -> None:
         """The rest of a segment could not be read: where the chain stands is not known."""
         self.line = b""
 
 
-def journal_tail(stream_dir: Path, head: ChainHead) -> tuple[bytes, str]:
+def journal_tail(stream_dir: Path, head: ChainHead) -> tuple[bytes, str] | None:
     """The entries of a stream's ``flush`` journal that continue the chain after ``head``,
-    as one block of lines, and the name they are read under; ``(b"", "")`` for none.
+    as one block of lines, and the name they are read under; ``(b"", "")`` for none, None
+    when the stream's segments moved on past ``head`` (see below).
 
     These are entries a writer logged but has not written to its segment yet: a live
     writer's last 50 ms, or everything a writer killed before closing left behind. They
@@ -178,8 +192,8 @@ def journal_tail(stream_dir: Path, head: ChainHead) -> tuple[bytes, str]:
     the first linked to ``head``), so they are never entries the reader read in a segment.
     Their name is ``<stream>/.journal -> <segment>``: the journal and the segment they go
     to, whose number an encrypted entry's authentication binds. When the stream's segments
-    moved past ``head`` meanwhile (a live writer wrote a batch), none are taken: the
-    reader did not read those segments to their end.
+    moved past ``head`` meanwhile (a live writer wrote a batch), none are taken (the
+    reader did not read those segments to their end) and None is returned.
     """
     if head.line is None:
         seq, link = 0, GENESIS_HASH
@@ -198,13 +212,16 @@ def journal_tail(stream_dir: Path, head: ChainHead) -> tuple[bytes, str]:
     # An entry that does not continue the chain ends the tail. It is no damage of what was
     # read: a live writer's batch write looks the same to a reader, and verify notes it.
     lines, _ = pending_lines(data, seq, link)
-    if not lines:
-        return b"", ""
+    # Checked even when no line continues ``head``: after a batch write the journal holds
+    # later entries, and those the segments gained must be read.
+    on_disk = last_seq_on_disk(stream_dir)
+    if on_disk is not None and on_disk != seq:
+        return None
     # The writer journals an entry only once its segment file exists, and writes the
     # batch before it opens the next one: while the chain on disk still ends at ``seq``,
     # the last segment listed is the one these entries go to.
     segments = list_segments(stream_dir)
-    if not segments or last_seq_on_disk(stream_dir) != seq:
+    if not lines or not segments or on_disk is None:
         return b"", ""
     return b"".join(lines), f"{journal} -> {segment_name(segments[-1].number)}"
 
@@ -233,22 +250,60 @@ class StreamReader:
             yield from self.segment(segment)
         yield from self.journal()
 
-    def segment(self, segment: Segment) -> Iterator[Entry]:
-        """The entries of one segment; an unreadable rest is recorded in ``damage`` (or
-        raises :class:`SegmentReadError` without a list)."""
+    def segment(self, segment: Segment, start: int = 0) -> Iterator[Entry]:
+        """The entries of one segment (from its byte ``start``, a line's start); an
+        unreadable rest is recorded in ``damage`` (or raises :class:`SegmentReadError`
+        without a list)."""
         path = str(segment.path)
+        chunks = segment.chunks() if not start else _skip(segment.chunks(), start)
         try:
-            yield from _entries_of(self.head.track(segment.chunks()), self.stream_dir.name,
-                                   path, *self._read)
+            yield from _entries_of(self.head.track(chunks, segment.number, start),
+                                   self.stream_dir.name, path, *self._read)
         except READ_ERRORS as exc:
             self.head.lost()
             unreadable_segment(path, exc, self._damage)
 
     def journal(self) -> Iterator[Entry]:
-        """The entries of :func:`journal_tail` after the segments read so far."""
-        block, name = journal_tail(self.stream_dir, self.head)
-        if block:
-            yield from _entries_of(iter((block,)), self.stream_dir.name, name, *self._read)
+        """The entries of :func:`journal_tail` after the segments read so far.
+
+        When a live writer wrote a batch after the segments were read, the journal no
+        longer continues them: the entries the segments gained are read first (from where
+        the reader stopped), then the journal again, a few times at most. So a read never
+        shows fewer entries than one before it: what the journal held then is in the
+        segments now.
+        """
+        for _ in range(_CATCH_UPS):
+            tail = journal_tail(self.stream_dir, self.head)
+            if tail is not None:
+                block, name = tail
+                if block:
+                    yield from _entries_of(iter((block,)), self.stream_dir.name, name,
+                                           *self._read)
+                return
+            yield from self._catch_up()
+
+    def _catch_up(self) -> Iterator[Entry]:
+        """The entries written to the segments since the reader read them."""
+        head = self.head
+        for segment in list_segments(self.stream_dir):
+            if segment.number > head.segment:
+                yield from self.segment(segment)
+            elif segment.number == head.segment and head.end is not None:
+                yield from self.segment(segment, head.end)
+
+
+#: How often :meth:`StreamReader.journal` reads on after a live writer's batch write.
+_CATCH_UPS = 3
+
+
+def _skip(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
+    """``chunks`` without their first ``count`` bytes."""
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
 
 
 def _entries_of(

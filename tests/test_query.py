@@ -630,10 +630,44 @@ def test_a_live_writers_journal_is_read_and_never_twice(
         # The writer's last entries are in its journal (durable), not yet in the segment.
         assert [e["message"] for e in iter_entries(tmp_path)] == [f"m{i}" for i in range(10)]
         head = ChainHead()  # a reader that read the segment (entries 1-5) ...
-        for _ in head.track(list_segments(writer.stream_dir)[0].chunks()):
+        for _ in head.track(list_segments(writer.stream_dir)[0].chunks(), 1):
             pass
         writer.flush()  # ... before the writer wrote 6-10 there (the journal still has them)
-        assert journal_tail(writer.stream_dir, head) == (b"", "")
+        assert journal_tail(writer.stream_dir, head) is None  # not to be taken as they are
         assert [e["seq"] for e in iter_entries(tmp_path)] == list(range(1, 11))
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_a_batch_written_during_a_read_is_read_on_not_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rotate: bool
+) -> None:
+    """Found by review: the entries of the journal were shown by one read, and left out by
+    the next when the writer wrote them to the segment between its segment pass and its
+    journal read (read 1: 1-10, read 2: 1-5). The reader now reads on in the segments from
+    where it stopped, then takes the journal."""
+    from immutable_logging import chain
+    from immutable_logging.query import StreamReader
+
+    monkeypatch.setattr(chain, "JOURNAL_WRITE_INTERVAL", 3600.0)  # batches by flush() only
+    writer = chain.ChainWriter(tmp_path, stream="live", compress=True)
+    try:
+        for i in range(10):
+            if i == 5:
+                writer.flush()
+            writer.append({"message": f"m{i}", "level": "INFO"})
+        reader = StreamReader(writer.stream_dir, None, None, False, False, None)
+        seen = [e["seq"] for s in list_segments(writer.stream_dir) for e in reader.segment(s)]
+        assert seen == [1, 2, 3, 4, 5]
+        writer.flush()  # 6-10 reach the segment after the reader read it
+        if rotate:
+            writer.rotate()
+            for i in range(10, 15):
+                writer.append({"message": f"m{i}", "level": "INFO"})
+            writer.flush()
+            writer.append({"message": "m15", "level": "INFO"})  # in the journal only
+        seen += [e["seq"] for e in reader.journal()]
+        assert seen == list(range(1, 17 if rotate else 11))
     finally:
         writer.close()
