@@ -401,7 +401,13 @@ class ChainWriter:
         for item in names:
             name = item if isinstance(item, str) else f"{_HOST_SLUG}.{item}"
             sdir = tdir / name
-            sdir.mkdir(exist_ok=True, mode=0o700)
+            try:
+                sdir.mkdir(exist_ok=True, mode=0o700)
+            except FileExistsError:  # something that is no directory is in the way
+                if isinstance(item, int):
+                    continue  # the next slot
+                raise ConfigurationError(
+                    f"cannot use stream {name!r}: {str(sdir)!r} is not a directory") from None
             fd = os.open(sdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -76,9 +76,10 @@ def make_log_directory(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (FileExistsError, NotADirectoryError):
         blocker = next((part for part in (*reversed(path.parents), path)
-                        if part.exists() and not part.is_dir()), path)
+                        if os.path.lexists(part) and not part.is_dir()), path)
+        what = "a dangling symbolic link" if blocker.is_symlink() else "a file"
         raise ConfigurationError(
-            f"cannot use {str(path)!r} as a log directory: {str(blocker)!r} is a file, "
+            f"cannot use {str(path)!r} as a log directory: {str(blocker)!r} is {what}, "
             "not a directory") from None
 
 

@@ -164,6 +164,22 @@ def test_a_changed_last_entry_with_intact_chain_fields_is_continued_from(
     assert [(p.reason, p.seq, p.file) for p in problems] == [("hash_mismatch", 4, str(active))]
 
 
+def test_a_file_in_the_place_of_a_stream(tmp_path: Path) -> None:
+    """A named stream: a ConfigurationError naming it (it was a bare FileExistsError); a
+    stream slot: the next slot is taken."""
+    from immutable_logging.chain import _HOST_SLUG
+    from immutable_logging.errors import ConfigurationError
+
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "app").write_text("not a stream")
+    with pytest.raises(ConfigurationError, match=r"stream 'app': '.*/default/app' is not a"):
+        ChainWriter(tmp_path, stream="app")
+    (tmp_path / "default" / f"{_HOST_SLUG}.0").write_text("not a stream")
+    writer = ChainWriter(tmp_path)
+    assert writer.stream == f"{_HOST_SLUG}.1"
+    writer.close()
+
+
 def test_rotated_read_only_segment_is_not_reopened_for_writing(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path, compress=False)
     _append(writer, 3)

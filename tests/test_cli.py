@@ -461,7 +461,7 @@ def test_a_path_that_cannot_be_used_is_an_error_not_a_traceback(
         assert log.flush_backup()
     assert main(["restore", str(afile / "new"), "--tenant", "acme",
                  "--backup-directory", str(bucket)], io.StringIO()) == 2
-    assert f"{str(afile)!r} is a file, not a directory" in capsys.readouterr().err
+    assert f"{str(afile)!r} is not a directory" in capsys.readouterr().err
 
 
 def test_read_with_a_key_shows_every_entry_and_flags_an_altered_ciphertext(

@@ -361,6 +361,19 @@ def test_a_repeating_batch_is_checked_whole(tmp_path: Path, extra: str) -> None:
     assert check["sync_status"] == "corrupted" and check["cloud_blocks"] == 30
 
 
+def test_a_file_in_the_place_of_the_tenant_is_refused_before_anything_is_downloaded(
+    tmp_path: Path
+) -> None:
+    """It was a bare FileExistsError, after the whole replica was downloaded and staged."""
+    _, bucket = _replicated_log(tmp_path, 10)
+    root = tmp_path / "restored"
+    root.mkdir()
+    (root / "default").write_text("not a directory")
+    with pytest.raises(ConfigurationError, match=r"/restored/default' is not a directory"):
+        restore_tenant(bucket, root, "default")
+    assert sorted(p.name for p in root.iterdir()) == ["default"]
+
+
 def test_something_in_the_way_of_a_stream_is_refused_before_anything_is_written(
     tmp_path: Path
 ) -> None:

@@ -67,3 +67,9 @@ def test_make_log_directory_names_the_file_in_the_way(tmp_path: Path) -> None:
     fileio.make_log_directory(tmp_path / "new" / "tenant")
     fileio.make_log_directory(tmp_path / "new" / "tenant")  # already there: fine
     assert (tmp_path / "new" / "tenant").stat().st_mode & 0o777 == 0o700
+
+
+def test_make_log_directory_names_a_dangling_link_as_such(tmp_path: Path) -> None:
+    (tmp_path / "logs").symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigurationError, match=r"/logs' is a dangling symbolic link, not"):
+        fileio.make_log_directory(tmp_path / "logs" / "default")

@@ -508,6 +508,10 @@ def restore_tenant(
     target = tenant_dir(root, tenant)
     if list_streams(target):
         raise ConfigurationError(f"restore needs an empty directory: {target} holds streams")
+    for path in (target, *target.parents):  # before anything is downloaded
+        if os.path.lexists(path) and not path.is_dir():
+            raise ConfigurationError(
+                f"cannot restore into {str(target)!r}: {str(path)!r} is not a directory")
     keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
     shipped = shipped_ends(backend, tenant, keys=keys)
     streams = remote_streams(backend, tenant, keys)
