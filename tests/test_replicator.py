@@ -372,6 +372,30 @@ def test_an_overlapping_batch_of_another_log_stops_replication(
     writer.close()
 
 
+@pytest.mark.parametrize("cursor", [*CURSORS, "older"])
+@pytest.mark.parametrize("lost", [{11, 31}, {1, 31}, {1, 21, 31}, {1, 11, 31}])
+def test_holes_and_a_lost_end_are_all_shipped_again(
+    tmp_path: Path, lost: set[int], cursor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: a replica that lost batches between others it holds *and* its
+    newest batches got the holes filled but not the end, with the cursor kept: the
+    replicator went on from its cursor with the status "ok", and the replica lacked the
+    end for good. Whatever the replica lost, the next start ships it all again, once."""
+    writer, bucket = _replicated(tmp_path, 40)
+    _lose_batches(bucket, lost)
+    _lose_cursor(writer.stream_dir, bucket, cursor)
+    _write(writer, 5)
+    again = _start_again(writer, bucket, caplog, max_batch_factor=3)
+    status = again.status
+    assert (status.state, status.replicated_seq, status.failures) == ("ok", 45, 0)
+    shipped = _batches(bucket)
+    assert [s for first, last in shipped for s in range(first, last + 1)] == list(
+        range(1, 46))  # every entry once, in order: nothing overlaps
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    writer.close()
+
+
 def test_time_based_flush_of_a_partial_batch(tmp_path: Path) -> None:
     writer = ChainWriter(tmp_path / "logs")
     bucket = LocalDirectoryBackend(tmp_path / "bucket")

@@ -11,7 +11,8 @@ Resuming: after a crash, an outage or an ambiguous failure the replicator lists 
 batches once and moves its cursor past every batch that continues the chain, so nothing is
 lost and nothing is uploaded twice. Batches the replica lost between others it holds (a
 hole) are shipped again from the local log, the same whether the cursor was saved or
-lost. A batch found under the same name with different bytes stops replication for the
+lost; so are batches it lost at its end, also together with holes. A batch found under
+the same name with different bytes, or one of another log, stops replication for the
 stream with :class:`RemoteIntegrityError`.
 
 :class:`Replicator` is a :class:`logging.handlers.QueueListener`: its queue carries wake-up
@@ -863,26 +864,22 @@ class Replicator(QueueListener):
             )
 
     def _ship_again_what_the_replica_lost(self, names: list[BatchName]) -> None:
-        """The replica must still hold the batch that ends where the cursor says. If it
-        lost every batch after some point (a bucket emptied or re-created, an emulator
-        restarted, a backup directory unmounted), ship them again from the local log.
+        """The replica must still hold entries up to where the cursor says. If it lost its
+        newest batches (a bucket emptied or re-created, an emulator restarted, a backup
+        directory unmounted), also with others between those it still holds, the cursor
+        starts again from nothing, as if it were lost: the reconcile moves it past the
+        batches the replica still holds (checked as after a lost cursor),
+        :meth:`_fill_holes` ships what the holes between them lack, and the entries after
+        the last of them are read and shipped again from the local log.
 
-        A replica that lost batches between others it still holds (a hole) keeps its
-        cursor: :meth:`_fill_holes` ships exactly what the hole lacks.
+        A replica that lost only batches between others it still holds (a hole, up to the
+        cursor's end) keeps its cursor: :meth:`_fill_holes` ships exactly what the hole
+        lacks.
         """
         cursor = self.cursor
-        if cursor.last_seq == 0 or any(n.last_seq == cursor.last_seq for n in names):
+        held = max((name.last_seq for name in names), default=0)  # the replica's end
+        if held >= cursor.last_seq:
             return
-        held, held_hash = 0, GENESIS_HASH  # the replica's unbroken run of batches from seq 1
-        for name in names:  # sorted by first_seq: the keys are zero-padded
-            if name.first_seq != held + 1:
-                break
-            meta = self._head(name.key)
-            if meta.get("prev-hash") != held_hash or "last-hash" not in meta:
-                break
-            held, held_hash = name.last_seq, meta["last-hash"]
-        if held >= cursor.last_seq or any(n.last_seq > held for n in names):
-            return  # more than a lost end: a hole, or another log's batches
         _log.warning(
             "%s no longer holds the entries of %s after seq %d (it held them up to seq %d): "
             "the replica was emptied or lost objects; shipping them again from the local log",
@@ -893,8 +890,8 @@ class Replicator(QueueListener):
         # longer lists (one LIST, not a download of each existing archive to compare).
         with self._request("list"):
             present = set(self.backend.list(f"{self.tenant}/{self.stream}/"))
-        self.cursor = Cursor(target=cursor.target, segment=first, last_seq=held,
-                             last_hash=held_hash, **self._side_objects_held(cursor, present))
+        self.cursor = Cursor(target=cursor.target, segment=first,
+                             **self._side_objects_held(cursor, present))
         self._remote_hashes.clear()
         self._pending.clear()
         self._pending_bytes = 0
