@@ -140,9 +140,13 @@ class ReplicationStatus:
     its time ran out first: ``pending_entries`` wait on disk for the next start).
 
     ``local_seq`` and ``pending_entries`` count what was written up to the read, so they
-    grow while shipping is held up. ``in_flight_op`` (``"put"``, ``"get"``, ``"head"`` or
-    ``"list"``) and ``in_flight_seconds`` describe the backend request under way at the
-    read (both ``None`` when there is none).
+    grow while shipping is held up; after a failure ``local_seq`` is the local log's last
+    seq on disk (or a later one written since), also when nothing was read yet.
+    ``replicated_seq`` counts what is known to be this log's in the replica: once stopped,
+    not the remote batches whose local entries were not (all) found to be the replicated
+    ones. ``in_flight_op`` (``"put"``, ``"get"``, ``"head"`` or ``"list"``) and
+    ``in_flight_seconds`` describe the backend request under way at the read (both
+    ``None`` when there is none).
     """
 
     target: str
@@ -265,6 +269,15 @@ class Replicator(QueueListener):
         #: last-hash of remote batches a reconcile moved past: the local entries skipped
         #: on re-reading must have them (see _take).
         self._remote_hashes: dict[int, str] = {}
+        #: (last_seq, last_hash) the cursor goes back to if replication stops before the
+        #: local entries ending the remote batches a reconcile moved past were all found
+        #: to be the replicated ones: where it was, or the last batch end found so (see
+        #: _take). None when nothing is left to compare.
+        self._unchecked_from: tuple[int, str] | None = None
+        #: The local log's last seq, read from disk at the last failure (None before one):
+        #: the status counts the entries written before this process too, which nothing
+        #: has read yet when replication fails at its start.
+        self._local_end: int | None = None
         self._retry_at = 0.0
         self._consecutive_failures = 0
         self._fatal: str | None = None
@@ -406,6 +419,8 @@ class Replicator(QueueListener):
         return not self._pending
 
     def _record_failure(self, exc: BaseException) -> None:
+        self._read_local_end()
+        self._update_status()
         status = self._status
         status.failures += 1
         status.last_error = f"{type(exc).__name__}: {exc}"
@@ -486,8 +501,16 @@ class Replicator(QueueListener):
     def _backlog(self, replicated: int) -> tuple[int, int]:
         """The local sequence number known now, and how many entries after ``replicated``
         wait to be shipped."""
-        local = max(self._latest_seq, replicated)
-        return local, local - replicated
+        floor = replicated if self._local_end is None else self._local_end
+        local = max(self._latest_seq, floor)
+        return local, max(0, local - replicated)
+
+    def _read_local_end(self) -> None:
+        """Read the local log's last seq from disk (see ``_local_end``); never raises."""
+        with contextlib.suppress(OSError):
+            end = last_seq_on_disk(self.stream_dir)
+            if end is not None:
+                self._local_end = end
 
     def _update_status(self) -> None:
         status = self._status
@@ -516,8 +539,30 @@ class Replicator(QueueListener):
             return 0  # another pump holds the lock past the deadline
         try:
             return self._pump_locked(force, deadline)
+        except RemoteIntegrityError:
+            self._fall_back_to_checked()
+            raise
         finally:
             self._lock.release()
+
+    def _fall_back_to_checked(self) -> None:
+        """Replication stops: move the cursor back from remote batches a reconcile moved
+        past but whose local entries were not all found to be the replicated ones (see
+        ``_unchecked_from``), and save it. The status then counts as replicated only what
+        is known to be this log's, and a saved cursor never points into another log."""
+        checked, self._unchecked_from = self._unchecked_from, None
+        if checked is None:
+            return
+        cursor = self.cursor
+        cursor.last_seq, cursor.last_hash = checked
+        self._remote_hashes.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_since = None
+        self._read_segment, self._read_offset = cursor.segment, cursor.offset
+        self._needs_reconcile = True
+        with contextlib.suppress(OSError):  # a failed save only costs a reconcile
+            self._save_cursor(durable=True)
 
     def _closing_elsewhere(self) -> bool:
         """Whether close() runs in another thread: this one must start no request."""
@@ -667,11 +712,15 @@ class Replicator(QueueListener):
         if seq <= cursor.last_seq:
             expected = cursor.last_hash if seq == cursor.last_seq else (
                 self._remote_hashes.get(seq))
-            if expected is not None and digest != expected:
+            if expected is None:
+                return
+            if digest != expected:
                 raise RemoteIntegrityError(
                     f"local entry seq {seq} of {self.stream_dir} differs from the replicated one "
                     "(the local log or the replica was changed)"
                 )
+            if self._unchecked_from is not None:  # the entries up to here are this log's
+                self._unchecked_from = None if seq == cursor.last_seq else (seq, digest)
             return
         self._remote_hashes.clear()  # past the entries a reconcile skipped
         expected_prev = self._pending[-1].hash if self._pending else cursor.last_hash
@@ -893,6 +942,7 @@ class Replicator(QueueListener):
         self.cursor = Cursor(target=cursor.target, segment=first,
                              **self._side_objects_held(cursor, present))
         self._remote_hashes.clear()
+        self._unchecked_from = None
         self._pending.clear()
         self._pending_bytes = 0
         self._pending_since = None
@@ -935,7 +985,9 @@ class Replicator(QueueListener):
         links across the hole is checked where it can be, as with a saved cursor: the
         entries that fill it must link to the batches on both sides (else the hole stays,
         with a warning), and the local entries that end the remote batches are compared
-        with them when the local log is read again (:meth:`_take`).
+        with them when the local log is read again (:meth:`_take`). One that differs stops
+        replication, and the cursor goes back to the last batch end found to match, or to
+        where it was (:meth:`_fall_back_to_checked`).
 
         A batch that starts before the next sequence number and reaches past it repeats
         entries of the batches before it: a request still in flight when a ``close()``
@@ -981,6 +1033,8 @@ class Replicator(QueueListener):
                 else:
                     self._remote_hashes[seq] = before
             raise
+        if added and self._unchecked_from is None:
+            self._unchecked_from = start
         if added:
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
