@@ -27,9 +27,10 @@ from immutable_logging.replication.replicator import (
     ReplicationStatus,
     Replicator,
     cursor_path,
+    saved_cursor,
 )
 
-from .helpers import ship_again
+from .helpers import ship_again, write_log
 
 
 def _payload(i: int) -> dict[str, object]:
@@ -369,6 +370,132 @@ def test_an_overlapping_batch_of_another_log_stops_replication(
     assert _batches(bucket) == [(1, 10), (11, 20), (21, 30), (21, 35)]  # nothing shipped
     check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
     assert {"overlap", "differs_from_local"} <= {p["reason"] for p in check["problems"]}
+    writer.close()
+
+
+@pytest.mark.parametrize("cursor", [*CURSORS, "older"])
+@pytest.mark.parametrize("lost", [{11, 31}, {1, 31}, {1, 21, 31}, {1, 11, 31}])
+def test_holes_and_a_lost_end_are_all_shipped_again(
+    tmp_path: Path, lost: set[int], cursor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: a replica that lost batches between others it holds *and* its
+    newest batches got the holes filled but not the end, with the cursor kept: the
+    replicator went on from its cursor with the status "ok", and the replica lacked the
+    end for good. Whatever the replica lost, the next start ships it all again, once."""
+    writer, bucket = _replicated(tmp_path, 40)
+    _lose_batches(bucket, lost)
+    _lose_cursor(writer.stream_dir, bucket, cursor)
+    _write(writer, 5)
+    again = _start_again(writer, bucket, caplog, max_batch_factor=3)
+    status = again.status
+    assert (status.state, status.replicated_seq, status.failures) == ("ok", 45, 0)
+    shipped = _batches(bucket)
+    assert [s for first, last in shipped for s in range(first, last + 1)] == list(
+        range(1, 46))  # every entry once, in order: nothing overlaps
+    check = verify_cloud_backup(bucket, tmp_path / "logs", "default")
+    assert check["problems"] == [] and check["sync_status"] == "synced", check
+    writer.close()
+
+
+def _counts(status: ReplicationStatus) -> tuple[str, int, int, int]:
+    """What ``status`` says of progress: state, replicated, local and pending entries."""
+    return status.state, status.replicated_seq, status.local_seq, status.pending_entries
+
+
+def _another_log(tmp_path: Path, writer: ChainWriter, shared: int, entries: int) -> ChainWriter:
+    """Another log of ``entries`` entries under ``writer``'s stream name, in
+    ``tmp_path/other``, whose first ``shared`` entries are ``writer``'s (a copy of its
+    stream taken then, written on differently)."""
+    import shutil
+
+    other = tmp_path / "other" / "default" / writer.stream
+    lines = list_segments(writer.stream_dir)[0].path.read_bytes().splitlines(keepends=True)
+    if shared:
+        other.mkdir(parents=True)
+        (other / list_segments(writer.stream_dir)[0].path.name).write_bytes(
+            b"".join(lines[:shared]))
+        shutil.copy(writer.stream_dir / "stream.json", other / "stream.json")
+    log = ChainWriter(tmp_path / "other", stream=writer.stream)
+    assert log.seq == shared
+    _write(log, entries - shared)
+    return log
+
+
+@pytest.mark.parametrize(("shared", "entries", "lost", "replicated"), [
+    (0, 50, {11}, 0),  # stops on the local entry seq 10 (at the first batch end)
+    (0, 50, set(), 0),
+    (10, 50, set(), 10),  # seq 10 is this log's, seq 20 is not
+    (10, 50, {21}, 10),
+    (0, 30, set(), 0),  # stops in the reconcile: the local log ends before the replica
+])
+def test_a_stopped_replicator_counts_the_local_log_and_only_its_own_entries(
+    tmp_path: Path, shared: int, entries: int, lost: set[int], replicated: int
+) -> None:
+    """Found by review: replication stopped at its start (another log's batches under the
+    stream's name) showed ``local_seq`` and ``pending_entries`` 0 (the status was not
+    updated on failure, and nothing had read the local log), and the cursor was saved past
+    the other log's batches, so ``sync_status()`` then counted them as replicated."""
+    writer, bucket = _replicated(tmp_path, 40)
+    _lose_batches(bucket, lost)
+    other = _another_log(tmp_path, writer, shared, entries)
+    shipped = _batches(bucket)
+    again = Replicator(bucket, other.stream_dir, "default", batch_size=10,
+                       max_batch_factor=1)
+    assert again.try_pump(force=True) is False
+    expected = ("stopped", replicated, entries, entries - replicated)
+    assert _counts(again.status) == expected
+    assert again.pending_count() == entries - replicated
+    saved = saved_cursor(other.stream_dir, bucket)
+    assert (saved.last_seq if saved else 0) == replicated  # never into the other log
+    assert (_counts(again.close()), _batches(bucket)) == (expected, shipped)
+    writer.close()
+    other.close()
+
+
+@pytest.mark.parametrize("cursor", CURSORS)
+def test_a_lost_end_beside_another_logs_batches_stops_replication(
+    tmp_path: Path, cursor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica of another log with the stream's name (a bucket restored from the old
+    disk's) lost batches in the middle and at the end: shipping the end again starts from
+    the batches the replica holds, which must be this log's, with the cursor or without."""
+    import shutil
+
+    theirs, their_bucket = _replicated(tmp_path / "theirs", 40)
+    writer, bucket = _replicated(tmp_path, 40)  # its cursor says 40 are replicated
+    shutil.rmtree(bucket.root)
+    shutil.copytree(their_bucket.root, bucket.root)
+    assert theirs.stream == writer.stream
+    _lose_batches(bucket, {11, 31})
+    _lose_cursor(writer.stream_dir, bucket, cursor)
+    _write(writer, 10)
+    again = Replicator(bucket, writer.stream_dir, "default", batch_size=10,
+                       max_batch_factor=1)
+    with caplog.at_level(logging.WARNING, "immutable_logging.replication"):
+        assert again.try_pump(force=True) is False
+    assert _counts(again.status) == ("stopped", 0, 50, 50)
+    assert "differs from the replicated one" in str(again.status.last_error)
+    assert "local entry seq 11 does not link to batch" in caplog.text  # nothing filled
+    assert _batches(bucket) == [(1, 10), (21, 30)]
+    writer.close()
+    theirs.close()
+
+
+def test_the_facade_and_the_handler_show_a_stop_at_the_start_as_it_is(
+    tmp_path: Path
+) -> None:
+    """``sync_status()`` and ``last_replication_status`` of a logger whose bucket holds
+    another log's batches under its stream's name: nothing of this log is replicated."""
+    writer, bucket = _replicated(tmp_path, 40)
+    write_log(tmp_path / "other", "other-log", 50)
+    with ImmutableLogger(tmp_path / "other", enable_cloud_backup=True, backup_async=False,
+                         backup_directory=str(bucket.root)) as log:
+        assert log.handler.writer.stream == writer.stream
+        log.info("one more")
+        assert _counts(ReplicationStatus(**log.sync_status())) == ("stopped", 0, 51, 51)
+    closed = log.handler.last_replication_status
+    assert closed is not None and _counts(closed) == ("stopped", 0, 51, 51)
+    assert _batches(bucket) == [(1, 10), (11, 20), (21, 30), (31, 40)]
     writer.close()
 
 

@@ -11,7 +11,8 @@ Resuming: after a crash, an outage or an ambiguous failure the replicator lists 
 batches once and moves its cursor past every batch that continues the chain, so nothing is
 lost and nothing is uploaded twice. Batches the replica lost between others it holds (a
 hole) are shipped again from the local log, the same whether the cursor was saved or
-lost. A batch found under the same name with different bytes stops replication for the
+lost; so are batches it lost at its end, also together with holes. A batch found under
+the same name with different bytes, or one of another log, stops replication for the
 stream with :class:`RemoteIntegrityError`.
 
 :class:`Replicator` is a :class:`logging.handlers.QueueListener`: its queue carries wake-up
@@ -139,9 +140,13 @@ class ReplicationStatus:
     its time ran out first: ``pending_entries`` wait on disk for the next start).
 
     ``local_seq`` and ``pending_entries`` count what was written up to the read, so they
-    grow while shipping is held up. ``in_flight_op`` (``"put"``, ``"get"``, ``"head"`` or
-    ``"list"``) and ``in_flight_seconds`` describe the backend request under way at the
-    read (both ``None`` when there is none).
+    grow while shipping is held up; after a failure ``local_seq`` is the local log's last
+    seq on disk (or a later one written since), also when nothing was read yet.
+    ``replicated_seq`` counts what is known to be this log's in the replica: once stopped,
+    not the remote batches whose local entries were not (all) found to be the replicated
+    ones. ``in_flight_op`` (``"put"``, ``"get"``, ``"head"`` or ``"list"``) and
+    ``in_flight_seconds`` describe the backend request under way at the read (both
+    ``None`` when there is none).
     """
 
     target: str
@@ -264,6 +269,15 @@ class Replicator(QueueListener):
         #: last-hash of remote batches a reconcile moved past: the local entries skipped
         #: on re-reading must have them (see _take).
         self._remote_hashes: dict[int, str] = {}
+        #: (last_seq, last_hash) the cursor goes back to if replication stops before the
+        #: local entries ending the remote batches a reconcile moved past were all found
+        #: to be the replicated ones: where it was, or the last batch end found so (see
+        #: _take). None when nothing is left to compare.
+        self._unchecked_from: tuple[int, str] | None = None
+        #: The local log's last seq, read from disk at the last failure (None before one):
+        #: the status counts the entries written before this process too, which nothing
+        #: has read yet when replication fails at its start.
+        self._local_end: int | None = None
         self._retry_at = 0.0
         self._consecutive_failures = 0
         self._fatal: str | None = None
@@ -405,6 +419,8 @@ class Replicator(QueueListener):
         return not self._pending
 
     def _record_failure(self, exc: BaseException) -> None:
+        self._read_local_end()
+        self._update_status()
         status = self._status
         status.failures += 1
         status.last_error = f"{type(exc).__name__}: {exc}"
@@ -485,8 +501,16 @@ class Replicator(QueueListener):
     def _backlog(self, replicated: int) -> tuple[int, int]:
         """The local sequence number known now, and how many entries after ``replicated``
         wait to be shipped."""
-        local = max(self._latest_seq, replicated)
-        return local, local - replicated
+        floor = replicated if self._local_end is None else self._local_end
+        local = max(self._latest_seq, floor)
+        return local, max(0, local - replicated)
+
+    def _read_local_end(self) -> None:
+        """Read the local log's last seq from disk (see ``_local_end``); never raises."""
+        with contextlib.suppress(OSError):
+            end = last_seq_on_disk(self.stream_dir)
+            if end is not None:
+                self._local_end = end
 
     def _update_status(self) -> None:
         status = self._status
@@ -515,8 +539,30 @@ class Replicator(QueueListener):
             return 0  # another pump holds the lock past the deadline
         try:
             return self._pump_locked(force, deadline)
+        except RemoteIntegrityError:
+            self._fall_back_to_checked()
+            raise
         finally:
             self._lock.release()
+
+    def _fall_back_to_checked(self) -> None:
+        """Replication stops: move the cursor back from remote batches a reconcile moved
+        past but whose local entries were not all found to be the replicated ones (see
+        ``_unchecked_from``), and save it. The status then counts as replicated only what
+        is known to be this log's, and a saved cursor never points into another log."""
+        checked, self._unchecked_from = self._unchecked_from, None
+        if checked is None:
+            return
+        cursor = self.cursor
+        cursor.last_seq, cursor.last_hash = checked
+        self._remote_hashes.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_since = None
+        self._read_segment, self._read_offset = cursor.segment, cursor.offset
+        self._needs_reconcile = True
+        with contextlib.suppress(OSError):  # a failed save only costs a reconcile
+            self._save_cursor(durable=True)
 
     def _closing_elsewhere(self) -> bool:
         """Whether close() runs in another thread: this one must start no request."""
@@ -666,11 +712,15 @@ class Replicator(QueueListener):
         if seq <= cursor.last_seq:
             expected = cursor.last_hash if seq == cursor.last_seq else (
                 self._remote_hashes.get(seq))
-            if expected is not None and digest != expected:
+            if expected is None:
+                return
+            if digest != expected:
                 raise RemoteIntegrityError(
                     f"local entry seq {seq} of {self.stream_dir} differs from the replicated one "
                     "(the local log or the replica was changed)"
                 )
+            if self._unchecked_from is not None:  # the entries up to here are this log's
+                self._unchecked_from = None if seq == cursor.last_seq else (seq, digest)
             return
         self._remote_hashes.clear()  # past the entries a reconcile skipped
         expected_prev = self._pending[-1].hash if self._pending else cursor.last_hash
@@ -863,26 +913,22 @@ class Replicator(QueueListener):
             )
 
     def _ship_again_what_the_replica_lost(self, names: list[BatchName]) -> None:
-        """The replica must still hold the batch that ends where the cursor says. If it
-        lost every batch after some point (a bucket emptied or re-created, an emulator
-        restarted, a backup directory unmounted), ship them again from the local log.
+        """The replica must still hold entries up to where the cursor says. If it lost its
+        newest batches (a bucket emptied or re-created, an emulator restarted, a backup
+        directory unmounted), also with others between those it still holds, the cursor
+        starts again from nothing, as if it were lost: the reconcile moves it past the
+        batches the replica still holds (checked as after a lost cursor),
+        :meth:`_fill_holes` ships what the holes between them lack, and the entries after
+        the last of them are read and shipped again from the local log.
 
-        A replica that lost batches between others it still holds (a hole) keeps its
-        cursor: :meth:`_fill_holes` ships exactly what the hole lacks.
+        A replica that lost only batches between others it still holds (a hole, up to the
+        cursor's end) keeps its cursor: :meth:`_fill_holes` ships exactly what the hole
+        lacks.
         """
         cursor = self.cursor
-        if cursor.last_seq == 0 or any(n.last_seq == cursor.last_seq for n in names):
+        held = max((name.last_seq for name in names), default=0)  # the replica's end
+        if held >= cursor.last_seq:
             return
-        held, held_hash = 0, GENESIS_HASH  # the replica's unbroken run of batches from seq 1
-        for name in names:  # sorted by first_seq: the keys are zero-padded
-            if name.first_seq != held + 1:
-                break
-            meta = self._head(name.key)
-            if meta.get("prev-hash") != held_hash or "last-hash" not in meta:
-                break
-            held, held_hash = name.last_seq, meta["last-hash"]
-        if held >= cursor.last_seq or any(n.last_seq > held for n in names):
-            return  # more than a lost end: a hole, or another log's batches
         _log.warning(
             "%s no longer holds the entries of %s after seq %d (it held them up to seq %d): "
             "the replica was emptied or lost objects; shipping them again from the local log",
@@ -893,9 +939,10 @@ class Replicator(QueueListener):
         # longer lists (one LIST, not a download of each existing archive to compare).
         with self._request("list"):
             present = set(self.backend.list(f"{self.tenant}/{self.stream}/"))
-        self.cursor = Cursor(target=cursor.target, segment=first, last_seq=held,
-                             last_hash=held_hash, **self._side_objects_held(cursor, present))
+        self.cursor = Cursor(target=cursor.target, segment=first,
+                             **self._side_objects_held(cursor, present))
         self._remote_hashes.clear()
+        self._unchecked_from = None
         self._pending.clear()
         self._pending_bytes = 0
         self._pending_since = None
@@ -938,7 +985,9 @@ class Replicator(QueueListener):
         links across the hole is checked where it can be, as with a saved cursor: the
         entries that fill it must link to the batches on both sides (else the hole stays,
         with a warning), and the local entries that end the remote batches are compared
-        with them when the local log is read again (:meth:`_take`).
+        with them when the local log is read again (:meth:`_take`). One that differs stops
+        replication, and the cursor goes back to the last batch end found to match, or to
+        where it was (:meth:`_fall_back_to_checked`).
 
         A batch that starts before the next sequence number and reaches past it repeats
         entries of the batches before it: a request still in flight when a ``close()``
@@ -984,6 +1033,8 @@ class Replicator(QueueListener):
                 else:
                     self._remote_hashes[seq] = before
             raise
+        if added and self._unchecked_from is None:
+            self._unchecked_from = start
         if added:
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
