@@ -104,9 +104,6 @@ MAX_BATCH_BYTES = 16 << 20
 DEFAULT_STALL_AFTER = 10.0
 
 
-_Pending = LocalEntry  # the replicator's name for an entry read to be shipped
-
-
 @dataclass
 class Cursor:
     """What has been replicated durably: everything up to ``last_seq``."""
@@ -259,7 +256,7 @@ class Replicator(QueueListener):
         # Woken once the largest batch could be filled: a fast producer gets few, large
         # PUTs (each costs a few fsyncs); a slow one is served by the tick.
         self._wake_every = self.batch_size * self.max_batch_factor
-        self._pending: list[_Pending] = []
+        self._pending: list[LocalEntry] = []
         self._pending_bytes = 0  # sum of len(line) over _pending
         self._pending_since: float | None = None
         self._read_segment = 0
@@ -681,7 +678,7 @@ class Replicator(QueueListener):
                     and (digest := line[-67:-3]).isascii()
                 ):
                     last = pending[-1]
-                    pending.append(_Pending(last.seq + 1, last.hash, digest.decode(), segment,
+                    pending.append(LocalEntry(last.seq + 1, last.hash, digest.decode(), segment,
                                             offset, line))
                     held += len(line)
                     head = LINE_PREFIX % (last.seq + 2, digest)
@@ -732,7 +729,7 @@ class Replicator(QueueListener):
             )
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append(_Pending(seq, prev, digest, segment, end, line))
+        self._pending.append(LocalEntry(seq, prev, digest, segment, end, line))
         self._pending_bytes += len(line)
         self._latest_seq = max(self._latest_seq, seq)
 
@@ -749,7 +746,7 @@ class Replicator(QueueListener):
         finally:
             os.close(fd)
 
-    def _ship(self, entries: list[_Pending]) -> None:
+    def _ship(self, entries: list[LocalEntry]) -> None:
         self._make_durable(entries[-1].segment)
         self._put_batch(entries)
         last = entries[-1]
@@ -760,7 +757,7 @@ class Replicator(QueueListener):
         self._save_cursor()
         self._update_status()  # progress shows batch by batch, also within a long backlog
 
-    def _put_batch(self, entries: list[_Pending]) -> None:
+    def _put_batch(self, entries: list[LocalEntry]) -> None:
         """Upload ``entries`` (of one segment) as the batch object named by their range."""
         first, last = entries[0], entries[-1]
         raw = b"".join(e.line for e in entries)
@@ -1081,7 +1078,7 @@ class Replicator(QueueListener):
         if prev is None or after is None:
             raise LocalGap("the batches around the hole carry no hashes")
 
-        def pieces() -> Iterator[list[_Pending]]:
+        def pieces() -> Iterator[list[LocalEntry]]:
             return local_run(self.stream_dir, hole.first_seq, hole.last_seq,
                              max_entries=self.batch_size * self.max_batch_factor,
                              max_bytes=self.max_batch_bytes)
