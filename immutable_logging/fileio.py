@@ -64,6 +64,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
         fsync_dir(path.parent)
 
 
+def not_a_directory(path: Path) -> Path | None:
+    """What is in the way of ``path`` as a directory: the first of its parents (from the
+    root) or itself that exists and is no directory (a file, a dangling symbolic link);
+    None when there is none."""
+    return next((part for part in (*reversed(path.parents), path)
+                 if os.path.lexists(part) and not part.is_dir()), None)
+
+
 def make_log_directory(path: Path) -> None:
     """``mkdir -p`` with mode 0700 for a tenant directory and its parents.
 
@@ -75,8 +83,7 @@ def make_log_directory(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((part for part in (*reversed(path.parents), path)
-                        if os.path.lexists(part) and not part.is_dir()), path)
+        blocker = not_a_directory(path) or path
         what = "a dangling symbolic link" if blocker.is_symlink() else "a file"
         raise ConfigurationError(
             f"cannot use {str(path)!r} as a log directory: {str(blocker)!r} is {what}, "

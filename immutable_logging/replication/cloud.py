@@ -25,7 +25,7 @@ from ..compression import READ_ERRORS, decompress
 from ..encryption import SALT_FILE
 from ..entry import GENESIS_HASH, entry_hash, split_line
 from ..errors import ConfigurationError, RemoteIntegrityError
-from ..fileio import atomic_write, fsync_dir, make_log_directory, write_all
+from ..fileio import atomic_write, fsync_dir, make_log_directory, not_a_directory, write_all
 from ..layout import (
     CHECKPOINT_DIR,
     STREAM_META,
@@ -508,10 +508,10 @@ def restore_tenant(
     target = tenant_dir(root, tenant)
     if list_streams(target):
         raise ConfigurationError(f"restore needs an empty directory: {target} holds streams")
-    for path in (target, *target.parents):  # before anything is downloaded
-        if os.path.lexists(path) and not path.is_dir():
-            raise ConfigurationError(
-                f"cannot restore into {str(target)!r}: {str(path)!r} is not a directory")
+    blocker = not_a_directory(target)  # checked before anything is downloaded
+    if blocker is not None:
+        raise ConfigurationError(
+            f"cannot restore into {str(target)!r}: {str(blocker)!r} is not a directory")
     keys = list(backend.list(f"{tenant}/"))  # one listing for the batches and checkpoints
     shipped = shipped_ends(backend, tenant, keys=keys)
     streams = remote_streams(backend, tenant, keys)
