@@ -542,6 +542,13 @@ class Replicator(QueueListener):
         finally:
             self._lock.release()
 
+    def _read_again_from_cursor(self) -> None:
+        """Drop the entries read but not shipped; read on from the cursor's position."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_since = None
+        self._read_segment, self._read_offset = self.cursor.segment, self.cursor.offset
+
     def _fall_back_to_checked(self) -> None:
         """Replication stops: move the cursor back from remote batches a reconcile moved
         past but whose local entries were not all found to be the replicated ones (see
@@ -553,10 +560,7 @@ class Replicator(QueueListener):
         cursor = self.cursor
         cursor.last_seq, cursor.last_hash = checked
         self._remote_hashes.clear()
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._pending_since = None
-        self._read_segment, self._read_offset = cursor.segment, cursor.offset
+        self._read_again_from_cursor()
         self._needs_reconcile = True
         with contextlib.suppress(OSError):  # a failed save only costs a reconcile
             self._save_cursor(durable=True)
@@ -940,10 +944,7 @@ class Replicator(QueueListener):
                              **self._side_objects_held(cursor, present))
         self._remote_hashes.clear()
         self._unchecked_from = None
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._pending_since = None
-        self._read_segment, self._read_offset = first, 0
+        self._read_again_from_cursor()  # from the start of segment ``first``
         self._save_cursor(durable=True)
 
     def _side_objects_held(self, old: Cursor, present: set[str]) -> dict[str, Any]:
@@ -1035,10 +1036,7 @@ class Replicator(QueueListener):
         if added:
             # Entries up to last_seq are remote already: re-read from the last position and
             # let _take skip them (and check the hash of the last one).
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._pending_since = None
-            self._read_segment, self._read_offset = cursor.segment, cursor.offset
+            self._read_again_from_cursor()
             self._save_cursor(durable=True)
         elif self._pending and self._pending[0].seq != cursor.last_seq + 1:
             self._pending.clear()
